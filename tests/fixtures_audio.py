@@ -1,0 +1,1 @@
+"""Fixture: a PulseAudio virtual microphone (filled in by the capture work)."""

@@ -1,0 +1,1 @@
+"""Fixture: a throwaway Mosquitto broker (filled in by the MQTT work)."""
