@@ -1,0 +1,296 @@
+"""The feature front-end: 16 kHz mono audio -> MFCC frames -> normalised model windows.
+
+This module is the only code in serd (daemon, ``serd --once`` and ``train/``) that turns
+audio into model input, so what the model learned is exactly what the device computes.
+
+* :class:`FeatureParams` fixes the MFCC front-end (frozen; copied into the model card and
+  compared at load time).
+* :class:`MfccStream` computes MFCC frames incrementally: fed in chunks of any size it
+  yields the same frames as on the whole clip (a leftover buffer carries the samples of an
+  unfinished frame and the pre-emphasis state across chunks).
+* :class:`WindowParams` and :func:`frame_windows` cut frames into the windows the model
+  classifies; :func:`normalise_window` applies the card's normalisation.
+
+The filterbank, window function and DCT matrix are computed once per parameter set.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from serd.settings import require
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """MFCC front-end parameters (all recorded in the model card)."""
+
+    sample_rate: int = 16000
+    """Input sample rate in Hz; audio at other rates is resampled before this stage."""
+    frame_seconds: float = 0.025
+    """Analysis frame length (25 ms = 400 samples at 16 kHz)."""
+    hop_seconds: float = 0.010
+    """Frame step (10 ms = 160 samples at 16 kHz)."""
+    n_fft: int = 512
+    """FFT size; frames are zero-padded to it."""
+    n_mels: int = 40
+    """Number of triangular mel filters (HTK mel scale, unnormalised)."""
+    n_mfcc: int = 40
+    """Cepstral coefficients kept (c0..c{n-1}); c0 carries log energy."""
+    fmin_hz: float = 20.0
+    fmax_hz: float = 8000.0
+    preemphasis: float = 0.97
+    """First-order pre-emphasis coefficient (0 disables it)."""
+    log_floor: float = 1e-8
+    """Floor on mel power before the log, so digital silence stays finite."""
+    window: str = "hamming"
+
+    def __post_init__(self) -> None:
+        require(self.sample_rate > 0, "sample_rate", "must be a positive number of Hz")
+        require(self.frame_length > 0, "frame_seconds", "must give at least one sample")
+        require(self.hop_length > 0, "hop_seconds", "must give at least one sample")
+        require(self.n_fft >= self.frame_length, "n_fft", "must be >= the frame length in samples")
+        require(0 < self.n_mfcc <= self.n_mels, "n_mfcc", "must be in 1..n_mels")
+        require(
+            0 <= self.fmin_hz < self.fmax_hz <= self.sample_rate / 2,
+            "fmax_hz",
+            "need 0 <= fmin_hz < fmax_hz <= sample_rate/2",
+        )
+        require(0.0 <= self.preemphasis < 1.0, "preemphasis", "must be in [0, 1)")
+        require(self.log_floor > 0, "log_floor", "must be > 0")
+        require(self.window in ("hamming", "hann"), "window", "must be 'hamming' or 'hann'")
+
+    @property
+    def frame_length(self) -> int:
+        """Frame length in samples."""
+        return round(self.frame_seconds * self.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        """Frame step in samples."""
+        return round(self.hop_seconds * self.sample_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    """How MFCC frames are grouped into the windows that the model classifies."""
+
+    window_seconds: float = 2.0
+    """Length of one classified window (the model's input is this many seconds of frames)."""
+    hop_seconds: float = 0.5
+    """Step between windows during speech; also the most frequent a window event can be."""
+
+    def __post_init__(self) -> None:
+        require(self.window_seconds > 0, "window_seconds", "must be > 0")
+        require(
+            0 < self.hop_seconds <= self.window_seconds,
+            "hop_seconds",
+            "must be > 0 and <= window_seconds",
+        )
+
+    def frames(self, features: FeatureParams) -> tuple[int, int]:
+        """(frames per window, frames per window hop) for a front-end."""
+        win = round(self.window_seconds / features.hop_seconds)
+        hop = round(self.hop_seconds / features.hop_seconds)
+        return win, hop
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hz_to_mel(hz: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(params: FeatureParams) -> FloatArray:
+    """(n_mels, n_fft//2+1) triangular filters on the HTK mel scale, peak 1, no area norm.
+
+    Same construction as ``librosa.filters.mel(..., htk=True, norm=None)``: triangles are
+    evaluated at the exact FFT bin frequencies, so narrow low-frequency filters are not
+    lost to rounding the way integer-bin filterbanks lose them.
+    """
+    n_bins = params.n_fft // 2 + 1
+    fft_hz = np.linspace(0.0, params.sample_rate / 2.0, n_bins)
+    mel_pts = np.linspace(hz_to_mel(params.fmin_hz), hz_to_mel(params.fmax_hz), params.n_mels + 2)
+    hz_pts = mel_to_hz(mel_pts)
+    fdiff = np.diff(hz_pts)
+    ramps = hz_pts[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    fb = np.maximum(0.0, np.minimum(lower, upper))
+    out = fb.astype(np.float32)
+    out.setflags(write=False)  # cached and shared: nobody may modify it
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def dct_matrix(n_mels: int, n_mfcc: int) -> FloatArray:
+    """Orthonormal DCT-II as a (n_mfcc, n_mels) matrix (same as scipy's ``norm='ortho'``)."""
+    n = np.arange(n_mels)
+    k = np.arange(n_mfcc)[:, None]
+    mat = np.cos(np.pi * k * (2 * n + 1) / (2 * n_mels)) * np.sqrt(2.0 / n_mels)
+    mat[0] /= np.sqrt(2.0)
+    out = mat.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def analysis_window(params: FeatureParams) -> FloatArray:
+    # Symmetric windows, as in HTK/python_speech_features (np.hamming), not periodic.
+    n = params.frame_length
+    win = (np.hamming(n) if params.window == "hamming" else np.hanning(n)).astype(np.float32)
+    win.setflags(write=False)
+    return win
+
+
+class MfccStream:
+    """Streaming MFCC: ``__call__(chunk)`` returns the frames completed by that chunk.
+
+    Frame ``k`` covers samples ``[k*hop, k*hop + frame)`` of the stream since the last
+    :meth:`reset`; pre-emphasis uses the previous chunk's last sample.  Hence any chunking
+    of the same audio yields the same frames (bit-for-bit up to float32 rounding).
+    """
+
+    def __init__(self, params: FeatureParams | None = None) -> None:
+        self.params = params or FeatureParams()
+        p = self.params
+        self._frame = p.frame_length
+        self._hop = p.hop_length
+        self._window = analysis_window(p)
+        # Fold the mel filterbank into one (bins, mels) matrix; the DCT is applied after log.
+        self._fb_t = np.ascontiguousarray(mel_filterbank(p).T)
+        self._dct_t = np.ascontiguousarray(dct_matrix(p.n_mels, p.n_mfcc).T)
+        self._power_scale = np.float32(1.0 / p.n_fft)
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._last = np.float32(0.0)
+        self.frames_emitted = 0
+
+    def reset(self) -> None:
+        """Forget buffered samples; the next sample starts frame 0."""
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._last = np.float32(0.0)
+        self.frames_emitted = 0
+
+    @property
+    def buffered_samples(self) -> int:
+        return int(self._buf.size)
+
+    def __call__(self, chunk: npt.ArrayLike) -> FloatArray:
+        x = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        if x.size:
+            a = np.float32(self.params.preemphasis)
+            emph = np.empty_like(x)
+            emph[0] = x[0] - a * self._last
+            np.subtract(x[1:], a * x[:-1], out=emph[1:])
+            self._last = x[-1]
+            buf = np.concatenate((self._buf, emph)) if self._buf.size else emph
+        else:
+            buf = self._buf
+        if buf.size < self._frame:
+            self._buf = buf
+            return np.zeros((0, self.params.n_mfcc), dtype=np.float32)
+        n = 1 + (buf.size - self._frame) // self._hop
+        frames = np.lib.stride_tricks.sliding_window_view(buf, self._frame)[:: self._hop][:n]
+        # Keep only what the next frame still needs (copy: do not pin the big chunk).
+        self._buf = buf[n * self._hop :].copy()
+        self.frames_emitted += n
+        return self._compute(frames)
+
+    def _compute(self, frames: npt.NDArray[np.float32]) -> FloatArray:
+        spec = np.fft.rfft(frames * self._window, n=self.params.n_fft, axis=1)
+        power = (spec.real * spec.real + spec.imag * spec.imag) * self._power_scale
+        mel = power.astype(np.float32, copy=False) @ self._fb_t
+        np.maximum(mel, np.float32(self.params.log_floor), out=mel)
+        np.log(mel, out=mel)
+        return mel @ self._dct_t
+
+
+def mfcc(audio: npt.ArrayLike, params: FeatureParams | None = None) -> FloatArray:
+    """MFCC frames of a whole clip: (n_frames, n_mfcc) float32; no padding at the end."""
+    return MfccStream(params)(audio)
+
+
+def frame_windows(
+    frames: npt.NDArray[np.float32], window_frames: int, hop_frames: int
+) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """Cut (n, d) frames into (k, window_frames, d) windows at ``hop_frames`` steps.
+
+    Returns the windows and their first-frame indices.  A clip shorter than one window
+    gives a single window made by repeating the clip (tiling keeps its statistics, where
+    zero padding would add frames the model never sees in speech).
+    """
+    n = frames.shape[0]
+    if n == 0:
+        return np.zeros((0, window_frames, frames.shape[1]), np.float32), np.zeros(0, np.int64)
+    if n < window_frames:
+        return pad_window(frames, window_frames)[None], np.zeros(1, np.int64)
+    starts = np.arange(0, n - window_frames + 1, hop_frames, dtype=np.int64)
+    view = np.lib.stride_tricks.sliding_window_view(frames, window_frames, axis=0)
+    # sliding_window_view puts the window axis last: (k, d, w) -> (k, w, d)
+    return np.ascontiguousarray(view[starts].transpose(0, 2, 1)), starts
+
+
+def pad_window(frames: npt.NDArray[np.float32], window_frames: int) -> FloatArray:
+    """Repeat ``frames`` until it is ``window_frames`` long (for utterances shorter than a window)."""
+    n = frames.shape[0]
+    if n >= window_frames:
+        return np.asarray(frames[-window_frames:], dtype=np.float32)
+    reps = -(-window_frames // n)
+    return np.tile(frames, (reps, 1))[:window_frames].astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-window cepstral mean subtraction, then a global per-coefficient scale.
+
+    Subtracting each window's mean removes the microphone's and line's fixed colouring and
+    the input gain (both are additive constants in the log-mel/cepstral domain), so a model
+    trained on studio corpora transfers to other microphones and to telephone lines.  The
+    dynamics within the window (energy and pitch movement, which carry emotion) remain.
+    ``scale`` is 1/std of each coefficient over the training windows after mean removal.
+    """
+
+    scale: tuple[float, ...]
+    kind: str = "window_cmn_global_scale"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "scale": [float(s) for s in self.scale]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalisation:
+        kind = data.get("kind")
+        if kind != "window_cmn_global_scale":
+            raise ValueError(f"unknown normalisation kind {kind!r}")
+        return cls(scale=tuple(float(s) for s in data["scale"]), kind=kind)
+
+
+def normalise_windows(windows: npt.NDArray[np.float32], norm: Normalisation) -> FloatArray:
+    """Apply :class:`Normalisation` to (k, frames, d) windows (or one (frames, d) window)."""
+    w = np.asarray(windows, dtype=np.float32)
+    centred = w - w.mean(axis=-2, keepdims=True)
+    return centred * np.asarray(norm.scale, dtype=np.float32)
+
+
+def fit_normalisation(windows: npt.NDArray[np.float32]) -> Normalisation:
+    """Fit the global scale on (k, frames, d) training windows (after mean removal)."""
+    w = np.asarray(windows, dtype=np.float64)
+    centred = w - w.mean(axis=1, keepdims=True)
+    std = centred.reshape(-1, w.shape[-1]).std(axis=0)
+    return Normalisation(scale=tuple(float(1.0 / max(s, 1e-6)) for s in std))

@@ -1,0 +1,233 @@
+"""Gate + features + windowing: audio in, model-sized feature windows out (one channel).
+
+:class:`Windower` is the part of the data path shared by the daemon, ``serd --once`` and
+training (``train/`` extracts its training windows through it), so all three see the same
+segments and windows.  It works on fixed blocks of one feature hop (10 ms) with a leftover
+buffer, so the windows do not depend on how the audio is chunked.
+
+Outside speech it only computes block levels for the gate and keeps a short ring of raw
+audio for pre-roll; MFCC frames are computed only inside speech segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from serd.features import FeatureParams, MfccStream, WindowParams, pad_window
+from serd.gate import EnergyGate, VadSettings, WebRtcGate, block_levels_db, make_gate
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model input: raw (un-normalised) MFCC frames of a stretch of speech."""
+
+    segment: int
+    """Segment (utterance) number on this channel, from 0."""
+    start_sample: int
+    """First sample covered, counted at the model rate since the stream began."""
+    end_sample: int
+    """One past the last sample covered."""
+    features: npt.NDArray[np.float32] = field(repr=False)
+    """(window_frames, n_mfcc) float32."""
+    padded: bool = False
+    """True when the segment was shorter than a window and its frames were repeated."""
+
+
+@dataclass(frozen=True)
+class SegmentStart:
+    segment: int
+    start_sample: int
+
+
+@dataclass(frozen=True)
+class SegmentEnd:
+    """A speech segment (utterance) is over."""
+
+    segment: int
+    start_sample: int
+    end_sample: int
+    windows: int
+    """How many windows the segment produced (0 when it was too short to classify)."""
+
+
+Item = Window | SegmentStart | SegmentEnd
+
+
+class Windower:
+    """``__call__(audio) -> [SegmentStart | Window | SegmentEnd, ...]`` in stream order."""
+
+    def __init__(
+        self,
+        features: FeatureParams | None = None,
+        windows: WindowParams | None = None,
+        vad: VadSettings | None = None,
+        *,
+        min_window_seconds: float = 0.5,
+    ) -> None:
+        self.features = features or FeatureParams()
+        self.windows = windows or WindowParams()
+        self.vad = vad or VadSettings()
+        self.block = self.features.hop_length
+        self.win_frames, self.hop_frames = self.windows.frames(self.features)
+        # Segments shorter than this give no window at all (coughs, clicks, "uh").
+        self.min_frames = max(1, round(min_window_seconds / self.features.hop_seconds))
+        self.gate: EnergyGate = make_gate(
+            self.vad, self.block / self.features.sample_rate, self.features.sample_rate
+        )
+        self._lookback = self.gate.lookback_blocks + 1
+        self._mfcc = MfccStream(self.features)
+        self.reset()
+
+    def reset(self) -> None:
+        self.gate.reset()
+        self._mfcc.reset()
+        self._leftover = np.zeros(0, np.float32)
+        self._ring = np.zeros((0, self.block), np.float32)  # last blocks, for pre-roll
+        self._ring_start = 0  # absolute block index of _ring[0]
+        self._segment = -1
+        self._active = False
+        self._fed_until = 0  # absolute block index fed to the MFCC stream
+        self._seg_start = 0
+        self._frames = np.zeros((0, self.features.n_mfcc), np.float32)
+        self._frames_offset = 0  # segment frame index of _frames[0]
+        self._n_frames = 0  # frames in the current segment
+        self._emitted = 0  # windows emitted in the current segment
+        self._last_window_end = 0  # segment frame index just past the last window
+        self.samples_in = 0
+        self.speech_samples = 0
+
+    @property
+    def in_speech(self) -> bool:
+        return self._active
+
+    def __call__(self, audio: npt.ArrayLike) -> list[Item]:
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)
+        self.samples_in += x.size
+        if self._leftover.size:
+            x = np.concatenate((self._leftover, x))
+        n = x.size // self.block
+        self._leftover = x[n * self.block :].copy()
+        if n == 0:
+            return []
+        blocks = x[: n * self.block].reshape(n, self.block)
+        if isinstance(self.gate, WebRtcGate):
+            events = self.gate.segment(self.gate.classify_blocks(blocks))
+        else:
+            events = self.gate(block_levels_db(blocks))
+        first_block = self.gate.block - n
+        return self._process(blocks, first_block, events)
+
+    def flush(self) -> list[Item]:
+        """End of stream: close an open segment (its tail may give one last window)."""
+        events = self.gate.close()
+        empty = np.zeros((0, self.block), np.float32)
+        return self._process(empty, self.gate.block, events)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _process(self, blocks: npt.NDArray[np.float32], first: int, events: list) -> list[Item]:
+        if not events and not self._active:
+            self._remember(blocks, first)  # the cheap path: silence
+            return []
+        hist = np.concatenate((self._ring, blocks)) if self._ring.size else blocks
+        hist_start = first - self._ring.shape[0]
+        out: list[Item] = []
+        for ev in events:
+            if ev.kind == "start":
+                self._start(ev.block, out)
+            else:
+                self._feed(hist, hist_start, ev.block, out)
+                self._end(ev.block, out)
+        if self._active:
+            self._feed(hist, hist_start, first + blocks.shape[0], out)
+        self._ring = hist[-self._lookback :].copy()
+        self._ring_start = first + blocks.shape[0] - self._ring.shape[0]
+        return out
+
+    def _remember(self, blocks: npt.NDArray[np.float32], first: int) -> None:
+        if blocks.shape[0] >= self._lookback:
+            self._ring = blocks[-self._lookback :].copy()
+        else:
+            self._ring = np.concatenate((self._ring, blocks))[-self._lookback :]
+        self._ring_start = first + blocks.shape[0] - self._ring.shape[0]
+
+    def _start(self, block: int, out: list[Item]) -> None:
+        self._segment += 1
+        self._active = True
+        self._seg_start = block
+        self._fed_until = block
+        self._mfcc.reset()
+        self._frames = np.zeros((0, self.features.n_mfcc), np.float32)
+        self._frames_offset = 0
+        self._n_frames = 0
+        self._emitted = 0
+        self._last_window_end = 0
+        out.append(SegmentStart(self._segment, block * self.block))
+
+    def _feed(
+        self, hist: npt.NDArray[np.float32], hist_start: int, until: int, out: list[Item]
+    ) -> None:
+        lo = self._fed_until - hist_start
+        hi = until - hist_start
+        if hi <= lo:
+            return
+        lo = max(lo, 0)  # cannot happen with a consistent gate; guards the slice
+        audio = hist[lo:hi].reshape(-1)
+        self.speech_samples += audio.size
+        self._fed_until = until
+        frames = self._mfcc(audio)
+        if frames.shape[0] == 0:
+            return
+        self._frames = np.concatenate((self._frames, frames)) if self._frames.size else frames
+        self._n_frames += frames.shape[0]
+        w, h = self.win_frames, self.hop_frames
+        while self._emitted * h + w <= self._n_frames:
+            s = self._emitted * h
+            self._emit(s, self._frames[s - self._frames_offset : s - self._frames_offset + w], out)
+            self._emitted += 1
+            self._last_window_end = s + w
+        # Keep the frames a later window (or the final tail window) can still need.
+        keep_from = min(self._emitted * h, self._n_frames - w)
+        drop = keep_from - self._frames_offset
+        if drop > 0:
+            self._frames = self._frames[drop:]
+            self._frames_offset = keep_from
+
+    def _emit(
+        self, first_frame: int, frames: npt.NDArray[np.float32], out: list[Item], padded: bool = False
+    ) -> None:
+        hop = self.features.hop_length
+        s0 = self._seg_start * self.block
+        n = min(frames.shape[0], self._n_frames) if padded else frames.shape[0]
+        start = s0 + first_frame * hop
+        end = start + (n - 1) * hop + self.features.frame_length
+        out.append(Window(self._segment, start, end, frames, padded))
+
+    def _end(self, block: int, out: list[Item]) -> None:
+        n, w, h = self._n_frames, self.win_frames, self.hop_frames
+        if self._emitted == 0 and n >= self.min_frames:
+            frames = self._frames[max(0, n - w) - self._frames_offset :]
+            self._emit(max(0, n - w), pad_window(frames, w), out, padded=n < w)
+            self._emitted += 1
+        elif self._emitted > 0 and n - self._last_window_end >= max(1, h // 2):
+            # The tail after the last full window is long enough to deserve a window.
+            self._emit(n - w, self._frames[n - w - self._frames_offset :], out)
+            self._emitted += 1
+        out.append(SegmentEnd(self._segment, self._seg_start * self.block, block * self.block,
+                              self._emitted))
+        self._active = False
+
+
+def windows_of(
+    audio: npt.ArrayLike,
+    features: FeatureParams | None = None,
+    windows: WindowParams | None = None,
+    vad: VadSettings | None = None,
+) -> list[Window]:
+    """All windows of a whole clip (the training and evaluation path)."""
+    w = Windower(features, windows, vad)
+    items = w(audio) + w.flush()
+    return [it for it in items if isinstance(it, Window)]
