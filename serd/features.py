@@ -48,8 +48,9 @@ class FeatureParams:
     fmax_hz: float = 8000.0
     preemphasis: float = 0.97
     """First-order pre-emphasis coefficient (0 disables it)."""
-    log_floor: float = 1e-8
-    """Floor on mel power before the log, so digital silence stays finite."""
+    log_floor: float = 1e-12
+    """Floor on mel power before the log: digital silence stays finite, yet it sits far
+    below any real recording's noise floor, so a gain change stays a pure offset."""
     window: str = "hamming"
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ audio for pre-roll; MFCC frames are computed only inside speech segments.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,12 +99,21 @@ class Windower:
         self._last_window_end = 0  # segment frame index just past the last window
         self.samples_in = 0
         self.speech_samples = 0
+        self.seconds_features = 0.0  # CPU-ish time inside the MFCC stage (for bench/health)
+        self.seconds_total = 0.0  # time inside this stage, gate + features
 
     @property
     def in_speech(self) -> bool:
         return self._active
 
     def __call__(self, audio: npt.ArrayLike) -> list[Item]:
+        t0 = time.perf_counter()
+        try:
+            return self._call(audio)
+        finally:
+            self.seconds_total += time.perf_counter() - t0
+
+    def _call(self, audio: npt.ArrayLike) -> list[Item]:
         x = np.asarray(audio, dtype=np.float32).reshape(-1)
         self.samples_in += x.size
         if self._leftover.size:
@@ -178,7 +188,9 @@ class Windower:
         audio = hist[lo:hi].reshape(-1)
         self.speech_samples += audio.size
         self._fed_until = until
+        t0 = time.perf_counter()
         frames = self._mfcc(audio)
+        self.seconds_features += time.perf_counter() - t0
         if frames.shape[0] == 0:
             return
         self._frames = np.concatenate((self._frames, frames)) if self._frames.size else frames
@@ -197,7 +209,11 @@ class Windower:
             self._frames_offset = keep_from
 
     def _emit(
-        self, first_frame: int, frames: npt.NDArray[np.float32], out: list[Item], padded: bool = False
+        self,
+        first_frame: int,
+        frames: npt.NDArray[np.float32],
+        out: list[Item],
+        padded: bool = False,
     ) -> None:
         hop = self.features.hop_length
         s0 = self._seg_start * self.block

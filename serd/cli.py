@@ -1,0 +1,254 @@
+"""Command line: ``serd`` (the daemon), ``serd --once FILE...`` (the same pipeline on files).
+
+Imports are lazy so that ``serd --once`` starts fast and never loads the MQTT client, the
+audio device layer, TensorFlow, Keras or librosa.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from serd.config import Config
+    from serd.model import Classifier
+    from serd.pipeline import Decision
+
+_LOGGER = logging.getLogger("serd")
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="serd",
+        description="Speech-emotion recognition on the device: microphone -> emotion events "
+        "over MQTT.  With --once, run the same pipeline on audio files and print the result.",
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML config (only keys that differ "
+                   "from the defaults; see config.yaml); default $SERD_CONFIG or built-in")
+    p.add_argument("--once", nargs="+", metavar="PATH",
+                   help="analyse audio files or folders (recursively: wav, flac, ogg) and exit")
+    p.add_argument("--json", action="store_true",
+                   help="with --once: print JSON lines (window, utterance, summary)")
+    p.add_argument("--model", metavar="FILE.tflite", help="override model.path")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the config and the model, print the effective config, exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from serd.config import EXIT_CONFIG, EXIT_DATAERR, load  # noqa: PLC0415
+    from serd.model import ModelError  # noqa: PLC0415
+    from serd.settings import ConfigError  # noqa: PLC0415
+
+    try:
+        cfg = load(args.config)
+        if args.model:
+            import dataclasses  # noqa: PLC0415
+
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=args.model))
+    except ConfigError as exc:
+        _setup_logging("error")
+        print(f"serd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    level = "debug" if args.verbose else ("warning" if args.quiet else cfg.log_level)
+    _setup_logging(level)
+    try:
+        if args.check_config:
+            return _check_config(cfg)
+        if args.once:
+            return run_once(cfg, args.once, as_json=args.json)
+        from serd.daemon import run  # noqa: PLC0415
+
+        return run(cfg)
+    except ModelError as exc:
+        print(f"serd: model error: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+    except ConfigError as exc:
+        print(f"serd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _check_config(cfg: Config) -> int:
+    import dataclasses  # noqa: PLC0415
+
+    from serd.model import load_classifier  # noqa: PLC0415
+
+    clf = load_classifier(cfg.model)
+    print(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    print(f"model {clf.name}: {len(clf.labels)} labels ({', '.join(clf.labels)}), "
+          f"runtime {clf.runtime}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- serd --once ---------------------------------------------------------------------------
+
+
+def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | None = None) -> int:
+    """Analyse files through the daemon's pipeline; exit code 2 if any file failed."""
+    from serd.audio import AudioError, find_audio  # noqa: PLC0415
+    from serd.model import load_classifier  # noqa: PLC0415
+
+    out = out or sys.stdout
+    clf = load_classifier(cfg.model)
+    failed = 0
+    seen = 0
+    for path in find_audio(list(paths)):
+        seen += 1
+        try:
+            result = analyse_file(cfg, clf, path)
+        except AudioError as exc:
+            failed += 1
+            print(f"serd: {path}: {exc}", file=sys.stderr)
+            continue
+        except MemoryError:
+            failed += 1
+            print(f"serd: {path}: out of memory while decoding", file=sys.stderr)
+            continue
+        if as_json:
+            _print_json(result, out)
+        else:
+            _print_timeline(result, out)
+        out.flush()
+    if seen == 0:
+        print("serd: no audio files found in " + ", ".join(paths), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+class FileResult:
+    """Everything ``--once`` prints about one file."""
+
+    def __init__(self, path: Path, duration_s: float, speech_s: float,
+                 decisions: list[Decision], labels: tuple[str, ...], threshold: float,
+                 hop_s: float) -> None:
+        from serd.decisions import verdict  # noqa: PLC0415
+
+        self.path = path
+        self.duration_s = duration_s
+        self.speech_s = speech_s
+        self.decisions = decisions
+        self.labels = labels
+        self.hop_s = hop_s
+        windows = [d for d in decisions if d.type == "window"]
+        if windows:
+            import numpy as np  # noqa: PLC0415
+
+            mean = np.mean([d.raw_probs for d in windows], axis=0).astype(np.float32)
+            self.summary = verdict(labels, mean, threshold)
+        else:
+            self.summary = None
+
+
+def analyse_file(cfg: Config, clf: Classifier, path: Path) -> FileResult:
+    from serd.audio import probe, read_blocks  # noqa: PLC0415
+    from serd.pipeline import Pipeline  # noqa: PLC0415
+
+    info = probe(path)
+    rate = clf.card.features.sample_rate
+    pipe = Pipeline(clf, vad=cfg.vad, decisions=cfg.decisions, channel="main")
+    decisions: list[Decision] = []
+    for block in read_blocks(info.path, rate, block_seconds=0.5, info=info):
+        decisions.extend(pipe(block))
+    decisions.extend(pipe.flush())
+    duration = pipe.windower.samples_in / rate
+    speech = pipe.windower.speech_samples / rate
+    return FileResult(path, duration, speech, decisions, clf.labels, cfg.decisions.threshold,
+                      clf.card.windows.hop_seconds)
+
+
+def _silence_records(result: FileResult) -> list[dict[str, Any]]:
+    """Hop-long non-speech records for the stretches no utterance covers (timeline gaps)."""
+    spans = sorted((d.start_s, d.end_s) for d in result.decisions if d.type == "utterance")
+    gaps: list[tuple[float, float]] = []
+    t = 0.0
+    for s, e in spans:
+        if s > t:
+            gaps.append((t, s))
+        t = max(t, e)
+    if result.duration_s > t:
+        gaps.append((t, result.duration_s))
+    recs = []
+    for s, e in gaps:
+        a = s
+        while a < e - 1e-6:
+            b = min(e, a + result.hop_s)
+            recs.append({"type": "window", "file": str(result.path), "start_s": round(a, 3),
+                         "end_s": round(b, 3), "speech": False, "label": None,
+                         "confidence": 0.0, "probs": {}})
+            a = b
+    return recs
+
+
+def _print_json(result: FileResult, out: TextIO) -> None:
+    records: list[dict[str, Any]] = _silence_records(result)
+    for d in result.decisions:
+        if d.type == "window":
+            records.append({"type": "window", "file": str(result.path), "start_s": d.start_s,
+                            "end_s": d.end_s, "speech": True, "label": d.label,
+                            "confidence": d.confidence, "probs": d.probs})
+        else:
+            records.append({"type": "utterance", "file": str(result.path), "start_s": d.start_s,
+                            "end_s": d.end_s, "label": d.label, "confidence": d.confidence,
+                            "probs": d.probs, "windows": d.windows})
+    # Time order; at equal start, windows before the utterance that contains them.
+    order = {"window": 0, "utterance": 1}
+    records.sort(key=lambda r: (r["start_s"], order[r["type"]], r["end_s"]))
+    for rec in records:
+        out.write(json.dumps(rec) + "\n")
+    s = result.summary
+    out.write(json.dumps({
+        "type": "summary", "file": str(result.path),
+        "duration_s": round(result.duration_s, 3), "speech_s": round(result.speech_s, 3),
+        "label": s.label if s else None, "confidence": s.confidence if s else 0.0,
+        "probs": s.probs if s else {},
+    }) + "\n")
+
+
+def _bar(p: float, width: int = 20) -> str:
+    n = round(p * width)
+    return "#" * n + "." * (width - n)
+
+
+def _print_timeline(result: FileResult, out: TextIO) -> None:
+    w = out.write
+    w(f"{result.path}  ({result.duration_s:.1f} s, speech {result.speech_s:.1f} s)\n")
+    for d in result.decisions:
+        label = d.label or "(unsure)"
+        if d.type == "window":
+            w(f"  {d.start_s:7.2f}-{d.end_s:7.2f} s  window     {label:<9} "
+              f"{d.confidence:4.2f} {_bar(d.confidence)}\n")
+        else:
+            w(f"  {d.start_s:7.2f}-{d.end_s:7.2f} s  utterance  {label:<9} "
+              f"{d.confidence:4.2f}  ({d.windows} windows)\n")
+    s = result.summary
+    if s is None:
+        w("  verdict: no speech found\n\n")
+        return
+    ranked = sorted(s.probs.items(), key=lambda kv: -kv[1])
+    top = ", ".join(f"{k} {v:.2f}" for k, v in ranked[:3])
+    w(f"  verdict: {s.label or '(unsure)'}  {s.confidence:.2f}   [{top}]\n\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Decisions: from per-window probabilities to labels people can rely on.
+
+Modelled on tflite-micro's ``RecognizeCommands``: window probabilities are averaged over
+the last few windows of the current utterance (smoothing), a label is only claimed when the
+smoothed probability reaches a threshold (below it the label is ``None``: nothing claimed),
+and a claimed label only changes when a rival beats it by a margin (hysteresis), so the
+dashboard does not flicker between two close emotions.
+
+An utterance's verdict is the mean of its windows' probabilities, thresholded the same way.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from serd.settings import require
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """Smoothing, threshold and hysteresis of window and utterance labels."""
+
+    smoothing_windows: int = 3
+    """Windows averaged (within one utterance) for a window event's label."""
+    threshold: float = 0.35
+    """Smoothed probability needed to claim a label; below it the label is null."""
+    hysteresis: float = 0.1
+    """A claimed label is kept until a rival's smoothed probability exceeds it by this much."""
+
+    def __post_init__(self) -> None:
+        require(1 <= self.smoothing_windows <= 50, "smoothing_windows", "must be in 1..50")
+        require(0.0 <= self.threshold <= 1.0, "threshold", "must be in 0..1")
+        require(0.0 <= self.hysteresis < 1.0, "hysteresis", "must be in 0..1")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    label: str | None
+    confidence: float
+    probs: dict[str, float]
+
+
+def verdict(labels: tuple[str, ...], probs: npt.NDArray[np.float32], threshold: float) -> Verdict:
+    """Argmax label of ``probs`` if it reaches ``threshold``, else no label."""
+    i = int(np.argmax(probs))
+    conf = float(probs[i])
+    return Verdict(
+        labels[i] if conf >= threshold else None,
+        round(conf, 4),
+        {lab: round(float(p), 4) for lab, p in zip(labels, probs, strict=True)},
+    )
+
+
+class Decider:
+    """Stateful per-channel decisions: ``__call__(probs)`` per window, ``end()`` per utterance."""
+
+    def __init__(self, labels: tuple[str, ...], settings: DecisionSettings | None = None) -> None:
+        self.labels = labels
+        self.settings = settings or DecisionSettings()
+        self._recent: deque[npt.NDArray[np.float32]] = deque(
+            maxlen=self.settings.smoothing_windows
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """A new utterance starts: forget smoothing state and the current label."""
+        self._recent.clear()
+        self._sum = np.zeros(len(self.labels), np.float64)
+        self._count = 0
+        self.current: int | None = None
+
+    def __call__(self, probs: npt.NDArray[np.float32]) -> Verdict:
+        self._recent.append(probs)
+        self._sum += probs
+        self._count += 1
+        smoothed = np.mean(self._recent, axis=0)
+        s = self.settings
+        best = int(np.argmax(smoothed))
+        cur = self.current
+        if cur is not None and best != cur:
+            # Hysteresis: switch only when the rival clearly wins.
+            if smoothed[best] < smoothed[cur] + s.hysteresis and smoothed[cur] >= s.threshold:
+                best = cur
+        self.current = best if smoothed[best] >= s.threshold else None
+        v = verdict(self.labels, smoothed, s.threshold)
+        if v.label is not None and self.current is not None:
+            v = Verdict(self.labels[self.current], round(float(smoothed[self.current]), 4), v.probs)
+        return v
+
+    def end(self) -> Verdict | None:
+        """The utterance is over: its mean-probability verdict (None if it had no window)."""
+        if self._count == 0:
+            self.reset()
+            return None
+        mean = (self._sum / self._count).astype(np.float32)
+        out = verdict(self.labels, mean, self.settings.threshold)
+        self.reset()
+        return out

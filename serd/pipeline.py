@@ -1,0 +1,147 @@
+"""One channel's processing path: gate -> features -> windows -> classifier -> decisions.
+
+The daemon runs one :class:`Pipeline` per analysed channel; ``serd --once`` runs the very
+same class on a file's blocks, so both give the same windows and labels on the same audio.
+Time is counted in samples at the model rate since the stream began, and reported in
+seconds (``start_s``/``end_s``); the daemon turns those into wall-clock timestamps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from serd.decisions import Decider, DecisionSettings, Verdict
+from serd.gate import VadSettings
+from serd.model import Classifier
+from serd.windows import SegmentEnd, SegmentStart, Window, Windower
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A labelled stretch of one channel: a window during speech, or a whole utterance."""
+
+    type: Literal["window", "utterance"]
+    channel: str
+    segment: int
+    start_s: float
+    end_s: float
+    label: str | None
+    """None when the confidence is below the threshold: nothing is claimed."""
+    confidence: float
+    probs: dict[str, float] = field(default_factory=dict)
+    raw_probs: tuple[float, ...] = ()
+    """Window only: the model's own (unsmoothed) probabilities, in label order."""
+    windows: int = 1
+    """Utterance only: how many windows the verdict averages."""
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage (perf_counter), for the bench and the health topic."""
+
+    gate: float = 0.0
+    features: float = 0.0
+    inference: float = 0.0
+    decisions: float = 0.0
+
+    def total(self) -> float:
+        return self.gate + self.features + self.inference + self.decisions
+
+
+class Pipeline:
+    """``__call__(audio_at_model_rate) -> [Decision, ...]``; ``flush()`` at end of stream."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        vad: VadSettings | None = None,
+        decisions: DecisionSettings | None = None,
+        channel: str = "main",
+    ) -> None:
+        self.classifier = classifier
+        self.channel = channel
+        card = classifier.card
+        self.sample_rate = card.features.sample_rate
+        self.windower = Windower(card.features, card.windows, vad)
+        self.decider = Decider(card.labels, decisions)
+        self._times = StageTimes()
+        self.windows_classified = 0
+
+    def reset(self) -> None:
+        self.windower.reset()
+        self.decider.reset()
+
+    @property
+    def in_speech(self) -> bool:
+        return self.windower.in_speech
+
+    @property
+    def times(self) -> StageTimes:
+        w = self.windower
+        return StageTimes(
+            gate=w.seconds_total - w.seconds_features,
+            features=w.seconds_features,
+            inference=self._times.inference,
+            decisions=self._times.decisions,
+        )
+
+    def __call__(self, audio: npt.ArrayLike) -> list[Decision]:
+        return self._handle(self.windower(audio))
+
+    def flush(self) -> list[Decision]:
+        """End of stream: close an open utterance."""
+        return self._handle(self.windower.flush())
+
+    def _handle(self, items: list[Window | SegmentStart | SegmentEnd]) -> list[Decision]:
+        out: list[Decision] = []
+        for item in items:
+            if isinstance(item, Window):
+                t0 = time.perf_counter()
+                probs = self.classifier(item.features)
+                t1 = time.perf_counter()
+                v = self.decider(probs)
+                self._times.inference += t1 - t0
+                self._times.decisions += time.perf_counter() - t1
+                self.windows_classified += 1
+                out.append(self._decision("window", item.segment, item.start_sample,
+                                          item.end_sample, v, probs))
+            elif isinstance(item, SegmentStart):
+                self.decider.reset()
+            else:
+                t0 = time.perf_counter()
+                final = self.decider.end()
+                self._times.decisions += time.perf_counter() - t0
+                if final is not None:
+                    out.append(self._decision("utterance", item.segment, item.start_sample,
+                                              item.end_sample, final, None, item.windows))
+        return out
+
+    def _decision(
+        self,
+        kind: Literal["window", "utterance"],
+        segment: int,
+        start: int,
+        end: int,
+        v: Verdict,
+        probs: npt.NDArray[np.float32] | None,
+        windows: int = 1,
+    ) -> Decision:
+        sr = float(self.sample_rate)
+        return Decision(
+            type=kind,
+            channel=self.channel,
+            segment=segment,
+            start_s=round(start / sr, 3),
+            end_s=round(end / sr, 3),
+            label=v.label,
+            confidence=v.confidence,
+            probs=v.probs,
+            raw_probs=tuple(round(float(p), 4) for p in probs) if probs is not None else (),
+            windows=windows,
+        )

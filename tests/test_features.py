@@ -1,0 +1,183 @@
+"""The feature front-end: golden values, streaming invariance, agreement with references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serd.audio import load
+from serd.features import (
+    FeatureParams,
+    MfccStream,
+    Normalisation,
+    WindowParams,
+    dct_matrix,
+    fit_normalisation,
+    frame_windows,
+    mel_filterbank,
+    mfcc,
+    normalise_windows,
+    pad_window,
+)
+from serd.model import fingerprint_signal
+
+P = FeatureParams()
+
+# Pinned outputs of the front-end on a deterministic chirp (serd.model.fingerprint_signal).
+# If these change, every shipped model's input changes: bump FRONTEND_VERSION and retrain.
+GOLDEN_ROWS = (0, 10, 47)
+GOLDEN_COLS = (0, 1, 2, 5, 13, 39)
+GOLDEN = np.array(
+    [
+        [-81.87866, 19.4421, 6.40866, 1.98474, 6.17006, -0.98641],
+        [-81.34323, 18.82725, 4.85475, 3.46616, 0.32555, -0.47792],
+        [-80.66859, 19.7594, -2.40881, 1.47804, -2.60541, -0.31899],
+    ],
+    dtype=np.float32,
+)
+
+
+def speechlike(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
+    """A harmonic signal with a moving pitch and noise, at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    f0 = 140 + 40 * np.sin(2 * np.pi * 1.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / 16000
+    x = sum(np.sin(k * phase) / k for k in range(1, 12)) * 0.1
+    return (x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_golden_values() -> None:
+    m = mfcc(fingerprint_signal(16000))
+    assert m.shape == (48, 40)
+    assert m.dtype == np.float32
+    np.testing.assert_allclose(m[np.ix_(GOLDEN_ROWS, GOLDEN_COLS)], GOLDEN, rtol=1e-4, atol=2e-3)
+
+
+def test_frame_count_and_params() -> None:
+    assert P.frame_length == 400
+    assert P.hop_length == 160
+    assert mfcc(np.zeros(399, np.float32)).shape == (0, 40)
+    assert mfcc(np.zeros(400, np.float32)).shape == (1, 40)
+    assert mfcc(np.zeros(16000, np.float32)).shape == (1 + (16000 - 400) // 160, 40)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 160, 161, 399, 400, 1024, 4000, 100000])
+def test_streaming_matches_whole_clip(chunk: int) -> None:
+    x = speechlike(1.3)
+    whole = mfcc(x)
+    stream = MfccStream()
+    parts = [stream(x[i : i + chunk]) for i in range(0, x.size, chunk)]
+    got = np.concatenate(parts)
+    assert got.shape == whole.shape
+    np.testing.assert_allclose(got, whole, atol=1e-4)
+
+
+def test_random_chunking_matches_whole_clip() -> None:
+    x = speechlike(2.0, seed=3)
+    rng = np.random.default_rng(7)
+    stream = MfccStream()
+    parts, i = [], 0
+    while i < x.size:
+        n = int(rng.integers(0, 3000))
+        parts.append(stream(x[i : i + n]))
+        i += n
+    np.testing.assert_allclose(np.concatenate(parts), mfcc(x), atol=1e-4)
+
+
+def test_reset_starts_a_new_stream() -> None:
+    x = speechlike(0.5)
+    s = MfccStream()
+    s(speechlike(0.3, seed=9))
+    s.reset()
+    np.testing.assert_allclose(s(x), mfcc(x), atol=1e-5)
+
+
+def test_digital_silence_is_finite() -> None:
+    m = mfcc(np.zeros(8000, np.float32))
+    assert np.isfinite(m).all()
+
+
+def test_filterbank_and_dct_are_cached_and_read_only() -> None:
+    fb = mel_filterbank(P)
+    assert fb is mel_filterbank(P)
+    assert fb.shape == (40, 257)
+    assert not fb.flags.writeable
+    d = dct_matrix(40, 40)
+    np.testing.assert_allclose(d @ d.T, np.eye(40), atol=1e-5)  # orthonormal
+
+
+def test_matches_librosa_with_same_parameters() -> None:
+    librosa = pytest.importorskip("librosa")
+    scipy_fft = pytest.importorskip("scipy.fft")
+    x = speechlike(1.5, seed=1)
+    y = np.append(x[0], x[1:] - P.preemphasis * x[:-1]).astype(np.float32)
+    # librosa centres a 400-sample window in each 512-sample frame: shift by 56 samples.
+    pad = (P.n_fft - P.frame_length) // 2
+    y = np.concatenate([np.zeros(pad, np.float32), y, np.zeros(pad, np.float32)])
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=16000, n_fft=512, hop_length=160, win_length=400, window=np.hamming(400),
+        center=False, power=2.0, n_mels=40, fmin=20.0, fmax=8000.0, htk=True, norm=None,
+    ) / P.n_fft
+    ref = scipy_fft.dct(np.log(np.maximum(mel, P.log_floor)), axis=0, norm="ortho").T
+    ours = mfcc(x)
+    n = min(len(ref), len(ours))
+    assert abs(len(ref) - len(ours)) <= 1
+    np.testing.assert_allclose(ours[:n], ref[:n], atol=2e-3, rtol=1e-3)
+
+
+def test_close_to_python_speech_features(data_dir) -> None:
+    psf = pytest.importorskip("python_speech_features")
+    x = load(data_dir / "1091_TIE_SAD_XX.flac", 16000)
+    ref = psf.mfcc(
+        x, 16000, winlen=0.025, winstep=0.01, numcep=40, nfilt=40, nfft=512, lowfreq=20,
+        highfreq=8000, preemph=0.97, ceplifter=0, appendEnergy=False, winfunc=np.hamming,
+    )
+    ours = mfcc(x)
+    n = min(len(ref), len(ours))
+    # psf rounds filter edges to FFT bins, so values differ a little; on real speech the
+    # first 13 cepstra (what most SER work uses) correlate almost perfectly.
+    for c in range(13):
+        r = np.corrcoef(ref[:n, c], ours[:n, c])[0, 1]
+        assert r > 0.95, (c, r)
+
+
+def test_windows_and_padding() -> None:
+    frames = np.arange(500 * 3, dtype=np.float32).reshape(500, 3)
+    w, starts = frame_windows(frames, 200, 50)
+    assert w.shape == (7, 200, 3)
+    assert list(starts) == [0, 50, 100, 150, 200, 250, 300]
+    np.testing.assert_array_equal(w[2], frames[100:300])
+    short = frames[:70]
+    w1, s1 = frame_windows(short, 200, 50)
+    assert w1.shape == (1, 200, 3)
+    np.testing.assert_array_equal(w1[0][:70], short)
+    np.testing.assert_array_equal(w1[0][70:140], short)
+    np.testing.assert_array_equal(pad_window(frames, 200), frames[-200:])
+
+
+def test_normalisation_is_gain_invariant(data_dir) -> None:
+    x = load(data_dir / "1001_IEO_ANG_HI.flac", 16000)
+    win, _ = WindowParams().frames(P)
+    a = pad_window(mfcc(x), win)
+    b = pad_window(mfcc(x * 0.25), win)
+    norm = Normalisation(scale=tuple([1.0] * 40))
+    na, nb = normalise_windows(a, norm), normalise_windows(b, norm)
+    # A gain is an additive constant on c0 only (log of a scaled spectrum); CMN removes it.
+    np.testing.assert_allclose(na, nb, atol=0.05)
+
+
+def test_fit_normalisation_gives_unit_variance() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(3.0, [1.0, 2.0, 4.0], size=(50, 200, 3)).astype(np.float32)
+    norm = fit_normalisation(w)
+    out = normalise_windows(w, norm)
+    np.testing.assert_allclose(out.reshape(-1, 3).std(axis=0), 1.0, rtol=0.02)
+    assert Normalisation.from_dict(norm.to_dict()) == norm
+
+
+def test_bad_params_are_refused() -> None:
+    with pytest.raises(ValueError, match="n_mfcc"):
+        FeatureParams(n_mfcc=80)
+    with pytest.raises(ValueError, match="hop_seconds"):
+        WindowParams(window_seconds=1.0, hop_seconds=2.0)
