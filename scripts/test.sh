@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up everything the tests need, then run them (lint, types, pytest). CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --dev
+.venv/bin/ruff check serd train tests bench
+.venv/bin/mypy serd
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,309 @@
+"""The daemon: capture -> (per channel) pipeline -> events -> publisher, under systemd.
+
+One processing loop on the main thread reads blocks from the audio source, runs each
+channel's :class:`~serd.pipeline.Pipeline`, turns decisions into events and hands them to
+the publisher (which spools them on disk and delivers them from its own thread).  The loop
+feeds systemd's watchdog itself, so a stalled pipeline trips it; every I/O problem it can
+survive (microphone gone, broker down) is logged in one line and retried, and systemd's
+``Restart=on-failure`` is the outer guard.
+
+SIGTERM/SIGINT stop capture, close open utterances, flush what can be sent, publish
+``offline`` and exit 0 within a few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from serd import notify
+from serd.config import Config
+from serd.events import EmotionResult, emotion_event
+from serd.model import Classifier, load_classifier
+from serd.pipeline import Decision, Pipeline
+from serd.publisher import EventPublisher, make_publisher
+
+_LOGGER = logging.getLogger(__name__)
+
+READY_GRACE_SECONDS = 10.0
+
+
+class AudioSource(Protocol):
+    """What the loop needs from the microphone (``serd.capture.Capture`` or a file replay)."""
+
+    def open(self) -> None: ...
+    def read(self, timeout_seconds: float) -> npt.NDArray[np.float32] | None: ...
+    def close(self) -> None: ...
+    @property
+    def is_open(self) -> bool: ...
+    @property
+    def device_name(self) -> str | None: ...
+    @property
+    def overflows(self) -> int: ...
+    @property
+    def reopens(self) -> int: ...
+
+
+@dataclass
+class Counters:
+    started_monotonic: float
+    audio_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    windows: int = 0
+    utterances: int = 0
+    events: int = 0
+    loop_errors: int = 0
+
+
+class Daemon:
+    """Wires the stages together; :meth:`run` is the processing loop."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        source: AudioSource | None = None,
+        publisher: EventPublisher | None = None,
+        classifier: Classifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.device_id = cfg.resolved_device_id
+        self.classifier = classifier or load_classifier(cfg.model)
+        self.rate = self.classifier.card.features.sample_rate
+        if source is None:
+            from serd.capture import Capture  # noqa: PLC0415  (sounddevice only when needed)
+
+            source = Capture(cfg.audio, target_rate=self.rate)
+        self.source = source
+        self.channels = tuple(cfg.audio.channels)
+        self.pipelines = [
+            Pipeline(self.classifier, vad=cfg.vad, decisions=cfg.decisions, channel=name)
+            for name in self.channels
+        ]
+        self.publisher = publisher or make_publisher(
+            cfg.mqtt, self.device_id, cfg.resolved_state_dir
+        )
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.counters = Counters(time.monotonic())
+        self._samples = 0  # samples per channel since start, at the model rate
+        self._anchor: tuple[int, float] | None = None  # (sample count, epoch seconds)
+        self._reopens_seen = 0
+        self._ready = False
+        self._last_health = 0.0
+        self._interval_audio = 0.0
+        self._interval_busy = 0.0
+        self._rtf = 0.0
+        self.on_decision: Callable[[Decision, dict[str, Any]], None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            _LOGGER.info("received %s: stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        """Run until :meth:`request_stop` (or a signal); returns the exit code."""
+        self.publisher.start()
+        notify.status(f"opening input device {self.cfg.audio.device or '(default)'}")
+        self._open_source()
+        watchdog = notify.watchdog_interval_seconds()
+        # Feed the watchdog at least twice per interval, from this loop only.
+        read_timeout = min(0.5, watchdog / 4) if watchdog else 0.5
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self._step(read_timeout)
+                except Exception:
+                    # Keep the device alive through a bug in one block; systemd's watchdog
+                    # and Restart= remain the outer guard if it keeps failing.
+                    self.counters.loop_errors += 1
+                    _LOGGER.exception("processing failed; continuing with the next block")
+                    time.sleep(min(1.0, 0.05 * self.counters.loop_errors))
+                notify.watchdog()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _open_source(self) -> None:
+        try:
+            self.source.open()
+        except Exception as exc:  # noqa: BLE001  (a missing mic is not fatal: retry below)
+            _LOGGER.warning("cannot open the input device yet: %s (will keep retrying)", exc)
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        if self._ready:
+            return
+        waited = time.monotonic() - self.counters.started_monotonic
+        if not self.source.is_open and waited >= READY_GRACE_SECONDS:
+            # A microphone missing at boot must not make systemd kill and restart us in a
+            # loop: report ready-but-degraded and keep retrying the device.
+            self._ready = True
+            notify.ready("input device missing: retrying (check audio.device)")
+            _LOGGER.warning("no input device after %.0f s; running and retrying", waited)
+            return
+        if self.source.is_open:
+            self._ready = True
+            notify.ready(f"listening on {self.source.device_name} ({len(self.channels)} ch), "
+                         f"model {self.classifier.name}")
+            _LOGGER.info("ready: input %s, channels %s, model %s, publishing to %s",
+                         self.source.device_name, ",".join(self.channels), self.classifier.name,
+                         self.cfg.mqtt.host or "stdout")
+
+    def _shutdown(self) -> None:
+        notify.stopping("stopping: flushing events")
+        try:
+            self.source.close()
+        except Exception:  # noqa: BLE001
+            _LOGGER.exception("closing the input device failed")
+        for pipe in self.pipelines:
+            try:
+                self._publish(pipe.flush())
+            except Exception:  # noqa: BLE001
+                _LOGGER.exception("flushing channel %s failed", pipe.channel)
+        self.publisher.close(timeout_seconds=3.0)
+        _LOGGER.info("stopped")
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _step(self, timeout: float) -> None:
+        block = self.source.read(timeout)
+        now = self.clock()
+        if self.source.reopens != self._reopens_seen:
+            # The device came back: audio before and after the gap must not share a window.
+            self._reopens_seen = self.source.reopens
+            for pipe in self.pipelines:
+                self._publish(pipe.flush())
+                pipe.reset()
+            self._anchor = None
+        self._maybe_ready()
+        if block is not None and block.size:
+            self.process_block(block, now)
+        self._maybe_health(now)
+
+    def process_block(self, block: npt.NDArray[np.float32], now: float) -> list[Decision]:
+        """Run one (frames, channels) block through every channel; publish its events."""
+        t0 = time.perf_counter()
+        frames = block.shape[0]
+        self._samples += frames
+        # The block's last sample was captured (about) now: anchor stream time to wall time.
+        self._anchor = (self._samples, now)
+        out: list[Decision] = []
+        data = block if block.ndim == 2 else block[:, None]
+        for i, pipe in enumerate(self.pipelines):
+            out.extend(pipe(data[:, i]))
+        self._publish(out)
+        busy = time.perf_counter() - t0
+        audio = frames / self.rate
+        self.counters.audio_seconds += audio
+        self.counters.busy_seconds += busy
+        self._interval_audio += audio
+        self._interval_busy += busy
+        return out
+
+    def epoch_of(self, stream_seconds: float) -> float:
+        if self._anchor is None:
+            return self.clock()
+        samples, epoch = self._anchor
+        return epoch - (samples / self.rate - stream_seconds)
+
+    def _publish(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if d.type == "window":
+                self.counters.windows += 1
+            else:
+                self.counters.utterances += 1
+            if not d.probs:
+                continue
+            payload = emotion_event(
+                self.device_id,
+                EmotionResult(
+                    type=d.type,
+                    channel=d.channel,
+                    start_epoch_seconds=self.epoch_of(d.start_s),
+                    end_epoch_seconds=max(self.epoch_of(d.end_s), self.epoch_of(d.start_s)),
+                    label=d.label,
+                    confidence=min(1.0, max(0.0, d.confidence)),
+                    probs=d.probs,
+                    model=self.classifier.name,
+                ),
+                now_epoch_seconds=self.clock(),
+            )
+            self.publisher.publish_event("emotion", payload)
+            self.counters.events += 1
+            if self.on_decision is not None:
+                self.on_decision(d, payload)
+
+    def health(self) -> dict[str, Any]:
+        stats = self.publisher.stats()
+        times = [p.times for p in self.pipelines]
+        return {
+            "uptime_s": round(time.monotonic() - self.counters.started_monotonic, 1),
+            "rtf": round(self._rtf, 5),
+            "audio_s": round(self.counters.audio_seconds, 1),
+            "busy_s": round(self.counters.busy_seconds, 3),
+            "overflows": int(self.source.overflows),
+            "input_device": self.source.device_name,
+            "input_open": bool(self.source.is_open),
+            "input_reopens": int(self.source.reopens),
+            "channels": list(self.channels),
+            "in_speech": [p.in_speech for p in self.pipelines],
+            "windows": self.counters.windows,
+            "utterances": self.counters.utterances,
+            "events": self.counters.events,
+            "spool_depth": stats.spool_depth,
+            "spool_dropped": stats.dropped,
+            "connected": stats.connected,
+            "model": self.classifier.name,
+            "model_sha256": self.classifier.sha256,
+            "stage_seconds": {
+                "gate": round(sum(t.gate for t in times), 3),
+                "features": round(sum(t.features for t in times), 3),
+                "inference": round(sum(t.inference for t in times), 3),
+                "decisions": round(sum(t.decisions for t in times), 3),
+            },
+            "loop_errors": self.counters.loop_errors,
+        }
+
+    def _maybe_health(self, now: float) -> None:
+        if now - self._last_health < self.cfg.health_interval_seconds:
+            return
+        self._last_health = now
+        if self._interval_audio > 0:
+            self._rtf = self._interval_busy / self._interval_audio
+        self._interval_audio = self._interval_busy = 0.0
+        h = self.health()
+        try:
+            self.publisher.publish_health(h)
+        except Exception:  # noqa: BLE001
+            _LOGGER.exception("publishing health failed")
+        state = "listening" if h["input_open"] else "input device missing"
+        notify.status(
+            f"{state}; {h['utterances']} utterances, spool {h['spool_depth']}, "
+            f"{'connected' if h['connected'] else 'broker unreachable'}, rtf {h['rtf']:.4f}"
+        )
+
+
+def run(cfg: Config) -> int:
+    """``serd`` with no --once: the daemon until SIGTERM."""
+    daemon = Daemon(cfg)
+    daemon.install_signal_handlers()
+    return daemon.run()
