@@ -20,3 +20,22 @@ DATA = Path(__file__).parent / "data"
 def data_dir() -> Path:
     """Folder of small committed fixtures (CREMA-D clips with attribution)."""
     return DATA
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The shipped default model (``$SERD_TEST_MODEL`` runs the suite against another one)."""
+    import os  # noqa: PLC0415
+
+    from serd.model import DEFAULT_MODEL  # noqa: PLC0415
+
+    path = Path(os.environ.get("SERD_TEST_MODEL") or DEFAULT_MODEL)
+    assert path.is_file(), f"model {path} is missing"
+    return path
+
+
+@pytest.fixture(scope="session")
+def classifier(model_path: Path):  # noqa: ANN201
+    from serd.model import ModelSettings, load_classifier  # noqa: PLC0415
+
+    return load_classifier(ModelSettings(path=str(model_path)))
