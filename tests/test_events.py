@@ -189,5 +189,5 @@ def test_health_event() -> None:
 
 
 def test_to_json_refuses_nan() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="JSON compliant"):
         events.to_json({"x": math.nan})
