@@ -181,7 +181,7 @@ def check_card(card: ModelCard, frontend: FeatureParams | None = None) -> None:
         ]
         raise ModelError(
             f"model {card.name} expects different features: {', '.join(diffs)}; "
-            "retrain it with this serd or change features: in the config"
+            "retrain it with this serd (serd-train) or use a model made for this version"
         )
     if len(card.normalisation.scale) != ours.n_mfcc:
         raise ModelError(f"model {card.name}: normalisation has the wrong number of coefficients")
