@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import sounddevice as sd
 import soxr
 
 from serd.settings import require
@@ -141,6 +140,22 @@ class InputDevice:
     """The device's default sample rate in Hz."""
 
 
+def _sd() -> Any:
+    """python-sounddevice, imported on first use.
+
+    Importing it initialises PortAudio (enumerating every ALSA device) and raises OSError
+    where libportaudio2 is missing; ``serd.config`` imports this module for
+    :class:`AudioSettings`, and loading a config must do neither.
+    """
+    try:
+        import sounddevice  # noqa: PLC0415
+    except OSError as exc:
+        raise CaptureError(
+            f"cannot load PortAudio ({_one_line(exc)}); install libportaudio2"
+        ) from None
+    return sounddevice
+
+
 def _one_line(value: object) -> str:
     return " ".join(str(value).split())
 
@@ -153,6 +168,7 @@ def refresh_devices() -> None:
     and initialise as many times again.  This closes every open PortAudio stream of the
     process.  Raises :class:`CaptureError` if PortAudio cannot be initialised.
     """
+    sd = _sd()
     count = int(getattr(sd, "_initialized", 1))
     try:
         for _ in range(count):
@@ -169,6 +185,7 @@ def list_input_devices() -> list[InputDevice]:
     PortAudio's list is a snapshot: call :func:`refresh_devices` first to see devices
     plugged in since.
     """
+    sd = _sd()
     try:
         devices = sd.query_devices()
         hostapis = sd.query_hostapis()
@@ -209,6 +226,7 @@ def resolve_device(spec: str | int | None, *, min_channels: int = 1) -> tuple[in
     :class:`CaptureError` with a one-line message naming the available input devices.
     """
     devices = list_input_devices()
+    sd = _sd()
     if spec is None:
         try:
             info = sd.query_devices(kind="input")
@@ -322,7 +340,7 @@ class Capture:
 
     @property
     def reopens(self) -> int:
-        """Successful recoveries: opens done by :meth:`read` after a loss or failed open."""
+        """Recoveries: times audio flowed again after a loss or a failed :meth:`open`."""
         return self._reopens
 
     @property
@@ -414,6 +432,8 @@ class Capture:
             if out.shape[0] == 0:
                 continue  # the resampler is still filling its filter; nothing to hand out
             self._failures = 0
+            if self._lost_since is not None:
+                self._recovered()
             return out
 
     # -- internals ---------------------------------------------------------------------
@@ -434,6 +454,7 @@ class Capture:
 
     def _open_stream(self) -> None:
         settings = self._settings
+        sd = _sd()
         # Device indexes and the device list change with hot-plug: always look again.
         refresh_devices()
         index, name = resolve_device(settings.device, min_channels=self._n_channels)
@@ -473,7 +494,9 @@ class Capture:
             if rate == self._target_rate
             else soxr.ResampleStream(rate, self._target_rate, self._n_channels, dtype="float32")
         )
-        _LOGGER.info(
+        # During an outage "is back" is logged once audio flows; attempts are debug only.
+        _LOGGER.log(
+            logging.INFO if self._lost_since is None else logging.DEBUG,
             "capturing from input device %r (index %d) at %d Hz, channels %s, resampled to %d Hz",
             name,
             index,
@@ -502,6 +525,7 @@ class Capture:
 
     def _health_problem(self, now: float) -> str | None:
         """Why the open stream is unusable, or None if it looks healthy."""
+        sd = _sd()
         try:
             active = bool(self._stream.active)
         except sd.PortAudioError as exc:
@@ -529,9 +553,16 @@ class Capture:
     def _lose(self, reason: str) -> None:
         name = self._device_name
         self._close_stream()
-        self._lost_since = time.monotonic()
         self._last_error = f"input device {name!r} is gone: {reason}"
         delay = self._schedule_retry()
+        if self._lost_since is not None:
+            # A reopened stream that never delivered: still the same outage, already
+            # reported; one warning per outage, not per attempt.
+            _LOGGER.debug(
+                "input device %r still unusable (%s); retrying in %.1f s", name, reason, delay
+            )
+            return
+        self._lost_since = time.monotonic()
         _LOGGER.warning(
             "input device %r is gone (%s); retrying in %.1f s — check the USB microphone "
             "/ audio.device",
@@ -548,20 +579,23 @@ class Capture:
             delay = self._schedule_retry()
             # The loss was reported once already; repeating it every attempt floods logs.
             _LOGGER.debug("reopening the input device failed: %s; next try in %.1f s", exc, delay)
-            return
         except Exception:
             self._last_error = "unexpected error reopening the input device"
             delay = self._schedule_retry()
             _LOGGER.exception(
                 "unexpected error reopening the input device; next try in %.1f s", delay
             )
-            return
+
+    def _recovered(self) -> None:
+        """Audio flows again after a loss or a failed first open: that is a recovery
+        (an open that never delivers, like a wedged device, is not)."""
+        now = time.monotonic()
+        away = now - (self._lost_since if self._lost_since is not None else now)
         self._reopens += 1
-        away = time.monotonic() - (self._lost_since or time.monotonic())
         self._lost_since = None
         self._last_error = None
         _LOGGER.info(
-            "input device %r is back after %.1f s (reopen #%d)",
+            "input device %r is back after %.1f s (recovery #%d)",
             self._device_name,
             away,
             self._reopens,

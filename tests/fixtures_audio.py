@@ -163,9 +163,10 @@ def virtual_mic() -> Iterator[VirtualMic]:
             "(apt-get install pulseaudio pulseaudio-utils libasound2-plugins)"
         )
     try:
-        from serd.capture import refresh_devices  # noqa: PLC0415 - imports PortAudio
-    except OSError as exc:  # sounddevice raises OSError when libportaudio2 is missing
-        pytest.skip(f"PortAudio is not available: {exc}")
+        import sounddevice  # noqa: F401, PLC0415 - initialises PortAudio
+    except OSError as exc:  # raised when libportaudio2 is missing
+        pytest.skip(f"PortAudio is not available ({exc}): apt-get install libportaudio2")
+    from serd.capture import refresh_devices  # noqa: PLC0415
 
     # Short path: the server's socket path must fit in sockaddr_un (108 bytes).
     root = Path(tempfile.mkdtemp(prefix="serd-pa-"))

@@ -308,3 +308,31 @@ def test_open_fails_while_unplugged_then_read_recovers(mic: VirtualMic, tmp_path
         capture.close()
     with pytest.raises(RuntimeError):
         capture.read(0.1)
+
+
+@pytest.mark.audio
+def test_stalled_device_is_reopened(
+    mic: VirtualMic, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device that stops delivering without an error (a wedged USB mic) is reopened."""
+    tone = _write_tone(tmp_path / "tone.wav", 30.0)
+    settings = AudioSettings(
+        device=mic.alsa_device, reopen_min_seconds=0.2, reopen_max_seconds=1.0, stall_seconds=1.0
+    )
+    caplog.set_level(logging.INFO, logger="serd.capture")
+    with Capture(settings, target_rate=RATE) as capture:
+        mic.play(tone, wait=False)
+        _read_until(capture, _loud, timeout_seconds=10.0)
+        mic.pactl("suspend-sink", mic.sink, "1")
+        try:
+            deadline = time.monotonic() + 10.0
+            while capture.is_open and time.monotonic() < deadline:
+                capture.read(0.2)
+            assert not capture.is_open, "the stall was not noticed"
+        finally:
+            mic.pactl("suspend-sink", mic.sink, "0")
+        _read_until(capture, _loud, timeout_seconds=15.0)
+        assert capture.reopens >= 1
+    gone = [r for r in caplog.records if "is gone" in r.getMessage()]
+    assert len(gone) == 1
+    assert "no audio" in gone[0].getMessage()
