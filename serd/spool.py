@@ -13,12 +13,15 @@ Design notes (the why):
 * **Row ids use AUTOINCREMENT**.  They order delivery and the sender remembers the last
   id it sent; plain rowids restart at max(rowid)+1, so after the table drains a new row
   could get an id the sender has already passed and never be sent.
-* **WAL with synchronous=FULL**.  WAL keeps readers and the writer from blocking each
-  other and survives ``kill -9`` at any synchronous level.  FULL adds one fsync per
-  commit, which is what makes a handed-out ``seq`` survive a power cut (devices get
-  unplugged): with NORMAL the last commits can roll back at power loss and their seq
-  numbers would be handed out again for different events that consumers then discard
-  as duplicates.  At a few events per second the fsync cost is small.
+* **WAL; synchronous=FULL for inserts, NORMAL for acks**.  WAL keeps readers and the
+  writer from blocking each other and survives ``kill -9`` at any synchronous level.
+  FULL adds one fsync per insert, which is what makes a handed-out ``seq`` survive a
+  power cut (devices get unplugged): with NORMAL the last commits can roll back at
+  power loss and their seq numbers would be handed out again for different events that
+  consumers then discard as duplicates.  At a few events per second that fsync is
+  cheap.  Acks (deletes) commit with NORMAL: losing one at power loss only means the
+  event is sent again, and skipping the fsync matters when a long backlog drains on an
+  SD card.  The next FULL commit syncs the whole WAL, earlier acks included.
 * **Bounded**: at ``max_events`` the oldest rows are deleted in the same transaction
   as the insert and counted in the persisted ``dropped`` counter.
 * **Disk full** (``sqlite3.OperationalError: database or disk is full``) never raises
@@ -130,6 +133,7 @@ class Spool:
             check_same_thread=False,
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
+        self._sync_full = True
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
         self._depth: int = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
@@ -187,6 +191,7 @@ class Spool:
         with self._lock:
             self._check_open()
             try:
+                self._set_sync_full_locked(False)
                 self._conn.execute("BEGIN IMMEDIATE")
                 deleted = 0
                 for start in range(0, len(id_list), 500):  # SQLite's variable limit
@@ -207,6 +212,7 @@ class Spool:
         with self._lock:
             self._check_open()
             try:
+                self._set_sync_full_locked(False)
                 cur = self._conn.execute("DELETE FROM events WHERE id <= ?", (last_id,))
             except sqlite3.Error as exc:
                 self._write_failed_locked(exc)
@@ -275,6 +281,7 @@ class Spool:
         name = _SEQ_PREFIX + stream
         conn = self._conn
         try:
+            self._set_sync_full_locked(True)
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "INSERT INTO counters(name, value) VALUES (?, 1) "
@@ -352,6 +359,12 @@ class Spool:
                 self.memory_max_events,
                 self.path,
             )
+
+    def _set_sync_full_locked(self, full: bool) -> None:
+        # A connection-level setting, read at each commit; switching costs no I/O.
+        if full != self._sync_full:
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+            self._sync_full = full
 
     def _rollback_locked(self) -> None:
         if self._conn.in_transaction:
