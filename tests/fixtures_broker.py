@@ -211,7 +211,7 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append(Message(msg.topic, msg.payload, bool(msg.retain), msg.qos))
+            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
             self._cond.notify_all()
 
     def snapshot(self) -> list[Message]:
