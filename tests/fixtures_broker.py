@@ -238,16 +238,42 @@ class Subscriber:
             return list(self.messages)
 
 
+def _require_mosquitto() -> None:
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Broker]:
     """A running Mosquitto broker on a free loopback port (``.stop()``/``.start()``)."""
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    _require_mosquitto()
     broker = Broker(tmp_path / "mosquitto")
     broker.start()
     try:
         yield broker
     finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Factory for brokers with their own settings: ``mosquitto_factory(allow_anonymous=
+    False, extra_config="password_file ...")``; started, and stopped at teardown."""
+    _require_mosquitto()
+    made: list[Broker] = []
+
+    def make(*, allow_anonymous: bool = True, extra_config: str = "") -> Broker:
+        broker = Broker(
+            tmp_path / f"mosquitto-{len(made)}",
+            allow_anonymous=allow_anonymous,
+            extra_config=extra_config,
+        )
+        made.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in made:
         broker.stop()
 
 

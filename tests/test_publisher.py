@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -475,47 +476,40 @@ def test_unreachable_broker_logs_one_line_and_keeps_spooling(
 def test_auth_failure_is_one_line_then_good_password_file_works(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    mosquitto_factory: Callable[..., Broker],
     publishers: list[MqttPublisher],
-    state_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    state_dir = tmp_path / "state"
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "serd", "s3cret"], check=True)
-    broker = Broker(
-        tmp_path / "broker", allow_anonymous=False, extra_config=f"password_file {passwd}"
+    broker = mosquitto_factory(allow_anonymous=False, extra_config=f"password_file {passwd}")
+    caplog.set_level(logging.DEBUG, logger="serd.publisher")
+    monkeypatch.setenv("SERD_TEST_PW", "wrong")
+    bad = start_publisher(
+        publishers, fast_settings(broker, username="serd", password_env="SERD_TEST_PW"), state_dir
     )
-    broker.start()
-    try:
-        caplog.set_level(logging.DEBUG, logger="serd.publisher")
-        monkeypatch.setenv("SERD_TEST_PW", "wrong")
-        bad = start_publisher(
-            publishers, fast_settings(broker, username="serd", password_env="SERD_TEST_PW"),
-            state_dir,
-        )  # fmt: skip
 
-        def refusals() -> list[logging.LogRecord]:
-            return [r for r in caplog.records if "refused the connection" in r.getMessage()]
+    def refusals() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "refused the connection" in r.getMessage()]
 
-        assert wait_until(lambda: len(refusals()) >= 2, 10)  # it keeps retrying
-        errors = [r for r in refusals() if r.levelno >= logging.ERROR]
-        assert len(errors) == 1  # one line, repeats at DEBUG
-        refusal = errors[0]
-        assert refusal.exc_info is None
-        assert "Not authorized" in refusal.getMessage() or "password" in refusal.getMessage()
-        assert not bad.stats().connected
-        bad.close(timeout_seconds=0.5)
+    assert wait_until(lambda: len(refusals()) >= 2, 10)  # it keeps retrying
+    errors = [r for r in refusals() if r.levelno >= logging.ERROR]
+    assert len(errors) == 1  # one line, repeats at DEBUG
+    assert errors[0].exc_info is None
+    assert "Not authorized" in errors[0].getMessage() or "password" in errors[0].getMessage()
+    assert not bad.stats().connected
+    bad.close(timeout_seconds=0.5)
 
-        pw_file = tmp_path / "pw.txt"
-        pw_file.write_text("s3cret\n")
-        good = start_publisher(
-            publishers,
-            fast_settings(broker, username="serd", password_file=str(pw_file)),
-            state_dir,
-        )
-        assert wait_until(lambda: good.stats().connected, 10)
-        assert wait_until(lambda: good.stats().spool_depth == 0, 10)
-    finally:
-        broker.stop()
+    pw_file = tmp_path / "pw.txt"
+    pw_file.write_text("s3cret\n")
+    good = start_publisher(
+        publishers, fast_settings(broker, username="serd", password_file=str(pw_file)), state_dir
+    )
+    assert wait_until(lambda: good.stats().connected, 10)
+    assert wait_until(lambda: good.stats().spool_depth == 0, 10)  # bad's spooled event too
 
 
 # -- TLS ----------------------------------------------------------------------------
@@ -528,7 +522,7 @@ def _openssl(*args: str) -> None:
 @pytest.fixture
 def tls_files(tmp_path: Path) -> dict[str, Path]:
     """A throwaway CA and a server certificate for DNS:localhost only."""
-    if not wait_until(lambda: bool(__import__("shutil").which("openssl")), 0):
+    if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     d = tmp_path / "pki"
     d.mkdir()
@@ -550,45 +544,37 @@ def test_tls_verifies_the_broker_host_name(
     tmp_path: Path,
     tls_files: dict[str, Path],
     caplog: pytest.LogCaptureFixture,
+    mosquitto_factory: Callable[..., Broker],
     publishers: list[MqttPublisher],
 ) -> None:
-    broker = Broker(
-        tmp_path / "broker",
-        extra_config=f"certfile {tls_files['cert']}\nkeyfile {tls_files['key']}",
+    broker = mosquitto_factory(
+        extra_config=f"certfile {tls_files['cert']}\nkeyfile {tls_files['key']}"
     )
-    broker.start()
-    try:
-        caplog.set_level(logging.INFO, logger="serd.publisher")
-        ca = str(tls_files["ca"])
-        # The certificate names "localhost", so 127.0.0.1 must be refused by default.
-        wrong_name = start_publisher(
-            publishers,
-            fast_settings(broker, host="127.0.0.1", tls=True, ca_file=ca),
-            tmp_path / "s1",
-        )
-        assert wait_until(
-            lambda: any("TLS certificate rejected" in r.getMessage() for r in caplog.records),
-            10,
-        )
-        assert not wrong_name.stats().connected
-        wrong_name.close(timeout_seconds=0.5)
+    caplog.set_level(logging.INFO, logger="serd.publisher")
+    ca = str(tls_files["ca"])
+    # The certificate names "localhost", so 127.0.0.1 must be refused by default.
+    wrong_name = start_publisher(
+        publishers, fast_settings(broker, host="127.0.0.1", tls=True, ca_file=ca), tmp_path / "s1"
+    )
+    assert wait_until(
+        lambda: any("TLS certificate rejected" in r.getMessage() for r in caplog.records), 10
+    )
+    assert not wrong_name.stats().connected
+    wrong_name.close(timeout_seconds=0.5)
 
-        good = start_publisher(
-            publishers,
-            fast_settings(broker, host="localhost", tls=True, ca_file=ca),
-            tmp_path / "s2",
-        )
-        insecure = start_publisher(
-            publishers,
-            fast_settings(broker, host="127.0.0.1", tls=True, ca_file=ca, tls_insecure=True,
-                          client_id="insecure"),
-            tmp_path / "s3",
-        )  # fmt: skip
-        assert good.publish_event("emotion", emotion(0)) == 1
-        assert wait_until(lambda: good.stats().connected and insecure.stats().connected, 10)
-        assert wait_until(lambda: good.stats().spool_depth == 0, 10)
-    finally:
-        broker.stop()
+    good = start_publisher(
+        publishers, fast_settings(broker, host="localhost", tls=True, ca_file=ca), tmp_path / "s2"
+    )
+    insecure = start_publisher(
+        publishers,
+        fast_settings(
+            broker, host="127.0.0.1", tls=True, ca_file=ca, tls_insecure=True, client_id="insecure"
+        ),
+        tmp_path / "s3",
+    )
+    assert good.publish_event("emotion", emotion(0)) == 1
+    assert wait_until(lambda: good.stats().connected and insecure.stats().connected, 10)
+    assert wait_until(lambda: good.stats().spool_depth == 0, 10)
 
 
 # -- stdout -------------------------------------------------------------------------
