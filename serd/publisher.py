@@ -273,8 +273,10 @@ class MqttPublisher:
     def publish_event(self, kind: EventKind, payload: Mapping[str, Any]) -> int | None:
         """Spool ``payload`` on topic ``kind`` and return its ``seq``.
 
-        Returns as soon as the event is on disk; delivery is asynchronous.  None means
-        the disk is full and the event is held in memory without a seq (see Spool.put).
+        Returns as soon as the event is on disk (one fsync); delivery is asynchronous.
+        None means the disk is full and the event is held in memory without a seq (see
+        Spool.put).  Raises RuntimeError before start() and once close() has begun:
+        stop the producers first.
         """
         if kind not in _EVENT_KINDS:
             raise ValueError(f"kind: {kind!r} is not one of {', '.join(_EVENT_KINDS)}")
