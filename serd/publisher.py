@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue
-import socket
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TextIO, cast
+from typing import Any, Literal, Protocol, TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
@@ -46,7 +43,8 @@ from serd.events import (
     topic,
     validate_device_id,
 )
-from serd.settings import ConfigError, require
+from serd.mqttclient import connect_async, create_client, describe_error
+from serd.settings import require
 from serd.spool import SPOOL_FILENAME, Spool
 
 _LOGGER = logging.getLogger(__name__)
@@ -253,14 +251,9 @@ class MqttPublisher:
             target=self._run_sender, name="serd-mqtt-sender", daemon=True
         )
         self._sender.start()
-        if settings.protocol == "5":
-            # The spool, not a broker session, is what makes delivery durable, so a
-            # clean start every time: nothing for the broker to keep for a publisher.
-            client.connect_async(
-                self._host, settings.port, settings.keepalive_seconds, clean_start=True
-            )
-        else:
-            client.connect_async(self._host, settings.port, settings.keepalive_seconds)
+        # The spool, not a broker session, is what makes delivery durable, so a clean
+        # start every time: nothing for the broker to keep for a publisher.
+        connect_async(client, settings, self._host, clean=True)
         client.loop_start()
         _LOGGER.info(
             "publishing to mqtt%s://%s:%d/%s",
@@ -363,67 +356,21 @@ class MqttPublisher:
 
     def _make_client(self) -> mqtt.Client:
         settings = self._settings
-        protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id or f"serd-{self._device_id}",
-            protocol=protocol,
-            # MQTT 5 takes clean_start at connect time instead (see start()).
-            clean_session=True if protocol == mqtt.MQTTv311 else None,
+        # Protocol, TLS, credentials, backoff and timeouts are shared with the other
+        # clients (serd listen, discovery): serd.mqttclient.
+        client = create_client(
+            settings, settings.client_id or f"serd-{self._device_id}", logger=_LOGGER
         )
-        # A bug in a callback must not kill paho's network thread; ours log themselves.
-        client.suppress_exceptions = True
-        client.enable_logger(_LOGGER.getChild("paho"))
         client.max_inflight_messages_set(settings.inflight_max_messages)
-        # paho declares ints but handles float delays; tests use sub-second ones.
-        client.reconnect_delay_set(
-            cast(int, settings.reconnect_min_seconds), cast(int, settings.reconnect_max_seconds)
-        )
-        client.connect_timeout = settings.connect_timeout_seconds
         will = status_event(
             self._device_id, "offline", "connection_lost", version=__version__, with_ts=False
         )
         client.will_set(self.topic(STATUS_SUFFIX), to_json(will), qos=1, retain=True)
-        if settings.tls:
-            try:
-                client.tls_set(
-                    ca_certs=settings.ca_file,
-                    certfile=settings.cert_file,
-                    keyfile=settings.key_file,
-                )
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise ConfigError(f"mqtt.tls: cannot load the TLS files: {exc}") from None
-            if settings.tls_insecure:
-                _LOGGER.warning("mqtt.tls_insecure: broker host name is NOT verified")
-                client.tls_insecure_set(True)
-        if settings.username is not None:
-            client.username_pw_set(settings.username, self._read_password())
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
-
-    def _read_password(self) -> str | None:
-        settings = self._settings
-        if settings.password_file:
-            try:
-                text = Path(settings.password_file).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(
-                    f"mqtt.password_file: cannot read {settings.password_file}: "
-                    f"{exc.strerror or exc}"
-                ) from None
-            lines = text.splitlines()
-            return lines[0] if lines else ""
-        if settings.password_env:
-            value = os.environ.get(settings.password_env)
-            if value is None:
-                raise ConfigError(
-                    f"mqtt.password_env: environment variable {settings.password_env} is not set"
-                )
-            return value
-        return None
 
     # -- paho callbacks (network thread; must not raise or block) --------------------
 
@@ -460,7 +407,7 @@ class MqttPublisher:
         exc = sys.exc_info()[1]
         self._report_error(
             f"cannot connect to MQTT broker {self._host}:{self._settings.port}: "
-            f"{_describe(exc)}; retrying"
+            f"{describe_error(exc)}; retrying"
         )
 
     def _on_disconnect(
@@ -716,22 +663,3 @@ def _valid_prefix(prefix: str) -> bool:
         return False
     levels = prefix.split("/")
     return all(level and "+" not in level and "#" not in level for level in levels)
-
-
-def _describe(exc: BaseException | None) -> str:
-    """A short, one-line reason for a failed connection attempt."""
-    if exc is None:
-        return "unknown error"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate rejected ({exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error ({exc.reason or exc})"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running and the port right?)"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host name ({exc.strerror})"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
