@@ -1,0 +1,112 @@
+"""``serd-train`` / ``python -m train``: cross-validate, train and export serd's model.
+
+    serd-train cache                     # extract (or check) the feature cache
+    serd-train cv --protocol ravdess8    # RAVDESS 8 emotions, leave-4-actors-out, 6 folds
+    serd-train cv --protocol six         # 6 emotions over RAVDESS + CREMA-D, speaker folds
+    serd-train fit                       # train the shipped model on all data -> models/
+    serd-train all                       # both CVs, then the final model (the README's numbers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from train.config import REPO, load_config, resolve
+
+_LOGGER = logging.getLogger("train")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="serd-train", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file merged over train/config.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set training.epochs=20 (repeatable)")
+    ap.add_argument("--corpora", action="append", metavar="DIR",
+                    help="corpus root (repeatable; default ../shared/corpora)")
+    ap.add_argument("--cache", help="feature cache directory (default $SERD_CACHE or "
+                                    "~/.cache/serd/features)")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--jobs", type=int, help="worker processes / TensorFlow threads")
+    ap.add_argument("--out", default="models", help="output directory (default models/)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("cache", help="extract the feature cache for every protocol")
+    cv = sub.add_parser("cv", help="speaker-disjoint cross-validation")
+    cv.add_argument("--protocol", required=True, help="ravdess8 or six (see config)")
+    cv.add_argument("--folds", help="only these folds, e.g. 0,3 (quick experiments)")
+    sub.add_parser("fit", help="train, quantise and export the shipped model")
+    sub.add_parser("all", help="every CV protocol, then the shipped model and its report")
+    rep = sub.add_parser("report", help="re-render README/PNGs from saved CV results and card")
+    rep.add_argument("--name", default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cfg = load_config(args.config, args.set)
+    if args.corpora:
+        cfg["corpora_roots"] = [str(Path(c).resolve()) for c in args.corpora]
+    if args.cache:
+        cfg["cache_dir"] = str(Path(args.cache).expanduser().resolve())
+    if args.seed is not None:
+        cfg["seed"] = args.seed
+    if args.jobs is not None:
+        cfg["jobs"] = args.jobs
+    out = resolve(args.out) if not Path(args.out).is_absolute() else Path(args.out)
+    if not Path(args.out).is_absolute():
+        out = (Path.cwd() / args.out).resolve()
+    command = "serd-train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+    from train import report  # noqa: PLC0415
+    from train.pipeline import Runner  # noqa: PLC0415
+
+    if args.cmd == "report":
+        report.render(out, cfg, args.name or cfg["final"]["name"])
+        return 0
+    runner = Runner(cfg, progress=not args.quiet)
+    t0 = time.time()
+    if args.cmd == "cache":
+        for name, p in cfg["protocols"].items():
+            secs = runner.prepare(p["corpora"])
+            _LOGGER.info("features for %s ready (%.0f s)", name, secs)
+        runner.prepare(cfg["final"].get("corpora"))
+        return 0
+    if args.cmd == "cv":
+        only = [int(f) for f in args.folds.split(",")] if args.folds else None
+        res = runner.run_cv(args.protocol, only, out)
+        report.log_cv(res)
+        if only is None:
+            report.confusion_png(res, out / f"confusion-{args.protocol}.png")
+        return 0
+    cv_results = {}
+    if args.cmd == "all":
+        for name in cfg["protocols"]:
+            res = runner.run_cv(name, None, out)
+            report.log_cv(res)
+            report.confusion_png(res, out / f"confusion-{name}.png")
+            cv_results[name] = res
+    else:
+        for name in cfg["protocols"]:
+            path = out / f"cv-{name}.json"
+            if path.is_file():
+                cv_results[name] = json.loads(path.read_text())
+    card = runner.run_final(out, cv_results, command)
+    total = time.time() - t0
+    report.render(out, cfg, card.name, total_seconds=total if args.cmd == "all" else None)
+    _LOGGER.info("done in %.1f min", total / 60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

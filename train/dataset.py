@@ -1,0 +1,167 @@
+"""Feature cache: corpus files -> the daemon's windows, per variant, cached on disk.
+
+A *variant* is one way of rendering every file before the front-end: ``clean``,
+``telephone`` (the deterministic phone channel, for the telephone evaluation) or
+``aug<k>`` (augmented copy number k, see :mod:`train.augment`), cut into windows with
+given :class:`~serd.features.WindowParams`.  Windows come only from
+:func:`serd.windows.windows_of` -- exactly the segments and windows the daemon classifies.
+
+Each (variant, corpus) is one ``.npz`` in the cache directory, keyed by a hash of
+everything that determines its content: the file list (path, size, mtime), the variant,
+the augmentation parameters and seed, the front-end parameters and the source of the
+front-end modules.  A second run finds the file and skips extraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+import serd.features
+import serd.gate
+import serd.windows
+from serd.features import FeatureParams, WindowParams
+from serd.gate import VadSettings
+from serd.model import FRONTEND_VERSION
+from serd.windows import windows_of
+from train.augment import AugmentParams, augment_copy, telephone
+from train.corpora import Item, load_audio
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_CACHE = Path(os.environ.get("SERD_CACHE", "~/.cache/serd/features")).expanduser()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How files are rendered and windowed for one cached set."""
+
+    kind: str
+    """``clean``, ``telephone`` or ``augment``."""
+    copy: int = 0
+    """Augmented copy number (``augment`` only, from 1)."""
+    windows: WindowParams = WindowParams()
+    dtype: str = "float32"
+    """Storage type; training copies may use float16 to halve memory."""
+
+    @property
+    def name(self) -> str:
+        base = {"clean": "clean", "telephone": "tel"}.get(self.kind, f"aug{self.copy}")
+        return f"{base}-h{self.windows.hop_seconds:g}"
+
+
+@dataclass
+class WindowSet:
+    """Windows of many files: ``x[i]`` came from ``items[file[i]]``."""
+
+    x: npt.NDArray[np.floating]
+    file: npt.NDArray[np.int32]
+    items: list[Item]
+
+    def __len__(self) -> int:
+        return int(self.file.size)
+
+    def files_without_windows(self) -> list[int]:
+        present = np.zeros(len(self.items), bool)
+        present[self.file] = True
+        return [int(i) for i in np.flatnonzero(~present)]
+
+
+def _frontend_source_hash() -> str:
+    h = hashlib.sha256()
+    for mod in (serd.features, serd.gate, serd.windows):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(items: Sequence[Item], variant: Variant, aug: AugmentParams, seed: int,
+              features: FeatureParams, vad: VadSettings) -> str:
+    files = []
+    for it in items:
+        st = os.stat(it.path)
+        files.append([it.path, st.st_size, int(st.st_mtime)])
+    blob = {
+        "format": 1,
+        "files": files,
+        "variant": [variant.kind, variant.copy, variant.windows.to_dict(), variant.dtype],
+        "aug": aug.to_dict() if variant.kind == "augment" else None,
+        "seed": seed if variant.kind == "augment" else None,
+        "features": features.to_dict(),
+        "vad": {k: getattr(vad, k) for k in vad.__dataclass_fields__},
+        "frontend_version": FRONTEND_VERSION,
+        "frontend_source": _frontend_source_hash(),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def render(path: str, variant: Variant, aug: AugmentParams, seed: int) -> npt.NDArray[np.float32]:
+    """The audio of one file as the variant renders it (16 kHz float32)."""
+    x = load_audio(path, 16000)
+    if variant.kind == "telephone":
+        return telephone(x)
+    if variant.kind == "augment":
+        return augment_copy(x, aug, seed, path, variant.copy)
+    return x
+
+
+def extract(path: str, variant: Variant, aug: AugmentParams, seed: int,
+            features: FeatureParams, vad: VadSettings) -> npt.NDArray[np.float32]:
+    """(k, frames, n_mfcc) raw windows of one file (k may be 0)."""
+    audio = render(path, variant, aug, seed)
+    ws = windows_of(audio, features, variant.windows, vad)
+    win, _ = variant.windows.frames(features)
+    if not ws:
+        return np.zeros((0, win, features.n_mfcc), np.float32)
+    return np.stack([w.features for w in ws]).astype(np.float32, copy=False)
+
+
+def _job(args: tuple) -> npt.NDArray[np.float32]:
+    return extract(*args)
+
+
+def build(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None = None,
+          seed: int = 0, cache_dir: Path | None = DEFAULT_CACHE, jobs: int = 2,
+          features: FeatureParams | None = None, vad: VadSettings | None = None,
+          progress: bool = True) -> WindowSet:
+    """Windows of ``items`` for ``variant``, from the cache when present."""
+    features = features or FeatureParams()
+    vad = vad or VadSettings()
+    aug = aug or AugmentParams()
+    items = list(items)
+    path = None
+    if cache_dir is not None:
+        key = cache_key(items, variant, aug, seed, features, vad)
+        path = Path(cache_dir) / f"windows-{variant.name}-{key[:20]}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return WindowSet(z["x"], z["file_index"], items)
+    args = [(it.path, variant, aug, seed, features, vad) for it in items]
+    desc = f"features {variant.name} ({len(items)} files)"
+    if jobs > 1 and len(items) > 32:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(jobs) as pool:
+            outs = list(tqdm(pool.imap(_job, args, chunksize=16), total=len(args), desc=desc,
+                             disable=not progress, leave=False))
+    else:
+        outs = [_job(a) for a in tqdm(args, desc=desc, disable=not progress, leave=False)]
+    win, _ = variant.windows.frames(features)
+    x = (np.concatenate(outs) if outs else np.zeros((0, win, features.n_mfcc), np.float32))
+    x = x.astype(variant.dtype, copy=False)
+    file = np.concatenate([np.full(len(o), i, np.int32) for i, o in enumerate(outs)]) \
+        if outs else np.zeros(0, np.int32)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+        np.savez(tmp, x=x, file_index=file)
+        tmp.replace(path)
+    return WindowSet(x, file, items)

@@ -1,0 +1,177 @@
+"""The compact CNN and its training loop.
+
+Input: one normalised MFCC window (200 frames x 40 coefficients).  1-D convolutions run
+over time with the coefficients as channels (cheap on a Pi: every op is a small matrix
+product), BatchNorm (folded into the convolutions at export), ReLU, max pooling, then
+global average + max pooling, dropout and a dense softmax (softmax stays inside the
+model, so the int8 file outputs probabilities).
+
+Training: each epoch draws, per training file, one of its cached renderings (the clean
+one or an augmented copy), applies SpecAugment-style time/coefficient masks and mixup in
+numpy, and weights classes to balance them.  After each epoch the held-out early-stopping
+speakers are scored (file-level balanced accuracy, the daemon's mean-of-window-probs
+verdict); the best epoch's weights are kept and training stops after ``patience`` epochs
+without improvement.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from train.evaluate import file_probs, scores  # noqa: E402
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def build_model(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: int = 40,
+                batch_size: int | None = None) -> keras.Model:
+    inp = keras.Input((frames, coeffs), batch_size=batch_size, name="mfcc")
+    x = inp
+    for i, (f, k, p) in enumerate(zip(cfg["filters"], cfg["kernels"], cfg["pool"], strict=True)):
+        x = keras.layers.Conv1D(f, k, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        if p > 1:
+            x = keras.layers.MaxPooling1D(p, name=f"pool{i}")(x)
+    avg = keras.layers.GlobalAveragePooling1D(name="gap")(x)
+    mx = keras.layers.GlobalMaxPooling1D(name="gmp")(x)
+    x = keras.layers.Concatenate(name="pooled")([avg, mx])
+    x = keras.layers.Dropout(cfg.get("dropout", 0.3), name="dropout")(x)
+    out = keras.layers.Dense(n_labels, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="serd_cnn")
+
+
+@dataclass
+class TrainPool:
+    """Normalised training windows of every rendering: x[i] is a window of file[i], copy[i]."""
+
+    x: npt.NDArray[np.floating]
+    y: npt.NDArray[np.int64]
+    file: npt.NDArray[np.int64]
+    copy: npt.NDArray[np.int64]
+    n_copies: int
+
+    def epoch_indices(self, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        """One rendering per file, shuffled."""
+        n_files = int(self.file.max()) + 1 if self.file.size else 0
+        choice = rng.integers(0, self.n_copies, size=n_files)
+        idx = np.flatnonzero(self.copy == choice[self.file])
+        return rng.permutation(idx)
+
+
+@dataclass
+class EvalSet:
+    """Normalised windows of labelled files: x[i] belongs to file[i] (0..n_files-1)."""
+
+    x: npt.NDArray[np.float32]
+    file: npt.NDArray[np.int64]
+    y_file: npt.NDArray[np.int64]
+
+
+def spec_augment(x: npt.NDArray[np.float32], cfg: dict[str, Any], rng: np.random.Generator) -> None:
+    """In-place time and coefficient masks (masked values set to 0 = the window mean)."""
+    n, t, d = x.shape
+    for _ in range(cfg.get("time_masks", 0)):
+        w = rng.integers(0, cfg["time_mask_frames"] + 1, size=n)
+        s = rng.integers(0, t, size=n)
+        ar = np.arange(t)[None, :]
+        mask = (ar >= s[:, None]) & (ar < (s + w)[:, None])
+        x[mask] = 0.0
+    for _ in range(cfg.get("coef_masks", 0)):
+        w = rng.integers(0, cfg["coef_mask_width"] + 1, size=n)
+        s = rng.integers(1, d, size=n)  # never mask c0 entirely: keep the energy contour
+        ar = np.arange(d)[None, :]
+        mask = (ar >= s[:, None]) & (ar < (s + w)[:, None])
+        x.transpose(0, 2, 1)[mask] = 0.0
+
+
+def class_weights(y: npt.NDArray[np.int64], n_labels: int) -> npt.NDArray[np.float32]:
+    counts = np.bincount(y, minlength=n_labels).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (n_labels * np.maximum(counts, 1)), 0.0)
+    return w.astype(np.float32)
+
+
+def predict(model: keras.Model, x: npt.NDArray[np.floating], batch: int = 512) -> npt.NDArray[np.float32]:
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(np.asarray(model(np.asarray(x[i : i + batch], np.float32), training=False)))
+    if not out:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def evaluate_set(model: keras.Model, ev: EvalSet, n_labels: int) -> dict[str, Any]:
+    probs = predict(model, ev.x)
+    fp, has = file_probs(probs, ev.file, len(ev.y_file))
+    return scores(ev.y_file[has], fp[has].argmax(1), n_labels)
+
+
+def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[str, Any],
+                cfg: dict[str, Any], seed: int, progress: bool = True,
+                desc: str = "train") -> tuple[keras.Model, list[dict[str, float]]]:
+    """Train with early stopping on ``val``; returns the best model and per-epoch history."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model(n_labels, model_cfg, pool.x.shape[1], pool.x.shape[2])
+    epochs, bs = int(cfg["epochs"]), int(cfg["batch_size"])
+    steps_per_epoch = max(1, math.ceil(len(pool.y) / pool.n_copies / bs))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        float(cfg["learning_rate"]), decay_steps=epochs * steps_per_epoch, alpha=0.02)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=float(cfg["weight_decay"])),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg["label_smoothing"])),
+    )
+    cw = class_weights(pool.y, n_labels) if cfg.get("class_weighting", True) \
+        else np.ones(n_labels, np.float32)
+    eye = np.eye(n_labels, dtype=np.float32)
+    best, best_score, best_epoch, wait = None, -np.inf, -1, 0
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        idx = pool.epoch_indices(rng)
+        x = np.asarray(pool.x[idx], np.float32)
+        y = eye[pool.y[idx]]
+        w = cw[pool.y[idx]]
+        spec_augment(x, cfg, rng)
+        alpha = float(cfg.get("mixup_alpha", 0.0))
+        if alpha > 0:
+            lam = rng.beta(alpha, alpha, size=len(idx)).astype(np.float32)
+            lam = np.maximum(lam, 1 - lam)  # the first window dominates
+            perm = rng.permutation(len(idx))
+            x = lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm]
+            y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+            w = lam * w + (1 - lam) * w[perm]
+        h = model.fit(x, y, sample_weight=w, batch_size=bs, epochs=1, verbose=0, shuffle=False)
+        loss = float(h.history["loss"][-1])
+        s = evaluate_set(model, val, n_labels)
+        score = s["balanced_accuracy"]
+        history.append({"epoch": epoch + 1, "loss": loss, "val_bacc": score,
+                        "val_f1": s["macro_f1"]})
+        bar.set_postfix(loss=f"{loss:.3f}", val_bacc=f"{score:.3f}", best=f"{max(best_score, score):.3f}")
+        if score > best_score:
+            best, best_score, best_epoch, wait = model.get_weights(), score, epoch + 1, 0
+        else:
+            wait += 1
+            if wait >= int(cfg["patience"]):
+                break
+    bar.close()
+    if best is not None:
+        model.set_weights(best)
+    history.append({"best_epoch": best_epoch, "best_val_bacc": float(best_score)})
+    return model, history
+
+
+def count_params(model: keras.Model) -> int:
+    return int(model.count_params())

@@ -1,0 +1,408 @@
+"""Cross-validation and final training: corpora -> cached windows -> CNN -> int8 -> metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from serd.features import (
+    FeatureParams,
+    Normalisation,
+    WindowParams,
+    fit_normalisation,
+    normalise_windows,
+)
+from serd.gate import VadSettings
+from serd.model import ModelCard, frontend_fingerprint
+from train.augment import AugmentParams
+from train.config import resolve
+from train.corpora import Item, load_corpora
+from train.dataset import DEFAULT_CACHE, Variant, WindowSet, build
+from train.evaluate import file_probs, int8_window_probs, scores, summarise
+from train.splits import Fold, cv_folds, final_split
+from train.taxonomy import Taxonomy
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """Windows of a subset of files, re-indexed 0..n_files-1."""
+
+    x: npt.NDArray[np.floating]
+    file: npt.NDArray[np.int64]
+    y_file: npt.NDArray[np.int64]
+    n_files: int
+
+
+class Runner:
+    """Holds the configuration, the corpus items and the in-memory window sets."""
+
+    def __init__(self, cfg: dict[str, Any], progress: bool = True) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.seed = int(cfg["seed"])
+        self.jobs = int(cfg.get("jobs", 2))
+        self.roots = [resolve(r) for r in cfg["corpora_roots"]]
+        self.cache = resolve(cfg["cache_dir"]) if cfg.get("cache_dir") else DEFAULT_CACHE
+        self.features = FeatureParams()
+        self.windows = WindowParams()  # what the daemon uses: evaluation and the card
+        self.train_windows = WindowParams(hop_seconds=float(cfg["windows"]["train_hop_seconds"]))
+        self.train_vad = VadSettings(**(cfg["windows"].get("train_vad") or {}))
+        self.eval_vad = VadSettings()
+        self.aug = AugmentParams.from_dict(cfg["augment"]["params"])
+        self.copies = int(cfg["augment"]["copies"])
+        self._items: list[Item] | None = None
+        self.dropped: list[tuple[str, str]] = []
+        self._sets: dict[tuple[str, str], WindowSet] = {}
+        self._set_tf_threads()
+
+    def _set_tf_threads(self) -> None:
+        import tensorflow as tf  # noqa: PLC0415
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(self.jobs)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass  # already initialised (tests running several trainings)
+
+    # -- data ------------------------------------------------------------------------
+
+    @property
+    def items(self) -> list[Item]:
+        if self._items is None:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            self._items, self.dropped = load_corpora(self.roots, None, self.cache)
+            if not self._items:
+                raise RuntimeError(f"no corpus files found under {self.roots}")
+        return self._items
+
+    def corpus_items(self, corpora: list[str] | None) -> list[Item]:
+        if corpora is None:
+            return list(self.items)
+        out = [it for it in self.items if it.corpus in corpora]
+        missing = set(corpora) - {it.corpus for it in out}
+        if missing:
+            raise RuntimeError(f"corpora {sorted(missing)} not found under {self.roots}")
+        return out
+
+    def train_variants(self) -> list[Variant]:
+        clean = Variant("clean", 0, self.train_windows, "float16")
+        return [clean] + [Variant("augment", k, self.train_windows, "float16")
+                          for k in range(1, self.copies + 1)]
+
+    def eval_variants(self) -> list[Variant]:
+        return [Variant("clean", 0, self.windows), Variant("telephone", 0, self.windows)]
+
+    def window_set(self, items: list[Item], variant: Variant) -> WindowSet:
+        """Windows of ``items`` (any corpora) for a variant; cached per corpus."""
+        vad = self.train_vad if variant.dtype == "float16" else self.eval_vad
+        xs, files = [], []
+        pos = {it.path: i for i, it in enumerate(items)}
+        for corpus in sorted({it.corpus for it in items}):
+            key = (variant.name + ("-train" if variant.dtype == "float16" else ""), corpus)
+            if key not in self._sets:
+                c_items = [it for it in self.items if it.corpus == corpus]
+                self._sets[key] = build(c_items, variant, aug=self.aug, seed=self.seed,
+                                        cache_dir=self.cache, jobs=self.jobs,
+                                        features=self.features, vad=vad,
+                                        progress=self.progress)
+            ws = self._sets[key]
+            remap = np.array([pos.get(it.path, -1) for it in ws.items], np.int64)
+            new = remap[ws.file]
+            keep = new >= 0
+            xs.append(ws.x[keep])
+            files.append(new[keep])
+        x = np.concatenate(xs) if xs else np.zeros((0, 200, 40), np.float32)
+        f = np.concatenate(files) if files else np.zeros(0, np.int64)
+        return WindowSet(x, f.astype(np.int32), items)
+
+    def prepare(self, corpora: list[str] | None) -> float:
+        """Extract (or load) every variant's windows for these corpora; returns seconds."""
+        t0 = time.time()
+        items = self.corpus_items(corpora)
+        for v in self.train_variants() + self.eval_variants():
+            self.window_set(items, v)
+        return time.time() - t0
+
+    # -- one training run ------------------------------------------------------------
+
+    def select(self, ws: WindowSet, idx: list[int], labels: list[int]) -> Selection:
+        remap = np.full(len(ws.items), -1, np.int64)
+        remap[np.asarray(idx, np.int64)] = np.arange(len(idx))
+        new = remap[ws.file]
+        keep = new >= 0
+        return Selection(ws.x[keep], new[keep], np.asarray(labels, np.int64), len(idx))
+
+    def train_one(self, items: list[Item], tax: Taxonomy, fold: Fold, desc: str) -> dict[str, Any]:
+        """Train on ``fold.train`` speakers, early-stop on ``fold.early_stop``."""
+        from train.model import EvalSet, TrainPool, train_model  # noqa: PLC0415
+
+        tr = set(fold.train)
+        es = set(fold.early_stop)
+        tr_idx = [i for i, it in enumerate(items) if it.speaker in tr and tax.train_label(it) is not None]
+        tr_lab = [tax.train_label(items[i]) for i in tr_idx]
+        es_idx = [i for i, it in enumerate(items) if it.speaker in es and tax.eval_label(it) is not None]
+        es_lab = [tax.eval_label(items[i]) for i in es_idx]
+
+        parts = [self.select(self.window_set(items, v), tr_idx, tr_lab) for v in self.train_variants()]
+        clean = parts[0]
+        rng = np.random.default_rng(self.seed)
+        sub = rng.choice(len(clean.x), size=min(len(clean.x), 4000), replace=False)
+        norm = fit_normalisation(np.asarray(clean.x[np.sort(sub)], np.float32))
+        xs, ys, fs, cs = [], [], [], []
+        for c, p in enumerate(parts):
+            xs.append(_normalise_f16(p.x, norm))
+            ys.append(p.y_file[p.file])
+            fs.append(p.file)
+            cs.append(np.full(len(p.file), c, np.int64))
+        pool = TrainPool(np.concatenate(xs), np.concatenate(ys), np.concatenate(fs),
+                         np.concatenate(cs), len(parts))
+        del xs
+        ev = self.select(self.window_set(items, self.eval_variants()[0]), es_idx, es_lab)
+        val = EvalSet(normalise_windows(np.asarray(ev.x, np.float32), norm), ev.file, ev.y_file)
+        t0 = time.time()
+        model, history = train_model(pool, val, len(tax.labels), self.cfg["model"],
+                                     self.cfg["training"], self.seed + max(fold.index, 0),
+                                     self.progress, desc)
+        # Representative windows for int8 calibration: normalised training windows.
+        rsel = rng.choice(len(pool.x), size=min(len(pool.x), int(self.cfg["training"]["representative_windows"])), replace=False)
+        return {
+            "model": model, "norm": norm, "history": history,
+            "train_seconds": time.time() - t0,
+            "representative": np.asarray(pool.x[np.sort(rsel)], np.float32),
+            "n_train_files": len(tr_idx), "n_train_windows": int(np.sum(pool.copy == 0)),
+            "n_train_windows_all_copies": len(pool.y),
+            "n_early_stop_files": len(es_idx),
+        }
+
+    def export(self, trained: dict[str, Any], tax: Taxonomy, path: Path, name: str,
+               description: str = "", training: dict | None = None,
+               metrics: dict | None = None) -> ModelCard:
+        """Write ``path`` (int8 tflite) and its card; returns the card."""
+        from train.quantize import to_int8  # noqa: PLC0415
+
+        blob = to_int8(trained["model"], len(tax.labels), self.cfg["model"], trained["representative"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+        from serd.model import card_path_for, sha256_of  # noqa: PLC0415
+
+        card = ModelCard(
+            name=name, labels=tax.labels, features=self.features, windows=self.windows,
+            normalisation=trained["norm"], sha256=sha256_of(path),
+            fingerprint=tuple(frontend_fingerprint(self.features)),
+            created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            description=description, training=training or {}, metrics=metrics or {},
+        )
+        card.save(card_path_for(path))
+        return card
+
+    # -- evaluation -----------------------------------------------------------------
+
+    def evaluate(self, trained: dict[str, Any], tflite: Path, card: ModelCard,
+                 items: list[Item], test_idx: list[int], test_lab: list[int],
+                 n_labels: int) -> dict[str, Any]:
+        from train.model import predict  # noqa: PLC0415
+
+        out: dict[str, Any] = {}
+        for v, tag in zip(self.eval_variants(), ("clean", "telephone"), strict=True):
+            sel = self.select(self.window_set(items, v), test_idx, test_lab)
+            raw = np.asarray(sel.x, np.float32)
+            pf = predict(trained["model"], normalise_windows(raw, card.normalisation))
+            pq = int8_window_probs(tflite, card, raw)
+            y_win = sel.y_file[sel.file]
+            res: dict[str, Any] = {"files": sel.n_files,
+                                   "files_with_windows": int(np.unique(sel.file).size),
+                                   "windows": len(raw)}
+            for kind, p in (("float", pf), ("int8", pq)):
+                fp, has = file_probs(p, sel.file, sel.n_files)
+                res[kind] = {"file": scores(sel.y_file[has], fp[has].argmax(1), n_labels),
+                             "window": scores(y_win, p.argmax(1), n_labels)}
+            fpf, has = file_probs(pf, sel.file, sel.n_files)
+            fpq, _ = file_probs(pq, sel.file, sel.n_files)
+            res["agreement"] = {
+                "window_argmax": float((pf.argmax(1) == pq.argmax(1)).mean()) if len(raw) else 1.0,
+                "file_argmax": float((fpf[has].argmax(1) == fpq[has].argmax(1)).mean()) if has.any() else 1.0,
+            }
+            out[tag] = res
+        return out
+
+    # -- protocols ------------------------------------------------------------------
+
+    def taxonomy(self, name: str) -> Taxonomy:
+        return Taxonomy.from_dict(name, self.cfg["taxonomies"][name])
+
+    def run_cv(self, protocol: str, only_folds: list[int] | None = None,
+               out_dir: Path | None = None) -> dict[str, Any]:
+        p = self.cfg["protocols"][protocol]
+        tax = self.taxonomy(p["taxonomy"])
+        items = self.corpus_items(p["corpora"])
+        t_start = time.time()
+        prep = self.prepare(p["corpora"])
+        folds = cv_folds(items, int(p["folds"]), float(self.cfg["training"]["early_stop_fraction"]),
+                         self.seed)
+        results = []
+        for fold in folds:
+            if only_folds is not None and fold.index not in only_folds:
+                continue
+            t0 = time.time()
+            trained = self.train_one(items, tax, fold, f"{protocol} fold {fold.index + 1}/{len(folds)}")
+            te = set(fold.test)
+            test_idx = [i for i, it in enumerate(items) if it.speaker in te and tax.eval_label(it) is not None]
+            test_lab = [tax.eval_label(items[i]) for i in test_idx]
+            with tempfile.TemporaryDirectory() as td:
+                tfl = Path(td) / "fold.tflite"
+                card = self.export(trained, tax, tfl, f"{protocol}-fold{fold.index}")
+                size = tfl.stat().st_size
+                ev = self.evaluate(trained, tfl, card, items, test_idx, test_lab, len(tax.labels))
+            res = {
+                "fold": fold.index, "test_speakers": list(fold.test),
+                "early_stop_speakers": list(fold.early_stop),
+                "n_train_speakers": len(fold.train), "n_test_files": len(test_idx),
+                "n_train_files": trained["n_train_files"],
+                "n_train_windows": trained["n_train_windows"],
+                "n_train_windows_all_copies": trained["n_train_windows_all_copies"],
+                "history": trained["history"], "tflite_bytes": size,
+                "params": int(trained["model"].count_params()),
+                **ev, "seconds": round(time.time() - t0, 1),
+            }
+            results.append(res)
+            c = res["clean"]
+            _LOGGER.info(
+                "%s fold %d: bacc float %.3f int8 %.3f (window int8 %.3f), f1 int8 %.3f, "
+                "telephone int8 %.3f, agreement %.3f, best epoch %s, %.0f s",
+                protocol, fold.index, c["float"]["file"]["balanced_accuracy"],
+                c["int8"]["file"]["balanced_accuracy"], c["int8"]["window"]["balanced_accuracy"],
+                c["int8"]["file"]["macro_f1"], res["telephone"]["int8"]["file"]["balanced_accuracy"],
+                c["agreement"]["window_argmax"], trained["history"][-1]["best_epoch"], res["seconds"])
+            del trained
+        summary = {
+            "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": p["corpora"],
+            "folds": len(folds), "folds_run": [r["fold"] for r in results],
+            "n_files": len(items), "n_speakers": len({it.speaker for it in items}),
+            "seed": self.seed, "feature_seconds": round(prep, 1),
+            "seconds": round(time.time() - t_start, 1),
+            "summary": aggregate(results, len(tax.labels)),
+            "per_fold": results,
+            "config": {k: self.cfg[k] for k in ("windows", "augment", "model", "training")},
+        }
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"cv-{protocol}.json").write_text(json.dumps(summary, indent=1) + "\n")
+        return summary
+
+    def run_final(self, out_dir: Path, cv: dict[str, dict[str, Any]], command: str) -> ModelCard:
+        f = self.cfg["final"]
+        tax = self.taxonomy(f["taxonomy"])
+        items = self.corpus_items(f.get("corpora"))
+        corpora = sorted({it.corpus for it in items})
+        t0 = time.time()
+        prep = self.prepare(corpora)
+        fold = final_split(items, float(self.cfg["training"]["early_stop_fraction"]), self.seed)
+        trained = self.train_one(items, tax, fold, "final model")
+        used = [it for it in items if tax.train_label(it) is not None]
+        training = {
+            "corpora": corpora,
+            "corpora_roots": [str(r) for r in self.roots],
+            "files": len(used),
+            "speakers": len({it.speaker for it in used}),
+            "files_per_corpus": {c: sum(it.corpus == c for it in used) for c in corpora},
+            "speakers_per_corpus": {c: len({it.speaker for it in used if it.corpus == c})
+                                    for c in corpora},
+            "files_per_label": {lab: sum(tax.train_label(it) == i for it in used)
+                                for i, lab in enumerate(tax.labels)},
+            "dropped_duplicates": [[Path(p).name, r] for p, r in self.dropped],
+            "taxonomy": tax.to_dict(),
+            "early_stop_speakers": list(fold.early_stop),
+            "train_speakers": len(fold.train),
+            "train_windows": trained["n_train_windows"],
+            "train_windows_all_copies": trained["n_train_windows_all_copies"],
+            "augmentation": {"copies": self.copies, **self.aug.to_dict()},
+            "train_window_hop_seconds": self.train_windows.hop_seconds,
+            "train_vad": self.cfg["windows"].get("train_vad"),
+            "model": self.cfg["model"],
+            "params": int(trained["model"].count_params()),
+            "optimiser": {k: self.cfg["training"][k] for k in sorted(self.cfg["training"])},
+            "epochs_run": len(trained["history"]) - 1,
+            "best_epoch": trained["history"][-1]["best_epoch"],
+            "best_early_stop_balanced_accuracy": round(trained["history"][-1]["best_val_bacc"], 4),
+            "seed": self.seed,
+            "protocol": "all speakers of the corpora; early stopping on held-out speakers; "
+                        "CV metrics below come from the speaker-disjoint protocols",
+            "command": command,
+            "train_seconds": round(trained["train_seconds"], 1),
+            "feature_seconds": round(prep, 1),
+        }
+        metrics = {name: cv_card_metrics(res) for name, res in cv.items()}
+        name = f["name"]
+        desc = (f"Speech emotion recognition, {len(tax.labels)} classes "
+                f"({', '.join(tax.labels)}), compact 1-D CNN over 2 s MFCC windows, int8. "
+                f"Trained on {', '.join(corpora)} (acted English speech).")
+        card = self.export(trained, tax, out_dir / f"{name}.tflite", name, desc, training, metrics)
+        _LOGGER.info("final model: %s, %.0f s", out_dir / f"{name}.tflite", time.time() - t0)
+        return card
+
+
+def _normalise_f16(x: npt.NDArray[np.floating], norm: Normalisation,
+                   chunk: int = 2048) -> npt.NDArray[np.float16]:
+    out = np.empty(x.shape, np.float16)
+    for i in range(0, len(x), chunk):
+        out[i : i + chunk] = normalise_windows(np.asarray(x[i : i + chunk], np.float32), norm)
+    return out
+
+
+def aggregate(results: list[dict[str, Any]], n_labels: int) -> dict[str, Any]:
+    """Mean ± std over folds, pooled confusion matrices, float-int8 and telephone deltas."""
+    if not results:
+        return {}
+    out: dict[str, Any] = {}
+    for cond in ("clean", "telephone"):
+        for kind in ("float", "int8"):
+            for level in ("file", "window"):
+                for m in ("balanced_accuracy", "macro_f1"):
+                    vals = [r[cond][kind][level][m] for r in results]
+                    out[f"{cond}.{kind}.{level}.{m}"] = {**summarise(vals),
+                                                         "per_fold": [round(v, 4) for v in vals]}
+            cm = np.sum([r[cond][kind]["file"]["confusion"] for r in results], axis=0)
+            out[f"{cond}.{kind}.file.confusion"] = cm.astype(int).tolist()
+        out[f"{cond}.agreement.window_argmax"] = summarise(
+            [r[cond]["agreement"]["window_argmax"] for r in results])
+        out[f"{cond}.agreement.file_argmax"] = summarise(
+            [r[cond]["agreement"]["file_argmax"] for r in results])
+        out[f"{cond}.coverage"] = {
+            "files": int(sum(r[cond]["files"] for r in results)),
+            "files_with_windows": int(sum(r[cond]["files_with_windows"] for r in results))}
+    for kind in ("float", "int8"):
+        drop = [r["clean"][kind]["file"]["balanced_accuracy"]
+                - r["telephone"][kind]["file"]["balanced_accuracy"] for r in results]
+        out[f"telephone_drop.{kind}"] = {**summarise(drop), "per_fold": [round(v, 4) for v in drop]}
+    diff = [r["clean"]["float"]["file"]["balanced_accuracy"]
+            - r["clean"]["int8"]["file"]["balanced_accuracy"] for r in results]
+    out["float_minus_int8.file.balanced_accuracy"] = {**summarise(diff),
+                                                      "per_fold": [round(v, 4) for v in diff]}
+    return out
+
+
+def cv_card_metrics(cv: dict[str, Any]) -> dict[str, Any]:
+    """The CV numbers that go into a model card (compact: no histories)."""
+    s = cv["summary"]
+
+    def r(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+    return {
+        "protocol": cv["protocol"], "corpora": cv["corpora"], "labels": cv["taxonomy"]["labels"],
+        "folds": cv["folds"], "speakers": cv["n_speakers"],
+        "verdict": "file level = argmax of the mean of the file's window probabilities",
+        **{k: (r(v) if isinstance(v, dict) else v) for k, v in s.items()},
+        "fold_test_speakers": [f["test_speakers"] for f in cv["per_fold"]],
+    }

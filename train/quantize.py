@@ -1,0 +1,42 @@
+"""Full-integer int8 export: int8 input, int8 output, softmax inside, input (1, 200, 40).
+
+The representative dataset is normalised training windows, i.e. what the device feeds
+the model after :func:`serd.features.normalise_windows`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from train.model import build_model  # noqa: E402
+
+
+def to_int8(model: keras.Model, n_labels: int, model_cfg: dict[str, Any],
+            representative: npt.NDArray[np.floating]) -> bytes:
+    """Convert a trained model to an int8 TFLite flatbuffer."""
+    frames, coeffs = model.input_shape[1], model.input_shape[2]
+    # A batch-1 twin, so the file's input shape is exactly (1, frames, coeffs).
+    twin = build_model(n_labels, model_cfg, frames, coeffs, batch_size=1)
+    twin.set_weights(model.get_weights())
+    conv = tf.lite.TFLiteConverter.from_keras_model(twin)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    rep = np.asarray(representative, np.float32)
+
+    def gen():  # noqa: ANN202
+        for r in rep:
+            yield [r[None]]
+
+    conv.representative_dataset = gen
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return bytes(conv.convert())

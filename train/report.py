@@ -1,0 +1,77 @@
+"""Human-readable outputs: log lines, confusion-matrix PNGs and ``models/README.md``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _ms(s: dict[str, Any], key: str, scale: float = 100.0) -> str:
+    d = s.get(key)
+    if not d:
+        return "n/a"
+    return f"{d['mean'] * scale:.1f} ± {d['std'] * scale:.1f}"
+
+
+def log_cv(res: dict[str, Any]) -> None:
+    s = res["summary"]
+    if not s:
+        return
+    _LOGGER.info(
+        "%s (%d/%d folds): file bacc float %s, int8 %s | macro-F1 int8 %s | window bacc int8 %s"
+        " | telephone int8 %s (drop %s) | agreement %s | %.0f s",
+        res["protocol"], len(res["folds_run"]), res["folds"],
+        _ms(s, "clean.float.file.balanced_accuracy"), _ms(s, "clean.int8.file.balanced_accuracy"),
+        _ms(s, "clean.int8.file.macro_f1"), _ms(s, "clean.int8.window.balanced_accuracy"),
+        _ms(s, "telephone.int8.file.balanced_accuracy"), _ms(s, "telephone_drop.int8"),
+        _ms(s, "clean.agreement.window_argmax"), res["seconds"])
+
+
+def confusion_png(res: dict[str, Any], path: Path, key: str = "clean.int8.file.confusion") -> None:
+    """Row-normalised confusion matrix (pooled over folds) as a PNG."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cm = np.asarray(res["summary"][key], np.float64)
+    labels = res["taxonomy"]["labels"]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(labels), 0.8 + 0.7 * len(labels)), dpi=110)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center",
+                    fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    s = res["summary"]
+    ax.set_title(f"{res['protocol']}: int8, {res['folds']}-fold speaker-disjoint CV\n"
+                 f"balanced acc {_ms(s, 'clean.int8.file.balanced_accuracy')} %", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def render(out: Path, cfg: dict[str, Any], name: str, total_seconds: float | None = None) -> None:
+    """Write ``out/README.md`` from the card and the saved CV results."""
+    from train.readme import readme_text  # noqa: PLC0415
+
+    card = json.loads((out / f"{name}.card.json").read_text())
+    cvs = {}
+    for proto in cfg["protocols"]:
+        p = out / f"cv-{proto}.json"
+        if p.is_file():
+            cvs[proto] = json.loads(p.read_text())
+    tfl = out / f"{name}.tflite"
+    text = readme_text(card, cvs, tfl.stat().st_size if tfl.is_file() else 0, total_seconds)
+    (out / "README.md").write_text(text, encoding="utf-8")
