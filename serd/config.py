@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 import yaml
 
+from serd.alerts import AlertSettings
 from serd.capture import AudioSettings
 from serd.decisions import DecisionSettings
+from serd.discovery import DiscoverySettings
 from serd.gate import VadSettings
 from serd.model import ModelSettings
 from serd.publisher import MqttSettings
@@ -44,6 +46,8 @@ class Config:
     vad: VadSettings = field(default_factory=VadSettings)
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
 
     def __post_init__(self) -> None:
         if self.device_id is not None:
