@@ -283,6 +283,7 @@ class Capture:
         self._next_attempt = 0.0  # monotonic time of the next reopen attempt
         self._lost_since: float | None = None
         self._opened_at = 0.0
+        self._flow_since: float | None = None  # first block of the current stream
         # Written by the PortAudio thread only; plain int/float stores are atomic under
         # the GIL and the reader tolerates a value one block old.
         self._callbacks = 0
@@ -340,7 +341,11 @@ class Capture:
 
     @property
     def reopens(self) -> int:
-        """Recoveries: times audio flowed again after a loss or a failed :meth:`open`."""
+        """Streams :meth:`read` reopened after a loss or a failed :meth:`open`.
+
+        Incremented before the first block of the new stream is returned: audio before
+        and after an increment is not contiguous (windows must not span it).
+        """
         return self._reopens
 
     @property
@@ -431,9 +436,14 @@ class Capture:
             self._report_loss(now)
             if out.shape[0] == 0:
                 continue  # the resampler is still filling its filter; nothing to hand out
-            self._failures = 0
             if self._lost_since is not None:
-                self._recovered()
+                # Back only once audio has flowed for a stall period: a flapping USB
+                # connection stays one outage (one warning, growing backoff), not a
+                # warning and a reset backoff every time it blinks.
+                if self._flow_since is None:
+                    self._flow_since = now
+                elif now - self._flow_since >= self._settings.stall_seconds:
+                    self._recovered()
             return out
 
     # -- internals ---------------------------------------------------------------------
@@ -477,6 +487,7 @@ class Capture:
             )
             self._opened_at = self._last_callback = time.monotonic()
             self._callbacks = 0
+            self._flow_since = None
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             if stream is not None:
@@ -585,17 +596,21 @@ class Capture:
             _LOGGER.exception(
                 "unexpected error reopening the input device; next try in %.1f s", delay
             )
+        else:
+            # Counted now, before the new stream's first block is handed out, so a reader
+            # can tell that audio before and after this point is not contiguous.
+            self._reopens += 1
 
     def _recovered(self) -> None:
-        """Audio flows again after a loss or a failed first open: that is a recovery
-        (an open that never delivers, like a wedged device, is not)."""
+        """Audio has flowed for a stall period after a loss or a failed first open (an
+        open that never delivers, like a wedged device, is no recovery)."""
         now = time.monotonic()
         away = now - (self._lost_since if self._lost_since is not None else now)
-        self._reopens += 1
+        self._failures = 0
         self._lost_since = None
         self._last_error = None
         _LOGGER.info(
-            "input device %r is back after %.1f s (recovery #%d)",
+            "input device %r is back after %.1f s (reopen #%d)",
             self._device_name,
             away,
             self._reopens,
