@@ -26,7 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 from serd import notify
+from serd.alerts import AlertEngine
 from serd.config import Config
+from serd.discovery import Discovery
 from serd.events import EmotionResult, emotion_event
 from serd.model import Classifier, load_classifier
 from serd.pipeline import Decision, Pipeline
@@ -105,6 +107,14 @@ class Daemon:
         self._interval_busy = 0.0
         self._rtf = 0.0
         self.on_decision: Callable[[Decision, dict[str, Any]], None] | None = None
+        # Alert rules (serd.alerts; a no-op unless alerts.enabled) and Home Assistant
+        # discovery (its own small MQTT connection; None unless discovery.enabled).
+        self.alerts = AlertEngine(cfg.alerts, device_id=self.device_id,
+                                  model=self.classifier.name, labels=self.classifier.labels)
+        self.discovery = Discovery(
+            cfg.discovery, cfg.mqtt, device_id=self.device_id, channels=self.channels,
+            labels=self.classifier.labels, model=self.classifier.name,
+        ) if cfg.discovery.enabled else None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -122,6 +132,8 @@ class Daemon:
     def run(self) -> int:
         """Run until :meth:`request_stop` (or a signal); returns the exit code."""
         self.publisher.start()
+        if self.discovery is not None:
+            self.discovery.start()
         notify.status(f"opening input device {self.cfg.audio.device or '(default)'}")
         self._open_source()
         watchdog = notify.watchdog_interval_seconds()
@@ -179,6 +191,12 @@ class Daemon:
                 self._publish(pipe.flush())
             except Exception:  # noqa: BLE001
                 _LOGGER.exception("flushing channel %s failed", pipe.channel)
+        try:
+            self._publish_alerts(self.alerts.close(self.clock()))
+        except Exception:
+            _LOGGER.exception("clearing alerts failed")
+        if self.discovery is not None:
+            self.discovery.stop()
         self.publisher.close(timeout_seconds=3.0)
         _LOGGER.info("stopped")
 
@@ -197,6 +215,7 @@ class Daemon:
         self._maybe_ready()
         if block is not None and block.size:
             self.process_block(block, now)
+        self._publish_alerts(self.alerts.tick(now))
         self._maybe_health(now)
 
     def process_block(self, block: npt.NDArray[np.float32], now: float) -> list[Decision]:
@@ -233,13 +252,15 @@ class Daemon:
                 self.counters.utterances += 1
             if not d.probs:
                 continue
+            start = self.epoch_of(d.start_s)
+            end = max(self.epoch_of(d.end_s), start)
             payload = emotion_event(
                 self.device_id,
                 EmotionResult(
                     type=d.type,
                     channel=d.channel,
-                    start_epoch_seconds=self.epoch_of(d.start_s),
-                    end_epoch_seconds=max(self.epoch_of(d.end_s), self.epoch_of(d.start_s)),
+                    start_epoch_seconds=start,
+                    end_epoch_seconds=end,
                     label=d.label,
                     confidence=min(1.0, max(0.0, d.confidence)),
                     probs=d.probs,
@@ -251,6 +272,11 @@ class Daemon:
             self.counters.events += 1
             if self.on_decision is not None:
                 self.on_decision(d, payload)
+            self._publish_alerts(self.alerts.observe(d, start, end, self.clock()))
+
+    def _publish_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        for payload in alerts:
+            self.publisher.publish_event("alert", payload)
 
     def health(self) -> dict[str, Any]:
         stats = self.publisher.stats()
