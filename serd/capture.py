@@ -19,9 +19,12 @@ exponential backoff, re-resolving ``audio.device`` by name each time.
 PortAudio enumerates devices once, in ``Pa_Initialize`` (python-sounddevice calls it at
 import), and never notices hot-plugged devices afterwards
 (spatialaudio/python-sounddevice#125, #382, #493; PortAudio/portaudio#11, #447).
-The only portable way to see a re-plugged microphone is to terminate and re-initialise
-PortAudio, which :func:`refresh_devices` does before every (re)open.  That also closes
-every other PortAudio stream of the process, so serd keeps exactly one: this one.
+The way to see a re-plugged microphone is to terminate and re-initialise PortAudio
+(``sd._terminate(); sd._initialize()``, the maintainer's advice in #125), which
+:func:`refresh_devices` does before every (re)open; on Linux/ALSA that re-reads the ALSA
+configuration and card list (tests/test_capture.py checks a device added afterwards
+appears; on Windows #516 reports the DLL must be reloaded too).  It also closes every
+other PortAudio stream of the process, so serd keeps exactly one: this one.
 """
 
 from __future__ import annotations
