@@ -6,7 +6,10 @@ the model after :func:`serd.features.normalise_windows`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -39,4 +42,7 @@ def to_int8(model: keras.Model, n_labels: int, model_cfg: dict[str, Any],
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    return bytes(conv.convert())
+    # The converter prints the traced signature to stdout; keep the progress output clean.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bytes(conv.convert())

@@ -1,0 +1,125 @@
+"""A tiny end-to-end run: fake corpus -> CV -> final int8 model that serd can load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("tensorflow")
+
+from serd.model import ModelSettings, load_classifier  # noqa: E402
+from serd.windows import windows_of  # noqa: E402
+from train.config import load_config  # noqa: E402
+from train.taxonomy import SIX  # noqa: E402
+
+RATE = 16000
+
+
+def _utterance(label: int, actor: int, rng: np.random.Generator, rate: int) -> np.ndarray:
+    """Silence, 1.6 s of a 'voice' whose pitch and rhythm depend on the label, silence."""
+    n = int(1.6 * rate)
+    t = np.arange(n) / rate
+    f0 = (90 + 35 * label + 3 * actor) * (1 + 0.05 * np.sin(2 * np.pi * (1 + label) * t))
+    ph = 2 * np.pi * np.cumsum(f0) / rate
+    v = sum(np.sin(k * ph) * (0.6 ** k if label % 2 else 1 / k) for k in range(1, 25))
+    v *= 0.5 + 0.5 * np.abs(np.sin(2 * np.pi * (2 + label) * t))
+    v = 0.2 * v / np.max(np.abs(v)) + 0.003 * rng.standard_normal(n)
+    pad = np.zeros(int(0.3 * rate))
+    return np.concatenate([pad + 0.001 * rng.standard_normal(pad.size), v,
+                           pad + 0.001 * rng.standard_normal(pad.size)])
+
+
+@pytest.fixture(scope="module")
+def fake_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpora")
+    rng = np.random.default_rng(0)
+    codes = {"neutral": "01", "happy": "03", "sad": "04", "angry": "05", "fearful": "06",
+             "disgust": "07"}
+    for actor in range(1, 9):
+        for label, emo in enumerate(SIX):
+            rate = 48000 if actor == 3 else RATE  # one actor at another rate
+            name = f"03-01-{codes[emo]}-01-01-01-{actor:02d}.{'flac' if actor % 2 else 'wav'}"
+            path = root / "ravdess" / f"Actor_{actor:02d}" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(path), _utterance(label, actor, rng, rate), rate)
+    return root
+
+
+def _tiny_config(root: Path, cache: Path) -> dict:
+    return load_config(None, [
+        f"corpora_roots=[{root}]", f"cache_dir={cache}", "jobs=1",
+        "protocols={tiny: {corpora: [ravdess], taxonomy: six, folds: 2}}",
+        "final.cv_protocol=tiny",
+        "augment.copies=1", "training.epochs=4", "training.patience=4",
+        "training.batch_size=16", "training.early_stop_fraction=0.25",
+        "training.representative_windows=64", "training.learning_rate=0.01",
+        "model.filters=[8, 12]", "model.kernels=[3, 3]", "model.pool=[2, 1]",
+    ])
+
+
+def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
+    from train import report  # noqa: PLC0415
+    from train.pipeline import Runner  # noqa: PLC0415
+
+    cfg = _tiny_config(fake_corpus, tmp_path / "cache")
+    runner = Runner(cfg, progress=False)
+    out = tmp_path / "models"
+    cv = runner.run_cv("tiny", None, out)
+    assert (out / "cv-tiny.json").is_file()
+    assert len(cv["per_fold"]) == 2
+    for fold in cv["per_fold"]:
+        assert not set(fold["test_speakers"]) & set(fold["early_stop_speakers"])
+        assert fold["clean"]["files"] == 24
+        assert fold["clean"]["agreement"]["window_argmax"] >= 0.6
+    s = cv["summary"]
+    assert 0.0 <= s["clean.int8.file.balanced_accuracy"]["mean"] <= 1.0
+    report.confusion_png(cv, out / "confusion-tiny.png")
+    assert (out / "confusion-tiny.png").stat().st_size > 1000
+
+    card = runner.run_final(out, {"tiny": cv}, "pytest")
+    tfl = out / "serd-emotion-6.tflite"
+    assert tfl.is_file() and tfl.stat().st_size < 250_000
+    clf = load_classifier(ModelSettings(path=str(tfl)))  # serd accepts model + card
+    assert clf.labels == SIX
+    data = json.loads((out / "serd-emotion-6.card.json").read_text())
+    assert data["training"]["speakers"] == 8 and data["training"]["files"] == 48
+    assert "tiny" in data["metrics"]
+    assert card.sha256 == data["model_file"]["sha256"]
+
+    # The shipped-model path: raw daemon windows in, probabilities out.
+    from train.corpora import load_audio  # noqa: PLC0415
+
+    windows = []
+    for it in runner.items[:24]:
+        windows += [w.features for w in windows_of(load_audio(it.path))]
+    raw = np.stack(windows)
+    q = np.stack([clf(w) for w in raw])
+    assert q.shape == (len(raw), 6)
+    np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
+
+    report.render(out, cfg, "serd-emotion-6")
+    assert "serd-emotion-6" in (out / "README.md").read_text()
+
+
+def test_feature_cache_is_reused(fake_corpus: Path, tmp_path: Path) -> None:
+    from serd.features import WindowParams  # noqa: PLC0415
+    from train.corpora import scan  # noqa: PLC0415
+    from train.dataset import Variant, build  # noqa: PLC0415
+
+    items = scan([fake_corpus])[:6]
+    v = Variant("augment", 1, WindowParams(hop_seconds=0.25), "float16")
+    a = build(items, v, seed=1, cache_dir=tmp_path, jobs=1, progress=False)
+    files = list(tmp_path.glob("windows-*.npz"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    b = build(items, v, seed=1, cache_dir=tmp_path, jobs=1, progress=False)
+    assert files[0].stat().st_mtime_ns == mtime
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.file, b.file)
+    assert a.x.dtype == np.float16 and a.x.shape[1:] == (200, 40)
+    c = build(items, v, seed=2, cache_dir=tmp_path, jobs=1, progress=False)  # new seed: new set
+    assert len(list(tmp_path.glob("windows-*.npz"))) == 2
+    assert not (c.x.shape == a.x.shape and np.array_equal(c.x, a.x))
