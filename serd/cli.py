@@ -1,4 +1,6 @@
-"""Command line: ``serd`` (the daemon), ``serd --once FILE...`` (the same pipeline on files).
+"""Command line: ``serd`` (the daemon), ``serd --once FILE...`` (the same pipeline on files),
+``serd --once --publish FILE...`` (files through the daemon's event path to the broker),
+``serd listen`` (a live table of every device) and ``serd dashboard`` (the web page).
 
 Imports are lazy so that ``serd --once`` starts fast and never loads the MQTT client, the
 audio device layer, TensorFlow, Keras or librosa.
@@ -24,19 +26,38 @@ _LOGGER = logging.getLogger("serd")
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 
+# Subcommands with their own options; each module has main(argv) -> exit code.
+_SUBCOMMANDS = {"listen": "serd.listen", "dashboard": "serd.dashboard.server"}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="serd",
         description="Speech-emotion recognition on the device: microphone -> emotion events "
         "over MQTT.  With --once, run the same pipeline on audio files and print the result.",
+        epilog="Also: serd listen [--json] (live table of every device on the broker) and "
+        "serd dashboard [--port 8080] [--broker ws://host:9001] (live web page); "
+        "see serd listen --help, serd dashboard --help and docs/dashboard.md.",
     )
     p.add_argument("--config", metavar="FILE", help="YAML config (only keys that differ "
                    "from the defaults; see config.yaml); default $SERD_CONFIG or built-in")
-    p.add_argument("--once", nargs="+", metavar="PATH",
+    p.add_argument("--once", nargs="*", metavar="PATH",
                    help="analyse audio files or folders (recursively: wav, flac, ogg) and exit")
+    p.add_argument("paths", nargs="*", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true",
                    help="with --once: print JSON lines (window, utterance, summary)")
+    p.add_argument("--publish", action="store_true",
+                   help="with --once: replay the files through the daemon's event path (as a "
+                   "microphone, with alerts) and publish to mqtt.host (localhost when unset) "
+                   "as device DEVICE_ID-replay, instead of printing")
+    p.add_argument("--speed", type=float, default=1.0, metavar="X",
+                   help="with --publish: replay speed, 1 = real time (default), 2 = twice as "
+                   "fast, 0 = as fast as possible")
+    p.add_argument("--loop", action="store_true",
+                   help="with --publish: replay the files over and over until Ctrl-C")
+    p.add_argument("--device-id", metavar="ID",
+                   help="with --publish: the device id to publish as (default: the "
+                   "configured one plus -replay, so a live daemon is not disturbed)")
     p.add_argument("--model", metavar="FILE.tflite", help="override model.path")
     p.add_argument("--check-config", action="store_true",
                    help="validate the config and the model, print the effective config, exit")
@@ -54,7 +75,30 @@ def _setup_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _SUBCOMMANDS:
+        import importlib  # noqa: PLC0415
+
+        sub: Any = importlib.import_module(_SUBCOMMANDS[argv[0]])
+        return int(sub.main(argv[1:]))
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # Paths may follow --once directly or come after other options
+    # (`serd --once --publish --speed 2 FILES`).
+    if args.paths and args.once is None:
+        parser.error("audio paths need --once (serd --once PATH...)")
+    if args.once is not None:
+        args.once = [*args.once, *args.paths]
+        if not args.once:
+            parser.error("argument --once: expected at least one PATH")
+    if (args.publish or args.loop or args.device_id) and not args.once:
+        parser.error("--publish, --loop and --device-id need --once FILE...")
+    if (args.loop or args.device_id or args.speed != 1.0) and not args.publish:
+        parser.error("--speed, --loop and --device-id need --publish")
+    if args.publish and args.json:
+        parser.error("--json prints results; --publish sends events to the broker: pick one")
+    if args.speed < 0:
+        parser.error("--speed must be >= 0 (0 = as fast as possible)")
     from serd.config import EXIT_CONFIG, EXIT_DATAERR, load  # noqa: PLC0415
     from serd.model import ModelError  # noqa: PLC0415
     from serd.settings import ConfigError  # noqa: PLC0415
@@ -74,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.check_config:
             return _check_config(cfg)
+        if args.once and args.publish:
+            return run_publish(cfg, args.once, speed=args.speed, loop=args.loop,
+                               device_id=args.device_id)
         if args.once:
             return run_once(cfg, args.once, as_json=args.json)
         from serd.daemon import run  # noqa: PLC0415
@@ -99,6 +146,83 @@ def _check_config(cfg: Config) -> int:
     print(f"model {clf.name}: {len(clf.labels)} labels ({', '.join(clf.labels)}), "
           f"runtime {clf.runtime}", file=sys.stderr)
     return EXIT_OK
+
+
+# -- serd --once --publish -------------------------------------------------------------------
+
+
+def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: bool = False,
+                device_id: str | None = None) -> int:
+    """Replay files as a microphone through :class:`~serd.daemon.Daemon`: the same events
+    (and alerts) a device would publish.  Exit code 2 if any file was unusable."""
+    import dataclasses  # noqa: PLC0415
+
+    from serd.audio import AudioError, find_audio, probe  # noqa: PLC0415
+    from serd.daemon import Daemon  # noqa: PLC0415
+    from serd.events import validate_device_id  # noqa: PLC0415
+    from serd.model import load_classifier  # noqa: PLC0415
+    from serd.replay import ReplaySource  # noqa: PLC0415
+
+    files: list[Path] = []
+    failed = 0
+    for path in find_audio(list(paths)):
+        try:
+            probe(path)
+        except AudioError as exc:
+            failed += 1
+            print(f"serd: {path}: {exc}", file=sys.stderr)
+            continue
+        files.append(path)
+    if not files:
+        print("serd: no usable audio files in " + ", ".join(paths), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    device = device_id or f"{cfg.resolved_device_id}-replay"
+    try:
+        validate_device_id(device)
+    except ValueError as exc:
+        print(f"serd: --device-id {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    mqtt = cfg.mqtt
+    if mqtt.host is None:
+        _LOGGER.info("mqtt.host is not set: publishing to localhost:%d", mqtt.port)
+        mqtt = dataclasses.replace(mqtt, host="localhost")
+    # Its own device id, client id and spool: a daemon running on this machine keeps its
+    # session, its retained status and its seq numbers.
+    mqtt = dataclasses.replace(
+        mqtt, client_id=f"{mqtt.client_id}-replay" if mqtt.client_id else None
+    )
+    cfg = dataclasses.replace(
+        cfg,
+        device_id=device,
+        state_dir=str(cfg.resolved_state_dir / "replay" / device),
+        mqtt=mqtt,
+        audio=dataclasses.replace(cfg.audio, channels=cfg.audio.channels[:1]),
+    )
+    clf = load_classifier(cfg.model)
+
+    class UntilEnd(ReplaySource):
+        """Stops the daemon once every file has been played (unless looping)."""
+
+        def read(self, timeout_seconds: float) -> Any:
+            block = super().read(timeout_seconds)
+            if block is None and self.finished:
+                daemon.request_stop()
+            return block
+
+    # A second of silence between files closes each file's last utterance, as a pause would.
+    source = UntilEnd(files, clf.card.features.sample_rate, speed=speed, loop=loop,
+                      gap_seconds=1.0)
+    daemon = Daemon(cfg, source=source, classifier=clf)
+    daemon.install_signal_handlers()
+    print(f"serd: replaying {len(files)} file(s) "
+          f"{'in a loop ' if loop else ''}at {'full' if speed == 0 else f'{speed:g}x'} speed "
+          f"as device {device} to mqtt{'s' if mqtt.tls else ''}://{mqtt.host}:{mqtt.port}/"
+          f"{mqtt.topic_prefix}/{device}/", file=sys.stderr, flush=True)
+    daemon.run()
+    c = daemon.counters
+    print(f"serd: done: {c.audio_seconds:.1f} s of audio, {c.events} emotion events "
+          f"({c.utterances} utterances)", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else EXIT_OK
 
 
 # -- serd --once ---------------------------------------------------------------------------
