@@ -1,0 +1,1 @@
+"""serd performance bench: ``python -m bench`` (see bench/README.md)."""
