@@ -528,14 +528,15 @@
     ctx.fillStyle = '#7a8591';
     ctx.font = '10px system-ui, sans-serif';
     ctx.textBaseline = 'top';
-    var step = span <= 10 * 60000 ? 60000 : 5 * 60000;
+    var step = span <= 2 * 60000 ? 15000 : span <= 10 * 60000 ? 60000 : 5 * 60000;
     for (var k = 0; k * step <= span; k++) {
       var tx = w - k * step / span * w;
       ctx.beginPath();
       ctx.moveTo(Math.round(tx) + 0.5, 0);
       ctx.lineTo(Math.round(tx) + 0.5, h - axisH);
       ctx.stroke();
-      var txt = k === 0 ? 'now' : '\u2212' + (k * step / 60000) + ' min';
+      var back = k * step / 1000;
+      var txt = k === 0 ? 'now' : '\u2212' + (back % 60 ? back + ' s' : back / 60 + ' min');
       ctx.textAlign = k === 0 ? 'right' : 'center';
       ctx.fillText(txt, Math.min(w - 1, Math.max(14, tx)), h - axisH + 2);
     }

@@ -29,6 +29,8 @@ DEFAULT_WS_PORT = 9001
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    # MQTT.js runs its keepalive timers in a Worker made from a blob: URL.
+    "worker-src 'self' blob:; "
     "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 _FILES = {"/", "/index.html", "/app.js", "/style.css", "/vendor/mqtt.min.js",
