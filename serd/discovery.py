@@ -204,6 +204,7 @@ class Discovery:
         client, self._client = self._client, None
         if client is None:
             return
+        client.disable_logger()  # paho 2.2 may log a spurious error while its thread stops
         client.disconnect()
         client.loop_stop()
 

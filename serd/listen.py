@@ -281,6 +281,8 @@ class Listener:
         self._seen = 0
         self._out_lock = threading.Lock()
         self._last_error = ""
+        self._connected = False
+        self._drawn = -1
 
     def run(self) -> int:
         from serd.mqttclient import connect_async, create_client  # noqa: PLC0415
@@ -298,6 +300,9 @@ class Listener:
         try:
             self._render_loop()
         finally:
+            # paho 2.2's network thread may log a spurious "not connected" error while it
+            # stops: nothing worth telling at this point.
+            client.disable_logger()
             client.disconnect()
             client.loop_stop()
             if self.tty and not self.as_json:
@@ -309,7 +314,6 @@ class Listener:
         if self.as_json:
             self.stop.wait()
             return
-        drawn = -1
         last_print = 0.0
         if self.tty:
             self._write("\x1b[?1049h\x1b[?25l")  # alternate screen, no cursor (like top)
@@ -318,11 +322,16 @@ class Listener:
                 # Redraw in place (ages tick even without messages).
                 text = self._title() + "\n\n" + self.board.table(color=True)
                 self._write("\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
-            elif self.board.version != drawn and time.monotonic() - last_print >= \
+            elif self.board.version != self._drawn and time.monotonic() - last_print >= \
                     _PIPE_REPRINT_SECONDS:
-                drawn = self.board.version
                 last_print = time.monotonic()
-                self._write(self.board.table() + "\n\n")
+                self._print_table()
+        if not self.tty and self.board.version != self._drawn:
+            self._print_table()  # the last state before exiting (--count, SIGTERM)
+
+    def _print_table(self) -> None:
+        self._drawn = self.board.version
+        self._write(self.board.table() + "\n\n")
 
     def _title(self) -> str:
         scheme = "mqtts" if self.settings.tls else "mqtt"
@@ -346,6 +355,7 @@ class Listener:
             self._error(f"broker refused the connection: {rc}; retrying")
             return
         self._last_error = ""
+        self._connected = True
         prefix = self.settings.topic_prefix
         client.subscribe([(f"{prefix}/+/{s}", 1) for s in _SUFFIXES])
 
@@ -357,7 +367,8 @@ class Listener:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                        props: Any) -> None:
-        if not self.stop.is_set():
+        was, self._connected = self._connected, False
+        if was and not self.stop.is_set():
             self._error(f"lost the connection ({rc}); reconnecting")
 
     def _error(self, message: str) -> None:
