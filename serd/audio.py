@@ -23,6 +23,14 @@ _LOGGER = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".mp3")
 
+# Sample rates a recording of speech can plausibly have.  A corrupt header outside this
+# range is refused: at 1 Hz a 2 kB file would "decode" to hours of upsampled audio.
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 768000
+# Upper bound on the samples (frames x channels) read at once, whatever the header says,
+# so memory per block stays small for many-channel or very high-rate files.
+_MAX_BLOCK_SAMPLES = 1 << 20
+
 
 class AudioError(Exception):
     """A file cannot be used as audio; the message says why, in one line."""
@@ -71,6 +79,11 @@ def probe(path: str | Path) -> AudioInfo:
         ) from None
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioError("the header gives no valid sample rate or channel count")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"implausible sample rate {info.samplerate} Hz in the header (serd reads "
+            f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz); the file is probably corrupt"
+        )
     if info.frames <= 0:
         raise AudioError("the file holds no audio samples (empty or truncated)")
     return AudioInfo(p, info.samplerate, info.channels, info.frames, info.format, info.subtype)
@@ -113,7 +126,8 @@ def read_blocks(
     """Yield the file as mono float32 blocks at ``target_rate`` (channels are averaged)."""
     info = info or probe(path)
     resample = Resampler(info.sample_rate, target_rate)
-    block_frames = max(1, int(block_seconds * info.sample_rate))
+    block_frames = max(1, min(int(block_seconds * info.sample_rate),
+                              _MAX_BLOCK_SAMPLES // info.channels))
     bad_total = 0
     try:
         with sf.SoundFile(str(info.path)) as f:
@@ -128,7 +142,9 @@ def read_blocks(
                 if out.size:
                     yield out
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"decoding failed part-way ({_describe(exc)}); the file may be truncated")
+        raise AudioError(
+            f"decoding failed part-way ({_describe(exc)}); the file may be truncated"
+        ) from None
     tail = resample(np.zeros(0, np.float32), last=True)
     if tail.size:
         yield tail
