@@ -282,7 +282,13 @@
     } else {
       return;
     }
-    line.current = { label: label, conf: conf, type: p.type, at: Date.now() };
+    var best = null;
+    if (!label && p.probs && typeof p.probs === 'object') {
+      Object.keys(p.probs).forEach(function (k) {
+        if (typeof p.probs[k] === 'number' && (best === null || p.probs[k] > p.probs[best])) best = k;
+      });
+    }
+    line.current = { label: label, conf: conf, type: p.type, best: best, at: Date.now() };
     renderLine(line);
   }
 
@@ -415,7 +421,9 @@
       e.label.textContent = lab || UNSURE;
       e.label.dataset.label = lab || '';
       e.label.style.color = lab ? colorOf(lab) : '';
-      e.conf.textContent = Math.round(line.current.conf * 100) + '%  ' + line.current.type;
+      var pct = Math.round(line.current.conf * 100) + '%';
+      e.conf.textContent = (lab || !line.current.best ? pct : 'best guess ' + line.current.best + ' ' + pct) +
+        ' \u00b7 ' + line.current.type;
     }
     var a = line.lastAlert;
     if (a) {
@@ -528,7 +536,7 @@
     ctx.fillStyle = '#7a8591';
     ctx.font = '10px system-ui, sans-serif';
     ctx.textBaseline = 'top';
-    var step = span <= 2 * 60000 ? 15000 : span <= 10 * 60000 ? 60000 : 5 * 60000;
+    var step = span <= 60000 ? 10000 : span <= 3 * 60000 ? 30000 : span <= 10 * 60000 ? 60000 : 300000;
     for (var k = 0; k * step <= span; k++) {
       var tx = w - k * step / span * w;
       ctx.beginPath();
@@ -544,7 +552,8 @@
     // windows: bars, height = confidence
     line.windows.forEach(function (s) {
       if (s.end < t0) return;
-      var x0 = x(s.start), x1 = x(s.end);
+      // Whole pixels: adjacent windows meet without anti-aliased seams.
+      var x0 = Math.floor(x(s.start)), x1 = Math.ceil(x(s.end));
       var bh = Math.max(3, (barBottom - barTop) * Math.min(1, Math.max(0.05, s.conf)));
       ctx.fillStyle = colorOf(s.label);
       ctx.fillRect(x0, barBottom - bh, Math.max(1, x1 - x0), bh);
@@ -553,7 +562,7 @@
     // utterances: a strip below
     line.utterances.forEach(function (s) {
       if (s.end < t0) return;
-      var x0 = x(s.start), x1 = x(s.end);
+      var x0 = Math.floor(x(s.start)), x1 = Math.ceil(x(s.end));
       ctx.fillStyle = colorOf(s.label);
       ctx.fillRect(x0, barBottom + gap, Math.max(2, x1 - x0), uttH);
     });
