@@ -179,6 +179,11 @@ class MfccStream:
         self._fb_t = np.ascontiguousarray(mel_filterbank(p).T)
         self._dct_t = np.ascontiguousarray(dct_matrix(p.n_mels, p.n_mfcc).T)
         self._power_scale = np.float32(1.0 / p.n_fft)
+        self._preemph = np.float32(p.preemphasis)
+        self._log_floor = np.float32(p.log_floor)
+        self._n_bins = p.n_fft // 2 + 1
+        # Zero-padded FFT input, reused between calls (rows beyond the frame stay zero).
+        self._fft_in = np.zeros((0, p.n_fft), dtype=np.float32)
         self._buf = np.zeros(0, dtype=np.float32)
         self._last = np.float32(0.0)
         self.frames_emitted = 0
@@ -195,30 +200,51 @@ class MfccStream:
 
     def __call__(self, chunk: npt.ArrayLike) -> FloatArray:
         x = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        old = self._buf
         if x.size:
-            a = np.float32(self.params.preemphasis)
-            emph = np.empty_like(x)
+            # Pre-emphasis straight into the buffer behind the carried-over samples.
+            a = self._preemph
+            buf = np.empty(old.size + x.size, dtype=np.float32)
+            buf[: old.size] = old
+            emph = buf[old.size :]
             emph[0] = x[0] - a * self._last
-            np.subtract(x[1:], a * x[:-1], out=emph[1:])
+            rest = emph[1:]
+            np.multiply(x[:-1], a, out=rest)
+            np.subtract(x[1:], rest, out=rest)
             self._last = x[-1]
-            buf = np.concatenate((self._buf, emph)) if self._buf.size else emph
         else:
-            buf = self._buf
+            buf = old
         if buf.size < self._frame:
             self._buf = buf
             return np.zeros((0, self.params.n_mfcc), dtype=np.float32)
         n = 1 + (buf.size - self._frame) // self._hop
-        frames = np.lib.stride_tricks.sliding_window_view(buf, self._frame)[:: self._hop][:n]
+        # Frame k is buf[k*hop : k*hop + frame]: a strided view, no copy.
+        frames = np.ndarray(
+            (n, self._frame), np.float32, buffer=buf, strides=(self._hop * 4, 4)
+        )
+        self.frames_emitted += n
+        out = self._compute(frames)
         # Keep only what the next frame still needs (copy: do not pin the big chunk).
         self._buf = buf[n * self._hop :].copy()
-        self.frames_emitted += n
-        return self._compute(frames)
+        return out
 
     def _compute(self, frames: npt.NDArray[np.float32]) -> FloatArray:
-        spec = np.fft.rfft(frames * self._window, n=self.params.n_fft, axis=1)
-        power = (spec.real * spec.real + spec.imag * spec.imag) * self._power_scale
-        mel = power.astype(np.float32, copy=False) @ self._fb_t
-        np.maximum(mel, np.float32(self.params.log_floor), out=mel)
+        n = frames.shape[0]
+        if n > self._fft_in.shape[0]:
+            rows = n if n <= 256 else 0  # keep a buffer for streaming-sized calls only
+            padded = np.zeros((n, self.params.n_fft), dtype=np.float32)
+            if rows:
+                self._fft_in = padded
+        else:
+            padded = self._fft_in[:n]
+        np.multiply(frames, self._window, out=padded[:, : self._frame])
+        spec = np.fft.rfft(padded, axis=1)
+        re, im = spec.real, spec.imag
+        power = re * re
+        power += im * im
+        power *= self._power_scale
+        mel = power @ self._fb_t
+        np.maximum(mel, self._log_floor, out=mel)
         np.log(mel, out=mel)
         return mel @ self._dct_t
 
@@ -249,7 +275,7 @@ def frame_windows(
 
 
 def pad_window(frames: npt.NDArray[np.float32], window_frames: int) -> FloatArray:
-    """Repeat ``frames`` until it is ``window_frames`` long (for utterances shorter than a window)."""
+    """Repeat ``frames`` until it is ``window_frames`` long (utterances shorter than a window)."""
     n = frames.shape[0]
     if n >= window_frames:
         return np.asarray(frames[-window_frames:], dtype=np.float32)
