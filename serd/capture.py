@@ -105,6 +105,11 @@ class AudioSettings:
             require(
                 8000 <= self.samplerate <= 384000, "samplerate", "must be 8000..384000 Hz or null"
             )
+        for name in ("block_seconds", "queue_seconds", "reopen_min_seconds",
+                     "reopen_max_seconds", "stall_seconds"):
+            # .inf / .nan pass YAML and the range checks below, then crash at start.
+            value = getattr(self, name)
+            require(math.isfinite(value), name, f"must be a finite number, got {value}")
         require(len(self.channels) >= 1, "channels", "name at least one input channel")
         require(all(c.strip() for c in self.channels), "channels", "names must be non-empty")
         require(len(set(self.channels)) == len(self.channels), "channels", "names must be unique")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
 import sys
 import threading
@@ -119,6 +120,11 @@ class MqttSettings:
             "keepalive_seconds",
             f"must be within 5..65535, got {self.keepalive_seconds}",
         )
+        for name in ("connect_timeout_seconds", "reconnect_min_seconds", "reconnect_max_seconds"):
+            # An infinite timeout kills paho's network thread (OverflowError in settimeout):
+            # the daemon would run on, never connecting, after one traceback.
+            value = getattr(self, name)
+            require(math.isfinite(value), name, f"must be a finite number, got {value}")
         require(self.connect_timeout_seconds > 0, "connect_timeout_seconds", "must be > 0")
         for name in ("ca_file", "cert_file", "key_file", "tls_insecure"):
             require(self.tls or not getattr(self, name), name, "needs tls: true")
