@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from serd.config import Config
+    from serd.decisions import Verdict
     from serd.model import Classifier
     from serd.pipeline import Decision
 
@@ -275,13 +276,12 @@ class FileResult:
         self.labels = labels
         self.hop_s = hop_s
         windows = [d for d in decisions if d.type == "window"]
+        self.summary: Verdict | None = None
         if windows:
             import numpy as np  # noqa: PLC0415
 
             mean = np.mean([d.raw_probs for d in windows], axis=0).astype(np.float32)
             self.summary = verdict(labels, mean, threshold)
-        else:
-            self.summary = None
 
 
 def analyse_file(cfg: Config, clf: Classifier, path: Path) -> FileResult:
