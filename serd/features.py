@@ -166,7 +166,7 @@ class MfccStream:
 
     Frame ``k`` covers samples ``[k*hop, k*hop + frame)`` of the stream since the last
     :meth:`reset`; pre-emphasis uses the previous chunk's last sample.  Hence any chunking
-    of the same audio yields the same frames (bit-for-bit up to float32 rounding).
+    of the same audio yields the same frames, bit for bit (see :func:`_matmul`).
     """
 
     def __init__(self, params: FeatureParams | None = None) -> None:
@@ -243,10 +243,41 @@ class MfccStream:
         power = re * re
         power += im * im
         power *= self._power_scale
-        mel = power @ self._fb_t
+        mel = _matmul(power, self._fb_t)
         np.maximum(mel, self._log_floor, out=mel)
         np.log(mel, out=mel)
-        return mel @ self._dct_t
+        return _matmul(mel, self._dct_t)
+
+
+_MATMUL_ROWS = 64
+"""Rows per matrix product in :func:`_matmul`."""
+
+
+def _matmul(a: FloatArray, b: FloatArray) -> FloatArray:
+    """``a @ b`` with every row computed the same way, however many rows ``a`` has.
+
+    OpenBLAS picks its kernel by size: one row goes to a matrix-vector routine, more than
+    about 96 rows to a blocked (and, with several cores, threaded) one; each rounds
+    differently, so the same frame would get different last bits depending on how the
+    audio was chunked.  Products of 2..64 rows all use the same small-matrix kernel, so
+    feeding at most 64 rows at a time (and a single row twice) makes the frames
+    bit-identical for any chunking (checked with numpy's bundled OpenBLAS on x86-64):
+    streaming, ``serd --once`` and training agree exactly.  It also keeps these small
+    products on one thread.
+    """
+    n = a.shape[0]
+    if 2 <= n <= _MATMUL_ROWS:
+        return a @ b
+    if n == 1:
+        return (np.concatenate((a, a)) @ b)[:1]
+    out = np.empty((n, b.shape[1]), dtype=np.result_type(a, b))
+    for i in range(0, n, _MATMUL_ROWS):
+        j = min(n, i + _MATMUL_ROWS)
+        if j - i == 1:  # a lone last row: pair it with the one before
+            out[i:j] = (a[i - 1 : j] @ b)[1:]
+        else:
+            out[i:j] = a[i:j] @ b
+    return out
 
 
 def mfcc(audio: npt.ArrayLike, params: FeatureParams | None = None) -> FloatArray:
