@@ -61,6 +61,8 @@ class Device:
     availability: str = "unknown"
     reason: str = ""
     last_seq: dict[str, int] = field(default_factory=dict)
+    # Streams whose next event may restart at seq 1 (the device just came online).
+    fresh: set[str] = field(default_factory=set)
 
 
 class Board:
@@ -98,15 +100,18 @@ class Board:
             if suffix == STATUS_SUFFIX:
                 state = payload.get("state")
                 if state == "online" and dev.availability != "online":
-                    dev.last_seq.clear()  # a restart or a wiped state dir: seq may restart
+                    dev.fresh = set(_SUFFIXES)  # a wiped state dir restarts seq at 1
                 dev.availability = state if state in ("online", "offline") else "unknown"
                 dev.reason = str(payload.get("reason") or "")
                 self.version += 1
                 return True
             seq = payload.get("seq")
             if isinstance(seq, int):
+                # A seq already seen: re-sent after a reconnect (docs/events.md).
                 last = dev.last_seq.get(suffix, 0)
-                if seq <= last and last - seq < 1000:
+                restarted = suffix in dev.fresh and seq == 1
+                dev.fresh.discard(suffix)
+                if seq <= last and not restarted and last - seq < 1000:
                     self.duplicates += 1
                     return False
                 dev.last_seq[suffix] = seq

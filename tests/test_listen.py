@@ -72,9 +72,15 @@ def test_board_tracks_devices_channels_and_drops_duplicates() -> None:
     assert "sustained_distress angry" in agent
     assert "offline (connection lost)" in agent
     assert agent.startswith("\x1b[2m")  # dimmed
-    # Back online (a restart): seq may start again.
+    # Back online after the outage: events it re-sends are still duplicates ...
+    b.feed("serd/desk-1/status", status)
+    assert not b.feed("serd/desk-1/emotion", with_seq(emotion("agent", "sad"), 2))
+    assert b.feed("serd/desk-1/emotion", with_seq(emotion("agent", "sad"), 3))
+    # ... but after a restart with a wiped state dir, seq starts again at 1.
+    b.feed("serd/desk-1/status", lost)
     b.feed("serd/desk-1/status", status)
     assert b.feed("serd/desk-1/emotion", with_seq(emotion("agent", "happy"), 1))
+    assert b.feed("serd/desk-1/emotion", with_seq(emotion("agent", "happy"), 2))
 
 
 def test_device_without_events_has_a_row_and_multilevel_prefix() -> None:

@@ -222,17 +222,22 @@
   function getDevice(device) {
     var dev = state.devices.get(device);
     if (!dev) {
-      dev = { availability: 'unknown', reason: '', version: '', seq: {}, skews: [], offset: 0 };
+      dev = { availability: 'unknown', reason: '', version: '', seq: {}, fresh: {}, skews: [],
+        offset: 0 };
       state.devices.set(device, dev);
     }
     return dev;
   }
 
   function isDuplicate(dev, kind, seq) {
+    // A seq already seen is an event re-sent after a reconnect. seq starts again at 1 only
+    // when the device's state was wiped; it then comes back online first (docs/events.md).
     if (typeof seq !== 'number') return false;
     var last = dev.seq[kind] || 0;
-    if (seq <= last && last - seq < 1000) return true;  // re-sent after a reconnect
-    dev.seq[kind] = seq;                                // (a big drop: the state was wiped)
+    var restarted = dev.fresh[kind] === true && seq === 1;
+    dev.fresh[kind] = false;
+    if (seq <= last && !restarted && last - seq < 1000) return true;
+    dev.seq[kind] = seq;
     return false;
   }
 
@@ -252,7 +257,7 @@
     dev.availability = p.state === 'online' ? 'online' : (p.state === 'offline' ? 'offline' : 'unknown');
     dev.reason = p.reason || '';
     dev.version = p.version || '';
-    if (dev.availability === 'online' && was !== 'online') dev.seq = {};  // restarted
+    if (dev.availability === 'online' && was !== 'online') dev.fresh = { emotion: true, alert: true };
     if (!hasLines(device)) getLine(device, null);
     state.lines.forEach(function (line) { if (line.device === device) renderLine(line); });
   }
