@@ -253,7 +253,7 @@ _MATMUL_ROWS = 64
 """Rows per matrix product in :func:`_matmul`."""
 
 
-def _matmul(a: FloatArray, b: FloatArray) -> FloatArray:
+def _matmul(a: npt.NDArray[Any], b: FloatArray) -> FloatArray:
     """``a @ b`` with every row computed the same way, however many rows ``a`` has.
 
     OpenBLAS picks its kernel by size: one row goes to a matrix-vector routine, more than

@@ -177,7 +177,7 @@ class WebRtcGate(EnergyGate):
 
     def __init__(self, settings: VadSettings, block_seconds: float, sample_rate: int) -> None:
         try:
-            import webrtcvad  # type: ignore[import-not-found]  # noqa: PLC0415
+            import webrtcvad  # noqa: PLC0415  (optional; mypy: ignore_missing_imports)
         except ImportError as exc:
             raise RuntimeError(
                 "vad.backend is 'webrtc' but the webrtcvad package is not installed; "
