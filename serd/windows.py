@@ -6,7 +6,11 @@ segments and windows.  It works on fixed blocks of one feature hop (10 ms) with 
 buffer, so the windows do not depend on how the audio is chunked.
 
 Outside speech it only computes block levels for the gate and keeps a short ring of raw
-audio for pre-roll; MFCC frames are computed only inside speech segments.
+audio for pre-roll; MFCC frames are computed only inside speech segments, and there only
+when a window is due (or the segment ends): the speech audio of the blocks in between is
+kept and its frames computed in one batch.  MFCC frames do not depend on how the audio
+is chunked (bit for bit, see ``serd.features``), so this changes no number, only the
+per-call overhead (one feature call per window hop instead of one per audio block).
 """
 
 from __future__ import annotations
@@ -94,7 +98,9 @@ class Windower:
         self._seg_start = 0
         self._frames = np.zeros((0, self.features.n_mfcc), np.float32)
         self._frames_offset = 0  # segment frame index of _frames[0]
-        self._n_frames = 0  # frames in the current segment
+        self._n_frames = 0  # frames computed in the current segment
+        self._pending: list[npt.NDArray[np.float32]] = []  # speech audio not yet in frames
+        self._seg_samples = 0  # samples of the current segment fed (incl. pending)
         self._emitted = 0  # windows emitted in the current segment
         self._last_window_end = 0  # segment frame index just past the last window
         self.samples_in = 0
@@ -173,6 +179,8 @@ class Windower:
         self._frames = np.zeros((0, self.features.n_mfcc), np.float32)
         self._frames_offset = 0
         self._n_frames = 0
+        self._pending = []
+        self._seg_samples = 0
         self._emitted = 0
         self._last_window_end = 0
         out.append(SegmentStart(self._segment, block * self.block))
@@ -185,17 +193,19 @@ class Windower:
         if hi <= lo:
             return
         lo = max(lo, 0)  # cannot happen with a consistent gate; guards the slice
-        audio = hist[lo:hi].reshape(-1)
+        # A copy: the caller may reuse its buffer before the frames are computed.
+        audio = hist[lo:hi].reshape(-1).copy()
         self.speech_samples += audio.size
         self._fed_until = until
-        t0 = time.perf_counter()
-        frames = self._mfcc(audio)
-        self.seconds_features += time.perf_counter() - t0
-        if frames.shape[0] == 0:
-            return
-        self._frames = np.concatenate((self._frames, frames)) if self._frames.size else frames
-        self._n_frames += frames.shape[0]
+        self._pending.append(audio)
+        self._seg_samples += audio.size
         w, h = self.win_frames, self.hop_frames
+        # Frames the MFCC stream will have given once the pending audio is in.
+        frame, hop = self.features.frame_length, self.features.hop_length
+        ready = 0 if self._seg_samples < frame else 1 + (self._seg_samples - frame) // hop
+        if self._emitted * h + w > ready:
+            return  # no window due yet: compute the frames later, in one batch
+        self._compute_pending()
         while self._emitted * h + w <= self._n_frames:
             s = self._emitted * h
             self._emit(s, self._frames[s - self._frames_offset : s - self._frames_offset + w], out)
@@ -207,6 +217,21 @@ class Windower:
         if drop > 0:
             self._frames = self._frames[drop:]
             self._frames_offset = keep_from
+
+    def _compute_pending(self) -> None:
+        """MFCC frames of the pending speech audio, appended to the segment's frames."""
+        if not self._pending:
+            return
+        pending = self._pending
+        self._pending = []
+        audio = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        t0 = time.perf_counter()
+        frames = self._mfcc(audio)
+        self.seconds_features += time.perf_counter() - t0
+        if frames.shape[0] == 0:
+            return
+        self._frames = np.concatenate((self._frames, frames)) if self._frames.size else frames
+        self._n_frames += frames.shape[0]
 
     def _emit(
         self,
@@ -223,6 +248,7 @@ class Windower:
         out.append(Window(self._segment, start, end, frames, padded))
 
     def _end(self, block: int, out: list[Item]) -> None:
+        self._compute_pending()
         n, w, h = self._n_frames, self.win_frames, self.hop_frames
         if self._emitted == 0 and n >= self.min_frames:
             frames = self._frames[max(0, n - w) - self._frames_offset :]
