@@ -60,6 +60,9 @@ class SegmentEnd:
 
 Item = Window | SegmentStart | SegmentEnd
 
+_NO_AUDIO = np.zeros(0, np.float32)
+_NO_AUDIO.setflags(write=False)
+
 
 class Windower:
     """``__call__(audio) -> [SegmentStart | Window | SegmentEnd, ...]`` in stream order."""
@@ -89,9 +92,11 @@ class Windower:
     def reset(self) -> None:
         self.gate.reset()
         self._mfcc.reset()
-        self._leftover = np.zeros(0, np.float32)
-        self._ring = np.zeros((0, self.block), np.float32)  # last blocks, for pre-roll
-        self._ring_start = 0  # absolute block index of _ring[0]
+        self._leftover = _NO_AUDIO
+        # The last blocks, for pre-roll: a circular buffer written in place.
+        self._ring_buf = np.zeros((self._lookback, self.block), np.float32)
+        self._ring_len = 0  # valid rows
+        self._ring_pos = 0  # row the next block goes to
         self._segment = -1
         self._active = False
         self._fed_until = 0  # absolute block index fed to the MFCC stream
@@ -125,7 +130,7 @@ class Windower:
         if self._leftover.size:
             x = np.concatenate((self._leftover, x))
         n = x.size // self.block
-        self._leftover = x[n * self.block :].copy()
+        self._leftover = x[n * self.block :].copy() if x.size % self.block else _NO_AUDIO
         if n == 0:
             return []
         blocks = x[: n * self.block].reshape(n, self.block)
@@ -145,12 +150,20 @@ class Windower:
     # -- internals -------------------------------------------------------------------
 
     def _process(self, blocks: npt.NDArray[np.float32], first: int, events: list) -> list[Item]:
-        if not events and not self._active:
-            self._remember(blocks, first)  # the cheap path: silence
-            return []
-        hist = np.concatenate((self._ring, blocks)) if self._ring.size else blocks
-        hist_start = first - self._ring.shape[0]
-        out: list[Item] = []
+        if not events:
+            if not self._active:
+                self._remember(blocks)  # the cheap path: silence
+                return []
+            if self._fed_until == first:
+                # Inside a segment, no boundary: the new blocks are all there is to feed.
+                out: list[Item] = []
+                self._feed(blocks, first, first + blocks.shape[0], out)
+                self._remember(blocks)
+                return out
+        ring = self._ring()
+        hist = np.concatenate((ring, blocks)) if ring.size else blocks
+        hist_start = first - ring.shape[0]
+        out = []
         for ev in events:
             if ev.kind == "start":
                 self._start(ev.block, out)
@@ -159,16 +172,30 @@ class Windower:
                 self._end(ev.block, out)
         if self._active:
             self._feed(hist, hist_start, first + blocks.shape[0], out)
-        self._ring = hist[-self._lookback :].copy()
-        self._ring_start = first + blocks.shape[0] - self._ring.shape[0]
+        self._remember(blocks)
         return out
 
-    def _remember(self, blocks: npt.NDArray[np.float32], first: int) -> None:
-        if blocks.shape[0] >= self._lookback:
-            self._ring = blocks[-self._lookback :].copy()
-        else:
-            self._ring = np.concatenate((self._ring, blocks))[-self._lookback :]
-        self._ring_start = first + blocks.shape[0] - self._ring.shape[0]
+    def _remember(self, blocks: npt.NDArray[np.float32]) -> None:
+        """Append ``blocks`` (the next ones of the stream) to the pre-roll ring."""
+        n, size = blocks.shape[0], self._lookback
+        if n >= size:
+            self._ring_buf[:] = blocks[n - size :]
+            self._ring_pos, self._ring_len = 0, size
+            return
+        pos = self._ring_pos
+        k = min(n, size - pos)
+        self._ring_buf[pos : pos + k] = blocks[:k]
+        if k < n:
+            self._ring_buf[: n - k] = blocks[k:]
+        self._ring_pos = (pos + n) % size
+        self._ring_len = min(size, self._ring_len + n)
+
+    def _ring(self) -> npt.NDArray[np.float32]:
+        """The remembered blocks, oldest first (a view until the ring has wrapped)."""
+        if self._ring_len < self._lookback:  # not wrapped yet: rows 0..len-1
+            return self._ring_buf[: self._ring_len]
+        pos = self._ring_pos
+        return np.concatenate((self._ring_buf[pos:], self._ring_buf[:pos]))
 
     def _start(self, block: int, out: list[Item]) -> None:
         self._segment += 1
