@@ -21,7 +21,7 @@ from serd.decisions import DecisionSettings
 from serd.discovery import DiscoverySettings
 from serd.gate import VadSettings
 from serd.model import ModelSettings
-from serd.publisher import MqttSettings
+from serd.mqttsettings import MqttSettings
 from serd.settings import ConfigError, build, require
 
 # Exit codes shared with systemd's RestartPreventExitStatus= (see systemd/serd.service).

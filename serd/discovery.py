@@ -37,7 +37,7 @@ from serd.settings import ConfigError, require
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
-    from serd.publisher import MqttSettings
+    from serd.mqttsettings import MqttSettings
 
 _LOGGER = logging.getLogger(__name__)
 

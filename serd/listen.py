@@ -32,7 +32,7 @@ from serd.events import ALERT_SUFFIX, EMOTION_SUFFIX, STATUS_SUFFIX, parse_iso_u
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
-    from serd.publisher import MqttSettings
+    from serd.mqttsettings import MqttSettings
 
 _LOGGER = logging.getLogger("serd.listen")
 

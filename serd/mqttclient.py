@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 from serd.settings import ConfigError
 
 if TYPE_CHECKING:
-    from serd.publisher import MqttSettings
+    from serd.mqttsettings import MqttSettings
 
 
 def create_client(
