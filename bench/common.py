@@ -151,34 +151,56 @@ class ChildRun:
     stderr: str
 
 
+# Runs the command and reports *its* rusage.  Measuring from the bench itself would be
+# wrong: a forked child starts with the parent's resident set, and Linux keeps the
+# pre-exec high-water mark in ru_maxrss, so every child would "peak" at the bench's own
+# size.  This wrapper is a small stdlib-only interpreter (python -S), so the child it
+# forks starts small and ru_maxrss is the command's real peak.
+_WRAPPER = r"""
+import json, os, subprocess, sys, time
+out, timeout, cmd = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+t0 = time.perf_counter()
+p = subprocess.Popen(cmd)
+while True:
+    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+    if pid:
+        break
+    if time.perf_counter() - t0 > timeout:
+        p.kill()
+        pid, status, ru = os.wait4(p.pid, 0)
+        break
+    time.sleep(0.001)
+wall = time.perf_counter() - t0
+rc = os.waitstatus_to_exitcode(status)
+with open(out, "w") as f:
+    json.dump({"rc": rc, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+               "max_rss_kb": ru.ru_maxrss}, f)
+"""
+
+
 def run_child(
     cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 600.0,
     cwd: Path | None = None,
 ) -> ChildRun:
-    """Run ``cmd`` in a fresh process; peak RSS and CPU from ``wait4`` (this child only)."""
-    out_path = RESULTS / "tmp" / f"child-{os.getpid()}.out"
-    err_path = out_path.with_suffix(".err")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    """Run ``cmd`` in a fresh process: wall time spawn to exit, CPU and peak RSS of that
+    process alone (see ``_WRAPPER``)."""
+    tmp = RESULTS / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    base = tmp / f"child-{os.getpid()}"
+    out_path, err_path, ru_path = (base.with_suffix(s) for s in (".out", ".err", ".json"))
+    ru_path.unlink(missing_ok=True)
     with out_path.open("wb") as out, err_path.open("wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd or ROOT)
-        deadline = t0 + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.002)
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        subprocess.run(
+            [sys.executable, "-S", "-c", _WRAPPER, str(ru_path), str(timeout), *cmd],
+            stdout=out, stderr=err, env=env, cwd=cwd or ROOT, check=False,
+            timeout=timeout + 30,
+        )
+    ru = json.loads(ru_path.read_text())
     return ChildRun(
-        rc=proc.returncode,
-        wall_s=wall,
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        max_rss_mb=usage.ru_maxrss / 1024.0,
+        rc=int(ru["rc"]),
+        wall_s=float(ru["wall_s"]),
+        cpu_s=float(ru["cpu_s"]),
+        max_rss_mb=ru["max_rss_kb"] / 1024.0,
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
     )
