@@ -219,7 +219,9 @@ def table(res: dict[str, Any]) -> str:
         for ph in ("silence", "speech"):
             p = d[ph]
             row(f"{ph}: CPU % of one core", p["cpu_pct_of_one_core"],
-                f"RSS median {p['rss_mb_median']:.1f} MB, {p['events']} events")
+                f"RSS median {p['rss_mb_median']:.1f} MB, {p['events']} events; main "
+                f"thread {p['cpu_pct_main_thread']:.2f} %, other threads "
+                + " ".join(f"{v:.2f}" for v in p["cpu_pct_other_threads"]))
         row("peak RSS MB (VmHWM)", d["peak_rss_mb"])
         lw, lu = d["speech"]["latency_window"], d["speech"]["latency_utterance"]
         row("latency window end->subscriber p50 ms", lw["p50_ms"], f"n={lw['n']}")

@@ -122,9 +122,10 @@ def load_now() -> float:
 # -- processes ------------------------------------------------------------------------------
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a running process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a running process (all its threads), or of one of its threads."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     # fields[0] is the state (field 3); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 

@@ -19,6 +19,7 @@ resamples to 16 kHz itself).  It publishes to a private Mosquitto on loopback.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -59,25 +60,47 @@ def latency_stats(events: list[Any], kind: str) -> dict[str, Any]:
     }
 
 
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread (tid) of a process."""
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = proc_cpu_seconds(pid, int(tid))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def _phase(pid: int, mic: VirtualMic, wav: Path, seconds: float, *, sub: Subscriber,
            device: str) -> dict[str, Any]:
     mic.play(wav)
     time.sleep(WARMUP_S)
     sub.clear()
     rss: list[int] = []
+    threads0 = _thread_cpu(pid)
     cpu0, t0 = proc_cpu_seconds(pid), time.monotonic()
     while time.monotonic() - t0 < seconds:
         time.sleep(1.0)
         rss.append(proc_status_kb(pid)["VmRSS"])
     cpu1, t1 = proc_cpu_seconds(pid), time.monotonic()
+    threads1 = _thread_cpu(pid)
     time.sleep(1.0)  # events of the last windows are in flight
     msgs = sub.snapshot()
     mic.stop_players()
     events = [m for m in msgs if m.topic == f"serd/{device}/emotion"]
     health = [m.payload for m in msgs if m.topic == f"serd/{device}/health"]
+    per_thread = sorted(
+        (100.0 * (v - threads0.get(tid, 0.0)) / (t1 - t0) for tid, v in threads1.items()
+         if tid != pid), reverse=True)
+    main = 100.0 * (threads1.get(pid, 0.0) - threads0.get(pid, 0.0)) / (t1 - t0)
     return {
         "seconds": t1 - t0,
         "cpu_pct_of_one_core": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+        # The processing loop runs on the main thread; the others are PortAudio's
+        # callback thread, PulseAudio's client thread, paho's network thread, the
+        # spool sender and BLAS workers (unnamed, so listed by cost only).
+        "cpu_pct_main_thread": main,
+        "cpu_pct_other_threads": [round(v, 3) for v in per_thread if v > 0.005],
         "rss_mb_median": median(rss) / 1024,
         "rss_mb_max": max(rss) / 1024,
         "events": len(events),
