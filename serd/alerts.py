@@ -22,13 +22,11 @@ is over) its history is forgotten and active alerts clear; a clean daemon stop c
 them too.  Alerts go through the publisher's spool like emotion events: QoS 1, their
 own persistent ``seq``.
 
-Start and clear are told apart by the ``message``, which begins with ``started:`` or
-``cleared:`` (:func:`alert_state`); the alert schema (v1) has no field for it yet.
+Start and clear are told apart by the payload's ``state`` (``started`` or ``cleared``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -47,8 +45,6 @@ AlertState = Literal["started", "cleared"]
 STARTED: AlertState = "started"
 CLEARED: AlertState = "cleared"
 
-# If events.AlertResult gains a ``state`` field ("started"/"cleared"), fill it in too.
-_RESULT_HAS_STATE = "state" in {f.name for f in dataclasses.fields(AlertResult)}
 
 
 @dataclass(frozen=True)
@@ -123,11 +119,7 @@ class AlertSettings:
 
 def alert_state(payload: Mapping[str, Any]) -> AlertState:
     """Whether an alert payload announces a start or a clear (for consumers)."""
-    state = payload.get("state")
-    if state in (STARTED, CLEARED):
-        return state
-    message = payload.get("message") or ""
-    return CLEARED if str(message).startswith(CLEARED + ":") else STARTED
+    return CLEARED if payload.get("state") == CLEARED else STARTED
 
 
 @dataclass
@@ -334,7 +326,6 @@ class AlertEngine:
         message: str,
         now: float,
     ) -> dict[str, Any]:
-        extra: dict[str, Any] = {"state": state} if _RESULT_HAS_STATE else {}
         result = AlertResult(
             channel=channel,
             rule=rule,
@@ -343,8 +334,8 @@ class AlertEngine:
             end_epoch_seconds=max(end, start),
             confidence=min(1.0, max(0.0, confidence)),
             model=self.model,
-            message=f"{state}: {message}",
-            **extra,
+            message=message,
+            state=state,
         )
         return alert_event(self.device_id, result, now_epoch_seconds=now)
 

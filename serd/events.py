@@ -139,6 +139,8 @@ class AlertResult:
     model: str
     # Optional human-readable text for dashboards.
     message: str | None = None
+    # "started" when the rule begins to hold, "cleared" when it stops holding.
+    state: Literal["started", "cleared"] = "started"
 
     def __post_init__(self) -> None:
         _require_text(self.channel, "channel")
@@ -147,6 +149,8 @@ class AlertResult:
         _require_text(self.model, "model")
         _require_span(self.start_epoch_seconds, self.end_epoch_seconds)
         _require_unit(self.confidence, "confidence")
+        if self.state not in ("started", "cleared"):
+            raise ValueError(f"state: {self.state!r} is not 'started' or 'cleared'")
 
 
 def emotion_event(
@@ -181,6 +185,7 @@ def alert_event(
         "seq": None,
         "ts": _ts(now_epoch_seconds),
         "rule": alert.rule,
+        "state": alert.state,
         "label": alert.label,
         "start": iso_utc(alert.start_epoch_seconds),
         "end": iso_utc(alert.end_epoch_seconds),

@@ -90,7 +90,8 @@ def test_starts_once_after_min_seconds_of_speech_then_clears_with_hysteresis() -
     p = valid(got[0])
     assert (p["rule"], p["label"], p["channel"], p["device_id"]) == (
         "sustained_distress", "angry", "agent", "desk-1")
-    assert p["message"].startswith("started: angry or fearful")
+    assert p["state"] == "started"
+    assert p["message"].startswith("angry or fearful")
     assert p["confidence"] == pytest.approx(0.8)
     assert p["start"] < p["end"]
     # More anger: still one alert.
@@ -108,7 +109,7 @@ def test_starts_once_after_min_seconds_of_speech_then_clears_with_hysteresis() -
     c = valid(got[0], 2)
     assert c["label"] == "angry"
     assert c["start"] == p["start"]
-    assert c["message"].startswith("cleared: ")
+    assert c["state"] == "cleared"
     assert f.eng.active() == {}
     assert [alert_state(x) for x in f.out] == [STARTED, CLEARED]
 
@@ -182,7 +183,7 @@ def test_close_clears_active_alerts() -> None:
     f = Feed(engine())
     f.utterance("angry", 12.0)
     got = f.eng.close(T0 + 1000)
-    assert [(alert_state(p), p["message"]) for p in got] == [(CLEARED, "cleared: serd stopping")]
+    assert [(alert_state(p), p["message"]) for p in got] == [(CLEARED, "serd stopping")]
     valid(got[0])
     assert f.eng.close(T0 + 2000) == []
 
@@ -224,8 +225,7 @@ alerts:
 
 
 def test_alert_state_reads_state_field_or_message() -> None:
-    assert alert_state({"message": "cleared: x"}) == CLEARED
-    assert alert_state({"message": "started: x"}) == STARTED
+    assert alert_state({"state": "started"}) == STARTED
     assert alert_state({"message": None}) == STARTED
     assert alert_state({"state": "cleared", "message": "whatever"}) == CLEARED
 
@@ -267,6 +267,7 @@ def test_daemon_publishes_alerts_spooled_with_their_own_seq(
         jsonschema.validate(p, SCHEMA)
     assert [p["seq"] for p in payloads] == [1, 2]
     assert [alert_state(p) for p in payloads] == [STARTED, CLEARED]
-    assert payloads[1]["message"] == "cleared: serd stopping"
+    assert payloads[1]["state"] == "cleared"
+    assert payloads[1]["message"] == "serd stopping"
     emotion_seqs = [m.json()["seq"] for m in msgs if m.topic == "serd/desk-7/emotion"]
     assert emotion_seqs[0] == 1  # counted separately from alerts

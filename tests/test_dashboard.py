@@ -204,8 +204,10 @@ class Pub:
             {"neutral": 0.1, "angry": 0.8, "sad": 0.1}, "test-model")))
 
     def alert(self, device: str, channel: str, message: str, start: float, end: float) -> None:
+        state, _, text = message.partition(": ")
         self.send(device, "alert", events.alert_event(device, events.AlertResult(
-            channel, "sustained_distress", "angry", start, end, 0.8, "test-model", message)))
+            channel, "sustained_distress", "angry", start, end, 0.8, "test-model", text,
+            state=state)))
 
     def close(self) -> None:
         self.client.disconnect()

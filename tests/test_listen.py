@@ -31,8 +31,9 @@ def emotion(channel: str, label: str | None, t: float = T0, type_: str = "window
 
 
 def alert(channel: str, message: str) -> dict:
+    state, _, text = message.partition(": ")
     return events.alert_event("desk-1", events.AlertResult(
-        channel, "sustained_distress", "angry", T0, T0 + 12, 0.8, "m", message))
+        channel, "sustained_distress", "angry", T0, T0 + 12, 0.8, "m", text, state=state))
 
 
 def with_seq(p: dict, seq: int) -> dict:

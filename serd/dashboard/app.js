@@ -66,12 +66,11 @@
   }
 
   function alertState(p) {
-    if (p.state === 'started' || p.state === 'cleared') return p.state;
-    return (typeof p.message === 'string' && p.message.indexOf('cleared:') === 0) ? 'cleared' : 'started';
+    return p.state === 'cleared' ? 'cleared' : 'started';
   }
 
   function alertText(p) {
-    var msg = typeof p.message === 'string' ? p.message.replace(/^(started|cleared):\s*/, '') : '';
+    var msg = typeof p.message === 'string' ? p.message : '';
     return p.rule + ' (' + p.label + ')' + (msg ? ': ' + msg : '');
   }
 
