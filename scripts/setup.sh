@@ -18,7 +18,7 @@ done
 apt_pkgs=(python3 python3-venv python3-pip libportaudio2 libsndfile1)
 if [ "$dev" = 1 ]; then
   apt_pkgs+=(mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins
-             sox espeak-ng systemd)
+             sox espeak-ng systemd openssl chromium)
 fi
 
 missing=()
