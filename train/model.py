@@ -10,8 +10,9 @@ Training: each epoch draws, per training file, one of its cached renderings (the
 one or an augmented copy), applies SpecAugment-style time/coefficient masks and mixup in
 numpy, and weights classes to balance them.  After each epoch the held-out early-stopping
 speakers are scored (file-level balanced accuracy, the daemon's mean-of-window-probs
-verdict); the best epoch's weights are kept and training stops after ``patience`` epochs
-without improvement.
+verdict) by the class-balanced log-loss of the file verdicts (``training.select: loss``;
+smoother than accuracy on a handful of speakers) or balanced accuracy (``bacc``); the best
+epoch's weights are kept and training stops after ``patience`` epochs without improvement.
 """
 
 from __future__ import annotations
@@ -113,9 +114,16 @@ def predict(model: keras.Model, x: npt.NDArray[np.floating], batch: int = 512) -
 
 
 def evaluate_set(model: keras.Model, ev: EvalSet, n_labels: int) -> dict[str, Any]:
+    """File-level scores on ``ev`` plus ``balanced_log_loss``: the cross-entropy of the file
+    verdicts, each class weighted equally (smooth, unlike accuracy, on a few speakers)."""
     probs = predict(model, ev.x)
     fp, has = file_probs(probs, ev.file, len(ev.y_file))
-    return scores(ev.y_file[has], fp[has].argmax(1), n_labels)
+    out = scores(ev.y_file[has], fp[has].argmax(1), n_labels)
+    y = ev.y_file[has]
+    nll = -np.log(np.clip(fp[has][np.arange(y.size), y], 1e-6, 1.0))
+    per_class = [nll[y == c].mean() for c in range(n_labels) if np.any(y == c)]
+    out["balanced_log_loss"] = float(np.mean(per_class)) if per_class else float("inf")
+    return out
 
 
 def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[str, Any],
@@ -137,6 +145,9 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
         else np.ones(n_labels, np.float32)
     eye = np.eye(n_labels, dtype=np.float32)
     best, best_score, best_epoch, wait = None, -np.inf, -1, 0
+    select = cfg.get("select", "loss")
+    if select not in ("loss", "bacc"):
+        raise ValueError("training.select must be 'loss' or 'bacc'")
     history: list[dict[str, float]] = []
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
@@ -156,10 +167,13 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
         h = model.fit(x, y, sample_weight=w, batch_size=bs, epochs=1, verbose=0, shuffle=False)
         loss = float(h.history["loss"][-1])
         s = evaluate_set(model, val, n_labels)
-        score = s["balanced_accuracy"]
-        history.append({"epoch": epoch + 1, "loss": loss, "val_bacc": score,
-                        "val_f1": s["macro_f1"]})
-        bar.set_postfix(loss=f"{loss:.3f}", val_bacc=f"{score:.3f}", best=f"{max(best_score, score):.3f}")
+        score = -s["balanced_log_loss"] if select == "loss" else s["balanced_accuracy"]
+        history.append({"epoch": epoch + 1, "loss": round(loss, 4),
+                        "val_bacc": round(s["balanced_accuracy"], 4),
+                        "val_f1": round(s["macro_f1"], 4),
+                        "val_loss": round(s["balanced_log_loss"], 4)})
+        bar.set_postfix(loss=f"{loss:.3f}", val_bacc=f"{s['balanced_accuracy']:.3f}",
+                        val_loss=f"{s['balanced_log_loss']:.3f}")
         if score > best_score:
             best, best_score, best_epoch, wait = model.get_weights(), score, epoch + 1, 0
         else:
@@ -169,7 +183,9 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
     bar.close()
     if best is not None:
         model.set_weights(best)
-    history.append({"best_epoch": best_epoch, "best_val_bacc": float(best_score)})
+    best_row = history[best_epoch - 1] if best_epoch > 0 else {}
+    history.append({"best_epoch": best_epoch, "best_val_bacc": best_row.get("val_bacc", 0.0),
+                    "best_val_loss": best_row.get("val_loss", 0.0), "select": select})
     return model, history
 
 

@@ -24,7 +24,7 @@ from serd.features import (
 from serd.gate import VadSettings
 from serd.model import ModelCard, frontend_fingerprint
 from train.augment import AugmentParams
-from train.config import resolve
+from train.config import deep_merge, resolve
 from train.corpora import Item, load_corpora
 from train.dataset import DEFAULT_CACHE, Variant, WindowSet, build
 from train.evaluate import file_probs, int8_window_probs, scores, summarise
@@ -143,8 +143,14 @@ class Runner:
         keep = new >= 0
         return Selection(ws.x[keep], new[keep], np.asarray(labels, np.int64), len(idx))
 
-    def train_one(self, items: list[Item], tax: Taxonomy, fold: Fold, desc: str) -> dict[str, Any]:
+    def training_cfg(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """The ``training`` section with a protocol's (or the final model's) overrides."""
+        return deep_merge(self.cfg["training"], overrides or {})
+
+    def train_one(self, items: list[Item], tax: Taxonomy, fold: Fold, desc: str,
+                  tcfg: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train on ``fold.train`` speakers, early-stop on ``fold.early_stop``."""
+        tcfg = tcfg or self.cfg["training"]
         from train.model import EvalSet, TrainPool, train_model  # noqa: PLC0415
 
         tr = set(fold.train)
@@ -172,10 +178,10 @@ class Runner:
         val = EvalSet(normalise_windows(np.asarray(ev.x, np.float32), norm), ev.file, ev.y_file)
         t0 = time.time()
         model, history = train_model(pool, val, len(tax.labels), self.cfg["model"],
-                                     self.cfg["training"], self.seed + max(fold.index, 0),
+                                     tcfg, self.seed + max(fold.index, 0),
                                      self.progress, desc)
         # Representative windows for int8 calibration: normalised training windows.
-        rsel = rng.choice(len(pool.x), size=min(len(pool.x), int(self.cfg["training"]["representative_windows"])), replace=False)
+        rsel = rng.choice(len(pool.x), size=min(len(pool.x), int(tcfg["representative_windows"])), replace=False)
         return {
             "model": model, "norm": norm, "history": history,
             "train_seconds": time.time() - t0,
@@ -210,7 +216,7 @@ class Runner:
 
     def evaluate(self, trained: dict[str, Any], tflite: Path, card: ModelCard,
                  items: list[Item], test_idx: list[int], test_lab: list[int],
-                 n_labels: int) -> dict[str, Any]:
+                 n_labels: int, other_idx: list[int] | None = None) -> dict[str, Any]:
         from train.model import predict  # noqa: PLC0415
 
         out: dict[str, Any] = {}
@@ -229,11 +235,29 @@ class Runner:
                              "window": scores(y_win, p.argmax(1), n_labels)}
             fpf, has = file_probs(pf, sel.file, sel.n_files)
             fpq, _ = file_probs(pq, sel.file, sel.n_files)
+            corp = np.array([items[i].corpus for i in test_idx])
+            if len(set(corp)) > 1:
+                res["int8_per_corpus"] = {
+                    c: scores(sel.y_file[has & (corp == c)], fpq[has & (corp == c)].argmax(1),
+                              n_labels)["balanced_accuracy"] for c in sorted(set(corp))}
             res["agreement"] = {
                 "window_argmax": float((pf.argmax(1) == pq.argmax(1)).mean()) if len(raw) else 1.0,
                 "file_argmax": float((fpf[has].argmax(1) == fpq[has].argmax(1)).mean()) if has.any() else 1.0,
             }
             out[tag] = res
+        if other_idx:
+            # Emotions outside the taxonomy (RAVDESS calm/surprised in the six-class model):
+            # what the int8 model calls them.
+            sel = self.select(self.window_set(items, self.eval_variants()[0]), other_idx,
+                              [0] * len(other_idx))
+            pq = int8_window_probs(tflite, card, np.asarray(sel.x, np.float32))
+            fpq, has = file_probs(pq, sel.file, sel.n_files)
+            pred = fpq.argmax(1)
+            dist: dict[str, list[int]] = {}
+            for j, i in enumerate(other_idx):
+                if has[j]:
+                    dist.setdefault(items[i].label, [0] * n_labels)[int(pred[j])] += 1
+            out["other_emotions_int8"] = dist
         return out
 
     # -- protocols ------------------------------------------------------------------
@@ -248,22 +272,26 @@ class Runner:
         items = self.corpus_items(p["corpora"])
         t_start = time.time()
         prep = self.prepare(p["corpora"])
-        folds = cv_folds(items, int(p["folds"]), float(self.cfg["training"]["early_stop_fraction"]),
-                         self.seed)
+        tcfg = self.training_cfg(p.get("training"))
+        folds = cv_folds(items, int(p["folds"]), float(tcfg["early_stop_fraction"]), self.seed)
         results = []
         for fold in folds:
             if only_folds is not None and fold.index not in only_folds:
                 continue
             t0 = time.time()
-            trained = self.train_one(items, tax, fold, f"{protocol} fold {fold.index + 1}/{len(folds)}")
+            trained = self.train_one(items, tax, fold,
+                                     f"{protocol} fold {fold.index + 1}/{len(folds)}", tcfg)
             te = set(fold.test)
             test_idx = [i for i, it in enumerate(items) if it.speaker in te and tax.eval_label(it) is not None]
             test_lab = [tax.eval_label(items[i]) for i in test_idx]
+            other_idx = [i for i, it in enumerate(items)
+                         if it.speaker in te and tax.eval_label(it) is None]
             with tempfile.TemporaryDirectory() as td:
                 tfl = Path(td) / "fold.tflite"
                 card = self.export(trained, tax, tfl, f"{protocol}-fold{fold.index}")
                 size = tfl.stat().st_size
-                ev = self.evaluate(trained, tfl, card, items, test_idx, test_lab, len(tax.labels))
+                ev = self.evaluate(trained, tfl, card, items, test_idx, test_lab,
+                                   len(tax.labels), other_idx)
             res = {
                 "fold": fold.index, "test_speakers": list(fold.test),
                 "early_stop_speakers": list(fold.early_stop),
@@ -293,7 +321,8 @@ class Runner:
             "seconds": round(time.time() - t_start, 1),
             "summary": aggregate(results, len(tax.labels)),
             "per_fold": results,
-            "config": {k: self.cfg[k] for k in ("windows", "augment", "model", "training")},
+            "config": {**{k: self.cfg[k] for k in ("windows", "augment", "model")},
+                       "training": tcfg},
         }
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,8 +336,9 @@ class Runner:
         corpora = sorted({it.corpus for it in items})
         t0 = time.time()
         prep = self.prepare(corpora)
-        fold = final_split(items, float(self.cfg["training"]["early_stop_fraction"]), self.seed)
-        trained = self.train_one(items, tax, fold, "final model")
+        tcfg = self.training_cfg(f.get("training"))
+        fold = final_split(items, float(tcfg["early_stop_fraction"]), self.seed)
+        trained = self.train_one(items, tax, fold, "final model", tcfg)
         used = [it for it in items if tax.train_label(it) is not None]
         training = {
             "corpora": corpora,
@@ -331,7 +361,7 @@ class Runner:
             "train_vad": self.cfg["windows"].get("train_vad"),
             "model": self.cfg["model"],
             "params": int(trained["model"].count_params()),
-            "optimiser": {k: self.cfg["training"][k] for k in sorted(self.cfg["training"])},
+            "optimiser": {k: tcfg[k] for k in sorted(tcfg)},
             "epochs_run": len(trained["history"]) - 1,
             "best_epoch": trained["history"][-1]["best_epoch"],
             "best_early_stop_balanced_accuracy": round(trained["history"][-1]["best_val_bacc"], 4),
@@ -385,6 +415,12 @@ def aggregate(results: list[dict[str, Any]], n_labels: int) -> dict[str, Any]:
         drop = [r["clean"][kind]["file"]["balanced_accuracy"]
                 - r["telephone"][kind]["file"]["balanced_accuracy"] for r in results]
         out[f"telephone_drop.{kind}"] = {**summarise(drop), "per_fold": [round(v, 4) for v in drop]}
+    other: dict[str, Any] = {}
+    for r in results:
+        for lab, row in r.get("other_emotions_int8", {}).items():
+            other[lab] = (np.asarray(other.get(lab, [0] * n_labels)) + row).astype(int).tolist()
+    if other:
+        out["other_emotions_int8"] = other
     diff = [r["clean"]["float"]["file"]["balanced_accuracy"]
             - r["clean"]["int8"]["file"]["balanced_accuracy"] for r in results]
     out["float_minus_int8.file.balanced_accuracy"] = {**summarise(diff),
