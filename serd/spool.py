@@ -30,6 +30,10 @@ Design notes (the why):
   gets its seq when a later write succeeds.  Held events are never handed out for
   delivery, so a seq is only ever published after it is on disk.  The error is logged
   once per episode.
+* **Disk full at start**: if the database cannot even be opened because the disk is
+  full (or reports I/O errors), the spool starts anyway in the same held-in-memory
+  mode and opens the file on a later write; a daemon restarted on a full SD card keeps
+  analysing instead of crash-looping under systemd.  Other open errors still raise.
 * **Thread safety**: one connection shared under a lock (``check_same_thread=False``);
   the pipeline thread puts, the sender thread peeks and acks.  One process per spool
   file: the cached depth assumes no other writer.
@@ -37,6 +41,7 @@ Design notes (the why):
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sqlite3
@@ -57,6 +62,10 @@ SPOOL_FILENAME = "spool.sqlite3"
 _DROPPED = "dropped"
 _SEQ_PREFIX = "seq/"
 _BUSY_TIMEOUT_MS = 5000
+# SQLite primary result codes that mean "the disk is full or failing right now": the
+# daemon runs on (events held in memory) and retries, instead of crashing at start.
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -123,27 +132,22 @@ class Spool:
         self.max_events = max_events
         self.memory_max_events = memory_max_events
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves so every put
-        # is exactly one transaction, and a failed one is rolled back explicitly.
-        self._conn = sqlite3.connect(
-            str(self.path),
-            timeout=_BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn: sqlite3.Connection | None = None  # None until opened (disk full)
         self._sync_full = True
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
-        self._depth: int = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        self._dropped: int = self._counter(_DROPPED)
+        self._depth = 0
+        self._dropped = 0
         # Disk-full state: events waiting for a seq, drops not yet persisted.
         self._held: deque[tuple[str, int, dict[str, Any]]] = deque()
         self._unpersisted_drops = 0
         self._write_failures = 0
         self._disk_full = False
         self._closed = False
+        try:
+            self._db_locked()
+        except (sqlite3.Error, OSError) as exc:
+            if not _disk_trouble(exc):
+                raise
+            self._write_failed_locked(exc)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -167,7 +171,7 @@ class Spool:
                 return None
             try:
                 return self._insert_locked(stream, qos, record)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 self._write_failed_locked(exc)
                 self._hold_locked(stream, qos, record)
                 return None
@@ -190,16 +194,19 @@ class Spool:
             return 0
         with self._lock:
             self._check_open()
+            conn = self._conn
+            if conn is None:
+                return 0  # never opened: nothing was ever handed out
             try:
                 self._set_sync_full_locked(False)
-                self._conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN IMMEDIATE")
                 deleted = 0
                 for start in range(0, len(id_list), 500):  # SQLite's variable limit
                     chunk = id_list[start : start + 500]
                     marks = ",".join("?" * len(chunk))
-                    cur = self._conn.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk)
+                    cur = conn.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk)
                     deleted += cur.rowcount
-                self._conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback_locked()
                 self._write_failed_locked(exc)
@@ -211,9 +218,12 @@ class Spool:
         """Delete every entry with row id <= ``last_id``; returns how many."""
         with self._lock:
             self._check_open()
+            conn = self._conn
+            if conn is None:
+                return 0
             try:
                 self._set_sync_full_locked(False)
-                cur = self._conn.execute("DELETE FROM events WHERE id <= ?", (last_id,))
+                cur = conn.execute("DELETE FROM events WHERE id <= ?", (last_id,))
             except sqlite3.Error as exc:
                 self._write_failed_locked(exc)
                 return 0
@@ -226,7 +236,11 @@ class Spool:
         """Up to ``limit`` oldest entries with row id > ``after_id``, oldest first."""
         with self._lock:
             self._check_open()
-            rows = self._conn.execute(
+            try:
+                conn = self._db_locked()
+            except (sqlite3.Error, OSError):
+                return []  # not open yet (disk full): nothing on disk to hand out
+            rows = conn.execute(
                 "SELECT id, stream, seq, qos, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
@@ -269,17 +283,49 @@ class Spool:
                     "spool closed with %d events still held in memory (disk full); they are lost",
                     len(self._held),
                 )
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
     # -- internals (call with self._lock held) ---------------------------------------
 
     def _counter(self, name: str) -> int:
-        row = self._conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        row = self._db_locked().execute(
+            "SELECT value FROM counters WHERE name = ?", (name,)
+        ).fetchone()
         return int(row[0]) if row else 0
+
+    def _db_locked(self) -> sqlite3.Connection:
+        """The open connection; opens the database first if that has not worked yet.
+        Raises sqlite3.Error (or OSError for the folder) when it still cannot."""
+        if self._conn is not None:
+            return self._conn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves so every put
+        # is exactly one transaction, and a failed one is rolled back explicitly.
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=_BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            depth = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (_DROPPED,)).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._sync_full = True
+        self._depth = depth
+        self._dropped = int(row[0]) if row else 0
+        return conn
 
     def _insert_locked(self, stream: str, qos: int, record: dict[str, Any]) -> int:
         name = _SEQ_PREFIX + stream
-        conn = self._conn
+        conn = self._db_locked()
         try:
             self._set_sync_full_locked(True)
             conn.execute("BEGIN IMMEDIATE")
@@ -332,7 +378,7 @@ class Spool:
             stream, qos, record = self._held[0]
             try:
                 self._insert_locked(stream, qos, record)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 self._write_failed_locked(exc)
                 return False
             self._held.popleft()
@@ -347,7 +393,7 @@ class Spool:
             self._unpersisted_drops += 1
         self._held.append((stream, qos, record))
 
-    def _write_failed_locked(self, exc: sqlite3.Error) -> None:
+    def _write_failed_locked(self, exc: sqlite3.Error | OSError) -> None:
         self._write_failures += 1
         if not self._disk_full:
             self._disk_full = True
@@ -362,12 +408,12 @@ class Spool:
 
     def _set_sync_full_locked(self, full: bool) -> None:
         # A connection-level setting, read at each commit; switching costs no I/O.
-        if full != self._sync_full:
+        if full != self._sync_full and self._conn is not None:
             self._conn.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
             self._sync_full = full
 
     def _rollback_locked(self) -> None:
-        if self._conn.in_transaction:
+        if self._conn is not None and self._conn.in_transaction:
             try:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
@@ -376,3 +422,14 @@ class Spool:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("spool is closed")
+
+
+def _disk_trouble(exc: BaseException) -> bool:
+    """True for "disk full" / "disk I/O error": conditions that may pass."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return (int(code) & 0xFF) in (_SQLITE_FULL, _SQLITE_IOERR)
+    text = str(exc)
+    return "disk is full" in text or "disk I/O error" in text
