@@ -287,6 +287,9 @@ class Daemon:
             "audio_s": round(self.counters.audio_seconds, 1),
             "busy_s": round(self.counters.busy_seconds, 3),
             "overflows": int(self.source.overflows),
+            # Blocks the capture queue dropped because this loop fell behind (CPU
+            # starvation): audio lost just like an overflow, but counted by serd itself.
+            "input_dropped_blocks": int(getattr(self.source, "dropped_blocks", 0)),
             "input_device": self.source.device_name,
             "input_open": bool(self.source.is_open),
             "input_reopens": int(self.source.reopens),
