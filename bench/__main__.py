@@ -178,7 +178,7 @@ def table(res: dict[str, Any]) -> str:
                 f"{r['audio_s']:.0f} s audio x{r['repeats']}, {r['windows']} windows, "
                 f"x{r['realtime_factor_x']:.0f} real time")
             row(f"  {name}: stages CPU s / s", None,
-                "gate {gate:.2g}, features {features:.2g}, inference {inference:.2g}, "
+                "gate+windows {gate:.2g}, features {features:.2g}, inference {inference:.2g}, "
                 "decisions {decisions:.2g}, other {other:.2g}".format(**sg))
     g = res.get("growth")
     if g:

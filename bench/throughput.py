@@ -8,7 +8,10 @@ measured with the real daemon, see ``bench.daemon_mic``).  The interpreter runs 
 thread and the bench pins BLAS to one thread, so process CPU time is the cost on one core.
 
 Per-stage seconds come from ``Pipeline.times`` (perf_counter, i.e. wall time inside
-each stage); ``other`` is process CPU minus their sum (events, block plumbing, the loop).
+each stage; its ``gate`` is the windower's time minus the MFCC time, so it holds the
+block levels, the gate and the windowing).  ``other`` is what process_block spends
+outside the pipelines (event payloads, block plumbing).  The bench shows each stage's
+share of the measured CPU time.
 """
 
 from __future__ import annotations
