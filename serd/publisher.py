@@ -134,6 +134,7 @@ class MqttPublisher:
         self._started = False
         self._last_error = ""
         self._last_error_time = 0.0
+        self._answered = False  # a CONNACK (success or refusal) came for this attempt
 
     # -- public API ------------------------------------------------------------------
 
@@ -281,6 +282,11 @@ class MqttPublisher:
             self._device_id, "offline", "connection_lost", version=__version__, with_ts=False
         )
         client.will_set(self.topic(STATUS_SUFFIX), to_json(will), qos=1, retain=True)
+        # paho logs some failures itself, at ERROR, once per attempt ("failed to receive
+        # on socket"): let each distinct one through once per _REPEAT_ERROR_SECONDS.
+        paho_logger = _LOGGER.getChild("paho")
+        if _PAHO_REPEATS not in paho_logger.filters:
+            paho_logger.addFilter(_PAHO_REPEATS)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -297,6 +303,7 @@ class MqttPublisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._answered = True
         try:
             if reason_code.is_failure:
                 self._report_error(
@@ -336,8 +343,17 @@ class MqttPublisher:
         with self._lock:
             was_connected = self._connected
             self._connected = False
+        answered, self._answered = self._answered, False
         if self._closing:
             return
+        if not was_connected and not answered:
+            # TCP (and TLS) worked but the broker never answered CONNECT: a TLS port
+            # without mqtt.tls, something that is not an MQTT broker, or a dead path.
+            self._report_error(
+                f"connection to MQTT broker {self._host}:{self._settings.port} ended before "
+                f"the broker accepted it ({reason_code}); check mqtt.port and mqtt.tls; "
+                "retrying"
+            )
         if was_connected:
             _LOGGER.warning(
                 "lost connection to MQTT broker %s:%d (%s); reconnecting",
@@ -571,3 +587,29 @@ class StdoutPublisher:
             _LOGGER.error("cannot write events to stdout (%s); discarding them from now on", exc)
             return False
         return True
+
+
+class _RepeatFilter(logging.Filter):
+    """Drops a warning/error identical to one let through less than
+    ``_REPEAT_ERROR_SECONDS`` ago (paho repeats its own once per reconnect attempt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message, now = record.getMessage(), time.monotonic()
+        with self._lock:
+            last = self._seen.get(message)
+            if last is not None and now - last < _REPEAT_ERROR_SECONDS:
+                return False
+            if len(self._seen) >= 256:
+                self._seen.clear()
+            self._seen[message] = now
+        return True
+
+
+_PAHO_REPEATS = _RepeatFilter()
