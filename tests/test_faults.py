@@ -831,3 +831,20 @@ def test_slow_consumer_overflow_is_counted_in_health(
            behaviour="blocks dropped and counted in health (input_dropped_blocks), no "
            "reopen, processing resumed")
 
+
+
+@pytest.mark.broker
+def test_soak_command_runs(tmp_path: Path, model_path: Path) -> None:
+    """``python -m bench.soak`` (not CI: hours of audio) still works: 3 audio-minutes."""
+    out = tmp_path / "soak.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--hours", "0.05", "--sample-minutes", "1",
+         "--publisher", "mqtt", "--model", str(model_path), "--out", str(out)],
+        capture_output=True, text=True, timeout=180, env=ENV, check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["pass"] is True
+    assert result["events"] > 0
+    assert result["publisher_stats"]["sent"] == result["events"]
