@@ -257,6 +257,14 @@ def _extreme_cases() -> list[Any]:
                     reason="serd/settings.py accepts .inf for floats and gate.py then fails "
                     "with OverflowError at start (not this file's owner's fix: refuse "
                     "non-finite numbers in settings._convert)", strict=False))
+            if leaf.path[0] == "vad" and v == 1e12 and leaf.path[-1] in (
+                "min_speech_seconds", "preroll_seconds",
+            ):
+                marks.append(pytest.mark.xfail(
+                    reason="VadSettings has no upper bounds and windows.py (since dfc85be) "
+                    "preallocates the pre-roll ring from them: MemoryError at start, a "
+                    "restart loop (owner's fix: bound the vad durations, e.g. <= 10 s)",
+                    strict=False))
             cases.append(pytest.param(leaf, v, id=f"{leaf.dotted}={v}", marks=marks))
     return cases
 
