@@ -60,12 +60,16 @@ class VadSettings:
     def __post_init__(self) -> None:
         require(self.threshold_db > 0, "threshold_db", "must be > 0 dB")
         require(-120 <= self.min_level_dbfs <= 0, "min_level_dbfs", "must be in -120..0 dBFS")
-        require(self.min_speech_seconds >= 0, "min_speech_seconds", "must be >= 0")
-        require(self.hangover_seconds >= 0, "hangover_seconds", "must be >= 0")
-        require(self.preroll_seconds >= 0, "preroll_seconds", "must be >= 0")
-        require(self.max_segment_seconds >= 1, "max_segment_seconds", "must be >= 1 s")
-        require(self.floor_rise_seconds > 0, "floor_rise_seconds", "must be > 0")
-        require(self.floor_fall_seconds > 0, "floor_fall_seconds", "must be > 0")
+        # Upper bounds keep buffers sized from these settings small (and catch typos like
+        # 200 for 0.2): nothing useful lies beyond them.
+        require(0 <= self.min_speech_seconds <= 5, "min_speech_seconds", "must be 0..5 s")
+        require(0 <= self.hangover_seconds <= 10, "hangover_seconds", "must be 0..10 s")
+        require(0 <= self.preroll_seconds <= 2, "preroll_seconds", "must be 0..2 s")
+        require(
+            1 <= self.max_segment_seconds <= 600, "max_segment_seconds", "must be 1..600 s"
+        )
+        require(0 < self.floor_rise_seconds <= 600, "floor_rise_seconds", "must be in (0, 600] s")
+        require(0 < self.floor_fall_seconds <= 600, "floor_fall_seconds", "must be in (0, 600] s")
         require(
             0 <= self.webrtc_aggressiveness <= 3, "webrtc_aggressiveness", "must be 0, 1, 2 or 3"
         )

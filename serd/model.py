@@ -119,6 +119,8 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         if data.get("card_format") != CARD_FORMAT:
             raise ValueError(f"unsupported card_format {data.get('card_format')!r}")
         return cls(
@@ -153,7 +155,7 @@ class ModelCard:
             raise ModelError(f"model card {path} is not readable JSON: {exc}") from None
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"model card {path} is invalid: {exc}") from None
 
 
@@ -265,6 +267,12 @@ class Classifier:
         self._out_index = out["index"]
         self.input_quant = _quant(inp)
         self.output_quant = _quant(out)
+        dtype = np.dtype(inp["dtype"]).name
+        if dtype != card.input_dtype:
+            raise ModelError(
+                f"model {model_path} takes {dtype} input, but its card says {card.input_dtype}: "
+                "serd runs full-integer int8 models (export with serd-train, which quantises)"
+            )
         win, _ = card.windows.frames(card.features)
         expected = (1, win, card.features.n_mfcc)
         if tuple(inp["shape"]) != expected:

@@ -10,6 +10,7 @@ and raise ``ValueError``; :func:`build` prefixes them with the key path.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -39,7 +40,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, path: str) -> Any:  # noqa: PLR0911
+def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -85,6 +86,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:  # noqa: PLR0911
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # YAML's .inf and .nan parse as floats; no setting of serd means "infinite".
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
