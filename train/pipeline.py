@@ -269,11 +269,18 @@ class Runner:
                out_dir: Path | None = None) -> dict[str, Any]:
         p = self.cfg["protocols"][protocol]
         tax = self.taxonomy(p["taxonomy"])
-        items = self.corpus_items(p["corpora"])
+        extra = list(p.get("extra_train_corpora") or [])
+        items = self.corpus_items(p["corpora"] + extra)
         t_start = time.time()
-        prep = self.prepare(p["corpora"])
+        prep = self.prepare(p["corpora"] + extra)
         tcfg = self.training_cfg(p.get("training"))
-        folds = cv_folds(items, int(p["folds"]), float(tcfg["early_stop_fraction"]), self.seed)
+        main = [it for it in items if it.corpus in p["corpora"]]
+        folds = cv_folds(main, int(p["folds"]), float(tcfg["early_stop_fraction"]), self.seed)
+        if extra:
+            # Speakers of the extra corpora are only ever trained on (never tested or used
+            # for early stopping): the protocol's test folds stay as they are.
+            extra_spk = tuple(sorted({it.speaker for it in items if it.corpus in extra}))
+            folds = [Fold(f.index, f.train + extra_spk, f.early_stop, f.test) for f in folds]
         results = []
         for fold in folds:
             if only_folds is not None and fold.index not in only_folds:
@@ -315,8 +322,9 @@ class Runner:
             del trained
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": p["corpora"],
+            "extra_train_corpora": extra,
             "folds": len(folds), "folds_run": [r["fold"] for r in results],
-            "n_files": len(items), "n_speakers": len({it.speaker for it in items}),
+            "n_files": len(main), "n_speakers": len({it.speaker for it in main}),
             "seed": self.seed, "feature_seconds": round(prep, 1),
             "seconds": round(time.time() - t_start, 1),
             "summary": aggregate(results, len(tax.labels)),
