@@ -157,7 +157,7 @@ class Daemon:
     def _open_source(self) -> None:
         try:
             self.source.open()
-        except Exception as exc:  # noqa: BLE001  (a missing mic is not fatal: retry below)
+        except Exception as exc:
             _LOGGER.warning("cannot open the input device yet: %s (will keep retrying)", exc)
         self._maybe_ready()
 
@@ -184,12 +184,12 @@ class Daemon:
         notify.stopping("stopping: flushing events")
         try:
             self.source.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             _LOGGER.exception("closing the input device failed")
         for pipe in self.pipelines:
             try:
                 self._publish(pipe.flush())
-            except Exception:  # noqa: BLE001
+            except Exception:
                 _LOGGER.exception("flushing channel %s failed", pipe.channel)
         try:
             self._publish_alerts(self.alerts.close(self.clock()))
@@ -322,7 +322,7 @@ class Daemon:
         h = self.health()
         try:
             self.publisher.publish_health(h)
-        except Exception:  # noqa: BLE001
+        except Exception:
             _LOGGER.exception("publishing health failed")
         state = "listening" if h["input_open"] else "input device missing"
         notify.status(

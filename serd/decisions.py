@@ -81,10 +81,14 @@ class Decider:
         s = self.settings
         best = int(np.argmax(smoothed))
         cur = self.current
-        if cur is not None and best != cur:
-            # Hysteresis: switch only when the rival clearly wins.
-            if smoothed[best] < smoothed[cur] + s.hysteresis and smoothed[cur] >= s.threshold:
-                best = cur
+        # Hysteresis: switch only when the rival clearly wins.
+        if (
+            cur is not None
+            and best != cur
+            and smoothed[best] < smoothed[cur] + s.hysteresis
+            and smoothed[cur] >= s.threshold
+        ):
+            best = cur
         self.current = best if smoothed[best] >= s.threshold else None
         v = verdict(self.labels, smoothed, s.threshold)
         if v.label is not None and self.current is not None:

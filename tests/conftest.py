@@ -35,7 +35,7 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def classifier(model_path: Path):  # noqa: ANN201
+def classifier(model_path: Path):
     from serd.model import ModelSettings, load_classifier  # noqa: PLC0415
 
     return load_classifier(ModelSettings(path=str(model_path)))

@@ -274,7 +274,9 @@ def test_non_finite_timeouts_are_refused(tmp_path: Path) -> None:
     for section, key in [("mqtt", "connect_timeout_seconds"), ("mqtt", "reconnect_max_seconds"),
                          ("audio", "queue_seconds"), ("audio", "stall_seconds"),
                          ("audio", "reopen_max_seconds")]:
-        with pytest.raises(ConfigError, match=rf"{section}\.{key}: (must be|expected) a finite number"):
+        with pytest.raises(
+            ConfigError, match=rf"{section}\.{key}: (must be|expected) a finite number"
+        ):
             parse({section: {key: math.inf}})
 
 

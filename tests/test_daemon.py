@@ -257,7 +257,7 @@ def test_streaming_gives_the_same_windows_as_once(
         got: list[Decision] = []
         d = Daemon(cfg, source=ArraySource(x, [int(c) for c in chunks]),
                    publisher=_null_publisher(tmp_path))
-        d.on_decision = lambda dec, _payload: got.append(dec)
+        d.on_decision = lambda dec, _payload, got=got: got.append(dec)
         d.source.open()
         while (block := d.source.read(0.0)) is not None:
             d.process_block(block, time.time())

@@ -1,4 +1,4 @@
-# ruff: noqa: PLR0917  (pytest fixtures are positional arguments)
+
 """Faults in the running daemon: the broker, the network, the microphone, the CPU, the disk.
 
 Each test injects one fault into a running daemon and then checks the one number that

@@ -149,7 +149,7 @@ def test_windows_and_padding() -> None:
     assert list(starts) == [0, 50, 100, 150, 200, 250, 300]
     np.testing.assert_array_equal(w[2], frames[100:300])
     short = frames[:70]
-    w1, s1 = frame_windows(short, 200, 50)
+    w1, _ = frame_windows(short, 200, 50)
     assert w1.shape == (1, 200, 3)
     np.testing.assert_array_equal(w1[0][:70], short)
     np.testing.assert_array_equal(w1[0][70:140], short)

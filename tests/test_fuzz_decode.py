@@ -159,7 +159,7 @@ def test_mutated_headers_only_raise_audio_error(
     width=st.sampled_from([2, 4]),
     big_endian=st.booleans(),
 )
-def test_extreme_header_fields_only_raise_audio_error(  # noqa: PLR0917
+def test_extreme_header_fields_only_raise_audio_error(
     scratch: Path, name: str, offset: int, value: int, width: int, big_endian: bool
 ) -> None:
     """A 16- or 32-bit field (rate, channels, sizes, bits) set to 0, 1, max, sign bit..."""

@@ -75,7 +75,7 @@ def test_missing_model_file(tmp_path: Path) -> None:
 
 def test_missing_card(model_copy: Path) -> None:
     card_path_for(model_copy).unlink()
-    with pytest.raises(ModelError, match="card .* is missing"):
+    with pytest.raises(ModelError, match=r"card .* is missing"):
         load_classifier(ModelSettings(path=str(model_copy)))
 
 

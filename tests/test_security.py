@@ -1,4 +1,4 @@
-# ruff: noqa: PLR0917  (pytest fixtures are positional arguments)
+
 """Security: TLS, credentials, broker ACLs, and no audio ever leaving the pipeline.
 
 * MQTT over TLS against a real Mosquitto TLS listener with a CA the test makes (openssl):
