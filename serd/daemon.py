@@ -157,7 +157,7 @@ class Daemon:
     def _open_source(self) -> None:
         try:
             self.source.open()
-        except Exception as exc:
+        except Exception as exc:  # a missing mic is not fatal: read() keeps retrying
             _LOGGER.warning("cannot open the input device yet: %s (will keep retrying)", exc)
         self._maybe_ready()
 
