@@ -69,7 +69,8 @@ def test_scan_parses_every_scheme(corpus_tree: Path) -> None:
     }
     for name, (corpus, speaker, label, gender) in expect.items():
         it = items[name]
-        assert (it.corpus, it.speaker, it.label, it.gender) == (corpus, speaker, label, gender), name
+        got = (it.corpus, it.speaker, it.label, it.gender)
+        assert got == (corpus, speaker, label, gender), name
 
 
 def test_scan_filters_corpora(corpus_tree: Path) -> None:
@@ -81,7 +82,8 @@ def test_scan_filters_corpora(corpus_tree: Path) -> None:
 def test_speaker_ids_are_prefixed_so_corpora_never_collide() -> None:
     a = parse_name(Path("x/03a01Fa.wav"))  # EmoDB speaker 03
     b = parse_name(Path("x/03-01-05-02-01-01-03.wav"))  # RAVDESS actor 03
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     assert a.speaker != b.speaker
 
 
@@ -103,10 +105,13 @@ def test_cremad_gender_from_demographics(corpus_tree: Path) -> None:
 @pytest.mark.parametrize(("rate", "channels", "ext"), [
     (16000, 1, "wav"), (48000, 2, "wav"), (22050, 1, "flac"), (44100, 2, "flac"), (8000, 3, "wav"),
 ])
-def test_load_audio_resamples_and_downmixes(tmp_path: Path, rate: int, channels: int, ext: str) -> None:
+def test_load_audio_resamples_and_downmixes(
+    tmp_path: Path, rate: int, channels: int, ext: str
+) -> None:
     p = _write(tmp_path / f"x.{ext}", rate, channels, seconds=0.75)
     x = load_audio(p)
-    assert x.dtype == np.float32 and x.ndim == 1
+    assert x.dtype == np.float32
+    assert x.ndim == 1
     assert abs(x.size - 12000) <= 2
     assert 0.15 < float(np.sqrt(np.mean(x[1000:-1000] ** 2))) < 0.3  # level kept (sine 0.3 peak)
 
@@ -128,14 +133,16 @@ def test_dedupe_catches_dithered_copies_and_label_conflicts(tmp_path: Path) -> N
     # The fingerprint cache is reused on a second run.
     assert (tmp_path / "cache" / "audio-fingerprints.json").is_file()
     items2, dropped2 = load_corpora([tmp_path], cache_dir=tmp_path / "cache")
-    assert items2 == items and dropped2 == dropped
+    assert items2 == items
+    assert dropped2 == dropped
 
 
 def test_dedupe_keeps_distinct_audio_of_equal_length() -> None:
     fps = {"a": [100.0] + [0.1] * 64, "b": [100.0] + [0.2] * 64}
     items = [Item("a", "cremad", "cremad:1", "sad"), Item("b", "cremad", "cremad:1", "sad")]
     kept, dropped = dedupe(items, fps)
-    assert len(kept) == 2 and not dropped
+    assert len(kept) == 2
+    assert not dropped
 
 
 def test_missing_root_is_an_error(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import soundfile as sf
 
 pytest.importorskip("tensorflow")
 
-from serd.model import ModelSettings, load_classifier  # noqa: E402
-from serd.windows import windows_of  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.taxonomy import SIX  # noqa: E402
+from serd.model import ModelSettings, load_classifier
+from serd.windows import windows_of
+from train.config import load_config
+from train.taxonomy import SIX
 
 RATE = 16000
 
@@ -82,11 +82,13 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
 
     card = runner.run_final(out, {"tiny": cv}, "pytest")
     tfl = out / "serd-emotion-6.tflite"
-    assert tfl.is_file() and tfl.stat().st_size < 250_000
+    assert tfl.is_file()
+    assert tfl.stat().st_size < 250_000
     clf = load_classifier(ModelSettings(path=str(tfl)))  # serd accepts model + card
     assert clf.labels == SIX
     data = json.loads((out / "serd-emotion-6.card.json").read_text())
-    assert data["training"]["speakers"] == 8 and data["training"]["files"] == 48
+    assert data["training"]["speakers"] == 8
+    assert data["training"]["files"] == 48
     assert "tiny" in data["metrics"]
     assert card.sha256 == data["model_file"]["sha256"]
 
@@ -118,8 +120,10 @@ def test_feature_cache_is_reused(fake_corpus: Path, tmp_path: Path) -> None:
     mtime = files[0].stat().st_mtime_ns
     b = build(items, v, seed=1, cache_dir=tmp_path, jobs=1, progress=False)
     assert files[0].stat().st_mtime_ns == mtime
-    assert np.array_equal(a.x, b.x) and np.array_equal(a.file, b.file)
-    assert a.x.dtype == np.float16 and a.x.shape[1:] == (200, 40)
+    assert np.array_equal(a.x, b.x)
+    assert np.array_equal(a.file, b.file)
+    assert a.x.dtype == np.float16
+    assert a.x.shape[1:] == (200, 40)
     c = build(items, v, seed=2, cache_dir=tmp_path, jobs=1, progress=False)  # new seed: new set
     assert len(list(tmp_path.glob("windows-*.npz"))) == 2
-    assert not (c.x.shape == a.x.shape and np.array_equal(c.x, a.x))
+    assert c.x.shape != a.x.shape or not np.array_equal(c.x, a.x)

@@ -73,7 +73,8 @@ def test_hold_out_and_final_split() -> None:
     assert set(train) | set(es) == set(speakers)
     assert Counter(int(s[-2:]) % 2 for s in es) == {0: 1, 1: 1}  # one per gender
     f = final_split(items, 0.1, seed=0)
-    assert not f.test and set(f.train) | set(f.early_stop) == set(speakers)
+    assert not f.test
+    assert set(f.train) | set(f.early_stop) == set(speakers)
 
 
 def test_too_many_folds_is_an_error() -> None:
@@ -88,6 +89,7 @@ def test_taxonomy_maps_for_training_only() -> None:
     surprised = Item("y", "ravdess", "ravdess:01", "surprised", "m")
     assert tax.train_label(calm) == SIX.index("neutral")
     assert tax.eval_label(calm) is None
-    assert tax.train_label(surprised) is None and tax.eval_label(surprised) is None
+    assert tax.train_label(surprised) is None
+    assert tax.eval_label(surprised) is None
     with pytest.raises(ValueError, match="not labels"):
         Taxonomy("bad", SIX, {"calm": "boredom"})

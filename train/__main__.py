@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from train.config import REPO, load_config, resolve
+from train.config import load_config, resolve
 
 _LOGGER = logging.getLogger("train")
 
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     out = resolve(args.out) if not Path(args.out).is_absolute() else Path(args.out)
     if not Path(args.out).is_absolute():
         out = (Path.cwd() / args.out).resolve()
-    command = "serd-train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    argv_used = argv if argv is not None else sys.argv[1:]
+    command = "serd-train " + " ".join(shlex.quote(a) for a in argv_used)
 
     from train import report  # noqa: PLC0415
     from train.pipeline import Runner  # noqa: PLC0415

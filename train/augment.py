@@ -166,7 +166,9 @@ def telephone(x: F32, sample_rate: int = 16000) -> F32:
     return fit_length(np.asarray(back, np.float32), x.size)
 
 
-def augment(x: F32, params: AugmentParams, rng: np.random.Generator, sample_rate: int = 16000) -> F32:
+def augment(
+    x: F32, params: AugmentParams, rng: np.random.Generator, sample_rate: int = 16000
+) -> F32:
     """One random augmented version of ``x`` (same length, float32)."""
     y = np.asarray(x, np.float32)
     n = y.size

@@ -18,6 +18,7 @@ corpus (``ravdess:01``), so ids never collide across corpora.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import os
@@ -148,15 +149,17 @@ def _cremad_genders(root: Path) -> dict[str, str]:
     return out
 
 
-def scan(roots: Iterable[str | os.PathLike[str]], corpora: Iterable[str] | None = None) -> list[Item]:
+def scan(
+    roots: Iterable[str | os.PathLike[str]], corpora: Iterable[str] | None = None
+) -> list[Item]:
     """All recognised audio files under ``roots`` (recursive), sorted by path.
 
     ``corpora`` keeps only those corpora (None = every corpus found).
     """
     wanted = set(corpora) if corpora is not None else None
     items: list[Item] = []
-    for root in roots:
-        root = Path(root)
+    for root_arg in roots:
+        root = Path(root_arg)
         if not root.exists():
             raise FileNotFoundError(f"corpus root {root} does not exist")
         genders = _cremad_genders(root)
@@ -197,7 +200,7 @@ def audio_fingerprint(x: npt.NDArray[np.float32]) -> list[float]:
     edges = np.linspace(0, n, FINGERPRINT_CHUNKS + 1).astype(int)
     rms = [
         float(np.sqrt(np.mean(np.square(x[a:b], dtype=np.float64)))) if b > a else 0.0
-        for a, b in zip(edges[:-1], edges[1:], strict=True)
+        for a, b in itertools.pairwise(edges)
     ]
     return [float(n), *(round(r, 6) for r in rms)]
 

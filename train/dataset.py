@@ -20,7 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ class Variant:
     """``clean``, ``telephone`` or ``augment``."""
     copy: int = 0
     """Augmented copy number (``augment`` only, from 1)."""
-    windows: WindowParams = WindowParams()
+    windows: WindowParams = field(default_factory=WindowParams)
     dtype: str = "float32"
     """Storage type; training copies may use float16 to halve memory."""
 
@@ -84,7 +84,7 @@ def _frontend_source_hash() -> str:
     return h.hexdigest()
 
 
-def cache_key(items: Sequence[Item], variant: Variant, aug: AugmentParams, seed: int,
+def cache_key(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, seed: int,
               features: FeatureParams, vad: VadSettings) -> str:
     files = []
     for it in items:
@@ -114,7 +114,7 @@ def render(path: str, variant: Variant, aug: AugmentParams, seed: int) -> npt.ND
     return x
 
 
-def extract(path: str, variant: Variant, aug: AugmentParams, seed: int,
+def extract(path: str, variant: Variant, *, aug: AugmentParams, seed: int,
             features: FeatureParams, vad: VadSettings) -> npt.NDArray[np.float32]:
     """(k, frames, n_mfcc) raw windows of one file (k may be 0)."""
     audio = render(path, variant, aug, seed)
@@ -126,7 +126,8 @@ def extract(path: str, variant: Variant, aug: AugmentParams, seed: int,
 
 
 def _job(args: tuple) -> npt.NDArray[np.float32]:
-    return extract(*args)
+    path, variant, aug, seed, features, vad = args
+    return extract(path, variant, aug=aug, seed=seed, features=features, vad=vad)
 
 
 def build(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None = None,
@@ -140,7 +141,7 @@ def build(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None 
     items = list(items)
     path = None
     if cache_dir is not None:
-        key = cache_key(items, variant, aug, seed, features, vad)
+        key = cache_key(items, variant, aug=aug, seed=seed, features=features, vad=vad)
         path = Path(cache_dir) / f"windows-{variant.name}-{key[:20]}.npz"
         if path.is_file():
             with np.load(path) as z:

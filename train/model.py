@@ -31,10 +31,10 @@ import numpy.typing as npt
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import keras
+from tqdm import tqdm
 
-from train.evaluate import file_probs, scores  # noqa: E402
+from train.evaluate import file_probs, scores
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -107,7 +107,9 @@ def class_weights(y: npt.NDArray[np.int64], n_labels: int) -> npt.NDArray[np.flo
     return w.astype(np.float32)
 
 
-def predict(model: keras.Model, x: npt.NDArray[np.floating], batch: int = 512) -> npt.NDArray[np.float32]:
+def predict(
+    model: keras.Model, x: npt.NDArray[np.floating], batch: int = 512
+) -> npt.NDArray[np.float32]:
     out = []
     for i in range(0, len(x), batch):
         out.append(np.asarray(model(np.asarray(x[i : i + batch], np.float32), training=False)))
@@ -130,7 +132,7 @@ def evaluate_set(model: keras.Model, ev: EvalSet, n_labels: int) -> dict[str, An
 
 
 def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[str, Any],
-                cfg: dict[str, Any], seed: int, progress: bool = True,
+                cfg: dict[str, Any], *, seed: int, progress: bool = True,
                 desc: str = "train") -> tuple[keras.Model, list[dict[str, float]]]:
     """Train with early stopping on ``val``; returns the best model and per-epoch history."""
     keras.utils.set_random_seed(seed)

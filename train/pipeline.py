@@ -155,12 +155,15 @@ class Runner:
 
         tr = set(fold.train)
         es = set(fold.early_stop)
-        tr_idx = [i for i, it in enumerate(items) if it.speaker in tr and tax.train_label(it) is not None]
+        tr_idx = [i for i, it in enumerate(items)
+                  if it.speaker in tr and tax.train_label(it) is not None]
         tr_lab = [tax.train_label(items[i]) for i in tr_idx]
-        es_idx = [i for i, it in enumerate(items) if it.speaker in es and tax.eval_label(it) is not None]
+        es_idx = [i for i, it in enumerate(items)
+                  if it.speaker in es and tax.eval_label(it) is not None]
         es_lab = [tax.eval_label(items[i]) for i in es_idx]
 
-        parts = [self.select(self.window_set(items, v), tr_idx, tr_lab) for v in self.train_variants()]
+        parts = [self.select(self.window_set(items, v), tr_idx, tr_lab)
+                 for v in self.train_variants()]
         clean = parts[0]
         rng = np.random.default_rng(self.seed)
         sub = rng.choice(len(clean.x), size=min(len(clean.x), 4000), replace=False)
@@ -177,11 +180,12 @@ class Runner:
         ev = self.select(self.window_set(items, self.eval_variants()[0]), es_idx, es_lab)
         val = EvalSet(normalise_windows(np.asarray(ev.x, np.float32), norm), ev.file, ev.y_file)
         t0 = time.time()
-        model, history = train_model(pool, val, len(tax.labels), self.cfg["model"],
-                                     tcfg, self.seed + max(fold.index, 0),
-                                     self.progress, desc)
+        model, history = train_model(pool, val, len(tax.labels), self.cfg["model"], tcfg,
+                                     seed=self.seed + max(fold.index, 0),
+                                     progress=self.progress, desc=desc)
         # Representative windows for int8 calibration: normalised training windows.
-        rsel = rng.choice(len(pool.x), size=min(len(pool.x), int(tcfg["representative_windows"])), replace=False)
+        n_rep = min(len(pool.x), int(tcfg["representative_windows"]))
+        rsel = rng.choice(len(pool.x), size=n_rep, replace=False)
         return {
             "model": model, "norm": norm, "history": history,
             "train_seconds": time.time() - t0,
@@ -191,13 +195,14 @@ class Runner:
             "n_early_stop_files": len(es_idx),
         }
 
-    def export(self, trained: dict[str, Any], tax: Taxonomy, path: Path, name: str,
+    def export(self, trained: dict[str, Any], tax: Taxonomy, path: Path, name: str, *,
                description: str = "", training: dict | None = None,
                metrics: dict | None = None) -> ModelCard:
         """Write ``path`` (int8 tflite) and its card; returns the card."""
         from train.quantize import to_int8  # noqa: PLC0415
 
-        blob = to_int8(trained["model"], len(tax.labels), self.cfg["model"], trained["representative"])
+        blob = to_int8(trained["model"], len(tax.labels), self.cfg["model"],
+                       trained["representative"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(blob)
         from serd.model import card_path_for, sha256_of  # noqa: PLC0415
@@ -214,7 +219,7 @@ class Runner:
 
     # -- evaluation -----------------------------------------------------------------
 
-    def evaluate(self, trained: dict[str, Any], tflite: Path, card: ModelCard,
+    def evaluate(self, trained: dict[str, Any], tflite: Path, card: ModelCard, *,
                  items: list[Item], test_idx: list[int], test_lab: list[int],
                  n_labels: int, other_idx: list[int] | None = None) -> dict[str, Any]:
         from train.model import predict  # noqa: PLC0415
@@ -242,7 +247,8 @@ class Runner:
                               n_labels)["balanced_accuracy"] for c in sorted(set(corp))}
             res["agreement"] = {
                 "window_argmax": float((pf.argmax(1) == pq.argmax(1)).mean()) if len(raw) else 1.0,
-                "file_argmax": float((fpf[has].argmax(1) == fpq[has].argmax(1)).mean()) if has.any() else 1.0,
+                "file_argmax": float((fpf[has].argmax(1) == fpq[has].argmax(1)).mean())
+                if has.any() else 1.0,
             }
             out[tag] = res
         if other_idx:
@@ -289,7 +295,8 @@ class Runner:
             trained = self.train_one(items, tax, fold,
                                      f"{protocol} fold {fold.index + 1}/{len(folds)}", tcfg)
             te = set(fold.test)
-            test_idx = [i for i, it in enumerate(items) if it.speaker in te and tax.eval_label(it) is not None]
+            test_idx = [i for i, it in enumerate(items)
+                        if it.speaker in te and tax.eval_label(it) is not None]
             test_lab = [tax.eval_label(items[i]) for i in test_idx]
             other_idx = [i for i, it in enumerate(items)
                          if it.speaker in te and tax.eval_label(it) is None]
@@ -297,8 +304,9 @@ class Runner:
                 tfl = Path(td) / "fold.tflite"
                 card = self.export(trained, tax, tfl, f"{protocol}-fold{fold.index}")
                 size = tfl.stat().st_size
-                ev = self.evaluate(trained, tfl, card, items, test_idx, test_lab,
-                                   len(tax.labels), other_idx)
+                ev = self.evaluate(trained, tfl, card, items=items, test_idx=test_idx,
+                                   test_lab=test_lab, n_labels=len(tax.labels),
+                                   other_idx=other_idx)
             res = {
                 "fold": fold.index, "test_speakers": list(fold.test),
                 "early_stop_speakers": list(fold.early_stop),
@@ -317,8 +325,10 @@ class Runner:
                 "telephone int8 %.3f, agreement %.3f, best epoch %s, %.0f s",
                 protocol, fold.index, c["float"]["file"]["balanced_accuracy"],
                 c["int8"]["file"]["balanced_accuracy"], c["int8"]["window"]["balanced_accuracy"],
-                c["int8"]["file"]["macro_f1"], res["telephone"]["int8"]["file"]["balanced_accuracy"],
-                c["agreement"]["window_argmax"], trained["history"][-1]["best_epoch"], res["seconds"])
+                c["int8"]["file"]["macro_f1"],
+                res["telephone"]["int8"]["file"]["balanced_accuracy"],
+                c["agreement"]["window_argmax"], trained["history"][-1]["best_epoch"],
+                res["seconds"])
             del trained
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": p["corpora"],
@@ -385,7 +395,8 @@ class Runner:
         desc = (f"Speech emotion recognition, {len(tax.labels)} classes "
                 f"({', '.join(tax.labels)}), compact 1-D CNN over 2 s MFCC windows, int8. "
                 f"Trained on {', '.join(corpora)} (acted English speech).")
-        card = self.export(trained, tax, out_dir / f"{name}.tflite", name, desc, training, metrics)
+        card = self.export(trained, tax, out_dir / f"{name}.tflite", name, description=desc,
+                           training=training, metrics=metrics)
         _LOGGER.info("final model: %s, %.0f s", out_dir / f"{name}.tflite", time.time() - t0)
         return card
 

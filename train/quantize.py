@@ -17,10 +17,10 @@ import numpy.typing as npt
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-from train.model import build_model  # noqa: E402
+from train.model import build_model
 
 
 def to_int8(model: keras.Model, n_labels: int, model_cfg: dict[str, Any],
@@ -34,7 +34,7 @@ def to_int8(model: keras.Model, n_labels: int, model_cfg: dict[str, Any],
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     rep = np.asarray(representative, np.float32)
 
-    def gen():  # noqa: ANN202
+    def gen():
         for r in rep:
             yield [r[None]]
 

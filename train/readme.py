@@ -92,7 +92,7 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
         f"`{card['name']}.card.json` |",
         f"| SHA-256 | `{card['model_file']['sha256']}` |",
         f"| labels | {', '.join(labels)} |",
-        f"| input | int8 (1, 200, 40): 2 s of 40 MFCCs (25 ms frames, 10 ms hop, 16 kHz), "
+        "| input | int8 (1, 200, 40): 2 s of 40 MFCCs (25 ms frames, 10 ms hop, 16 kHz), "
         "per-window mean removed, scaled per coefficient |",
         f"| output | int8 softmax (1, {len(labels)}), dequantised by serd |",
         f"| parameters | {tr.get('params', 'n/a')} |",

@@ -70,7 +70,9 @@ def hold_out(
     return train, sorted(held)
 
 
-def cv_folds(items: Sequence[Item], k: int, early_stop_fraction: float, seed: int = 0) -> list[Fold]:
+def cv_folds(
+    items: Sequence[Item], k: int, early_stop_fraction: float, seed: int = 0
+) -> list[Fold]:
     """k folds: each fold's speakers are the test set, the rest split into train/early-stop."""
     parts = speaker_folds(items, k, seed)
     out = []
