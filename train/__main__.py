@@ -104,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                 cv_results[name] = json.loads(path.read_text())
     card = runner.run_final(out, cv_results, command)
     total = time.time() - t0
-    report.render(out, cfg, card.name, total_seconds=total if args.cmd == "all" else None)
+    if args.cmd == "all":
+        (out / "timings.json").write_text(json.dumps(
+            {"all_seconds": round(total, 1), "command": command,
+             **{f"cv_{k}_seconds": v["seconds"] for k, v in cv_results.items()},
+             "fit_seconds": round(card.training.get("train_seconds", 0.0), 1)}, indent=1) + "\n")
+    report.render(out, cfg, card.name)
     _LOGGER.info("done in %.1f min", total / 60)
     return 0
 

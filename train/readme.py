@@ -150,6 +150,21 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
         "16 kHz.",
         "",
     ]
+    status = []
+    for name, cv in cvs.items():
+        sm = cv["summary"]
+        b = sm.get("clean.int8.file.balanced_accuracy")
+        d = sm.get("telephone_drop.int8")
+        q = sm.get("float_minus_int8.file.balanced_accuracy")
+        if b and d and q:
+            status.append(
+                f"- {name}: int8 balanced accuracy {100 * b['mean']:.1f} % "
+                f"({'meets' if b['mean'] >= 0.60 else 'below'} the 60 % target), "
+                f"float − int8 {100 * q['mean']:+.1f} points "
+                f"({'within' if abs(q['mean']) <= 0.015 else 'outside'} 1.5), telephone drop "
+                f"{100 * d['mean']:.1f} points ({'within' if d['mean'] <= 0.05 else 'above'} 5)")
+    if status:
+        lines += ["Project targets (speaker-independent, int8):", "", *status, ""]
     for name, cv in cvs.items():
         lines.append(cv_section(name, cv))
     if total_seconds is not None:

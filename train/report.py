@@ -62,8 +62,8 @@ def confusion_png(res: dict[str, Any], path: Path, key: str = "clean.int8.file.c
     plt.close(fig)
 
 
-def render(out: Path, cfg: dict[str, Any], name: str, total_seconds: float | None = None) -> None:
-    """Write ``out/README.md`` from the card and the saved CV results."""
+def render(out: Path, cfg: dict[str, Any], name: str) -> None:
+    """Write ``out/README.md`` from the card, the saved CV results and ``timings.json``."""
     from train.readme import readme_text  # noqa: PLC0415
 
     card = json.loads((out / f"{name}.card.json").read_text())
@@ -73,5 +73,7 @@ def render(out: Path, cfg: dict[str, Any], name: str, total_seconds: float | Non
         if p.is_file():
             cvs[proto] = json.loads(p.read_text())
     tfl = out / f"{name}.tflite"
-    text = readme_text(card, cvs, tfl.stat().st_size if tfl.is_file() else 0, total_seconds)
+    timings = out / "timings.json"
+    total = json.loads(timings.read_text()).get("all_seconds") if timings.is_file() else None
+    text = readme_text(card, cvs, tfl.stat().st_size if tfl.is_file() else 0, total)
     (out / "README.md").write_text(text, encoding="utf-8")
