@@ -14,8 +14,10 @@ verdict).  The selection score (``training.select``) is by default the file-leve
 accuracy averaged over the last ``smooth_epochs`` epochs: on a handful of held-out
 speakers the per-epoch accuracy jumps by several points, and the class-balanced log-loss
 (``loss``) rises from over-confidence long before accuracy stops improving.  The best
-epoch's weights are kept; training stops after ``patience`` epochs without improvement
-(not before ``min_epochs``) or at the end of the cosine learning-rate schedule.
+epoch's weights are kept; training stops after ``patience`` epochs without improvement or
+at the end of the cosine learning-rate schedule.  Epochs before ``min_epochs`` are never
+picked (with ~2 held-out RAVDESS actors a lucky early epoch otherwise wins now and then,
+while the learning rate is still high).
 """
 
 from __future__ import annotations
@@ -187,11 +189,13 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
         history[-1]["score"] = round(score, 4)
         bar.set_postfix(loss=f"{loss:.3f}", val_bacc=f"{s['balanced_accuracy']:.3f}",
                         val_loss=f"{s['balanced_log_loss']:.3f}")
+        if epoch + 1 < min_epochs:
+            continue  # early in the cosine schedule: never the pick, patience not counting
         if score > best_score:
             best, best_score, best_epoch, wait = model.get_weights(), score, epoch + 1, 0
         else:
             wait += 1
-            if wait >= int(cfg["patience"]) and epoch + 1 >= min_epochs:
+            if wait >= int(cfg["patience"]):
                 break
     bar.close()
     if best is not None:
