@@ -31,7 +31,6 @@ from serd.publisher import StdoutPublisher
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "serd" / "schema" / "event.schema.json").read_text()
 )
-HIGH_AROUSAL = {"angry", "happy", "fearful", "disgust"}
 
 
 def write_config(tmp_path: Path, model_path: Path, broker: Any | None, **extra: Any) -> Path:
@@ -127,9 +126,9 @@ def test_end_to_end_microphone_to_broker(
     sub.wait_for(lambda ms: sum(m.topic.endswith("/health") for m in ms) >= 2, timeout=20)
     assert emotion(sub.snapshot()) == []
 
-    for clip in ("1001_IEO_ANG_HI.flac", "1091_TIE_SAD_XX.flac"):
+    for clip in ("1091_TIE_ANG_XX.flac", "1091_TIE_SAD_XX.flac"):
         mic.play(data_dir / clip)
-        time.sleep(1.0)  # a pause between speakers' turns, as in a call
+        time.sleep(1.0)  # a pause between turns, as in a call
     msgs = sub.wait_for(lambda ms: len(utterances(ms)) >= 2, timeout=30)
     events = emotion(msgs)
     for e in events:
@@ -140,12 +139,12 @@ def test_end_to_end_microphone_to_broker(
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == len(seqs)
     assert any(e["type"] == "window" for e in events)
-    utts = utterances(msgs)
-    # The angry clip is judged high-arousal, the sad one is not judged angry.
-    probs0, probs1 = utts[0]["probs"], utts[1]["probs"]
-    assert max(HIGH_AROUSAL, key=lambda k: probs0[k]) == max(probs0, key=probs0.get) or \
-        probs0["angry"] > probs1["angry"]
-    assert probs1["angry"] < probs0["angry"]
+    # The same actor, angry then sad, through a 48 kHz virtual microphone: the first
+    # utterance is judged angry, the second is not, and is much less angry.
+    angry, sad = utterances(msgs)[:2]
+    assert angry["label"] == "angry", angry
+    assert sad["label"] != "angry", sad
+    assert sad["probs"]["angry"] < angry["probs"]["angry"] / 2
 
     health = [m.json() for m in sub.snapshot() if m.topic.endswith("/health")]
     assert health[-1]["input_open"] is True
