@@ -39,3 +39,33 @@ def classifier(model_path: Path):
     from serd.model import ModelSettings, load_classifier  # noqa: PLC0415
 
     return load_classifier(ModelSettings(path=str(model_path)))
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path, model_path: Path) -> Path:
+    """A writable copy of the model and its card, for tests that break one of them."""
+    import shutil  # noqa: PLC0415
+
+    from serd.model import card_path_for  # noqa: PLC0415
+
+    dst = tmp_path / "m.tflite"
+    shutil.copy(model_path, dst)
+    shutil.copy(card_path_for(model_path), card_path_for(dst))
+    return dst
+
+
+def edit_card(model: Path, **changes: object) -> None:
+    """Change keys of ``model``'s card; ``a__b=1`` sets ``card["a"]["b"] = 1``."""
+    import json  # noqa: PLC0415
+
+    from serd.model import card_path_for  # noqa: PLC0415
+
+    cp = card_path_for(model)
+    data = json.loads(cp.read_text())
+    for dotted, value in changes.items():
+        node = data
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    cp.write_text(json.dumps(data))

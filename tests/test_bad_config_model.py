@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import pytest
 import yaml
+from conftest import edit_card
 
 from serd import cli
 from serd.audio import load
@@ -341,24 +341,6 @@ def test_an_empty_or_comment_only_file_is_the_defaults(tmp_path: Path) -> None:
 # -- bad models ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def model_copy(tmp_path: Path, model_path: Path) -> Path:
-    dst = tmp_path / "m.tflite"
-    shutil.copy(model_path, dst)
-    shutil.copy(card_path_for(model_path), card_path_for(dst))
-    return dst
-
-
-def _edit_card(model: Path, **changes: Any) -> None:
-    cp = card_path_for(model)
-    data = json.loads(cp.read_text())
-    for dotted, value in changes.items():
-        node = data
-        keys = dotted.split("__")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    cp.write_text(json.dumps(data))
 
 
 def _break(model: Path, how: str) -> str:
@@ -375,11 +357,11 @@ def _break(model: Path, how: str) -> str:
         return "does not match its card"
     if how == "truncated-no-hash":
         model.write_bytes(model.read_bytes()[:200])
-        _edit_card(model, model_file__sha256="")
+        edit_card(model, model_file__sha256="")
         return "cannot be loaded"
     if how == "garbage-no-hash":
         model.write_bytes(os.urandom(5000))
-        _edit_card(model, model_file__sha256="")
+        edit_card(model, model_file__sha256="")
         return "cannot be loaded"
     if how == "folder":
         model.unlink()
@@ -395,7 +377,7 @@ def _break(model: Path, how: str) -> str:
         card.write_text("[1, 2]")
         return "is invalid"
     if how == "card-format":
-        _edit_card(model, card_format=99)
+        edit_card(model, card_format=99)
         return "card_format"
     if how == "card-no-labels":
         data = json.loads(card.read_text())
@@ -403,21 +385,21 @@ def _break(model: Path, how: str) -> str:
         card.write_text(json.dumps(data))
         return "is invalid"
     if how == "labels":
-        _edit_card(model, labels=["calm", "loud"])
+        edit_card(model, labels=["calm", "loud"])
         return "labels"
     if how == "features":
-        _edit_card(model, features__n_mfcc=13)
+        edit_card(model, features__n_mfcc=13)
         return "n_mfcc=13"
     if how == "sample-rate":
         # A consistent front-end for 8 kHz telephony audio: not what this serd computes.
-        _edit_card(model, features__sample_rate=8000, features__fmax_hz=4000.0,
+        edit_card(model, features__sample_rate=8000, features__fmax_hz=4000.0,
                    features__n_fft=256)
         return "sample_rate=8000"
     if how == "window":
-        _edit_card(model, windows__window_seconds=1.0)
+        edit_card(model, windows__window_seconds=1.0)
         return "do not belong together"
     if how == "frontend-version":
-        _edit_card(model, frontend_version=0)
+        edit_card(model, frontend_version=0)
         return "front-end version"
     if how == "fingerprint":
         data = json.loads(card.read_text())
@@ -425,7 +407,7 @@ def _break(model: Path, how: str) -> str:
         card.write_text(json.dumps(data))
         return "fingerprint"
     if how == "other-models-card":
-        _edit_card(model, model_file__sha256="0" * 64)
+        edit_card(model, model_file__sha256="0" * 64)
         return "does not match its card"
     raise AssertionError(how)
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import edit_card
 
 from serd.features import FeatureParams
 from serd.model import (
@@ -20,26 +19,6 @@ from serd.model import (
     check_card,
     load_classifier,
 )
-
-
-@pytest.fixture
-def model_copy(tmp_path: Path, model_path: Path) -> Path:
-    dst = tmp_path / "m.tflite"
-    shutil.copy(model_path, dst)
-    shutil.copy(card_path_for(model_path), card_path_for(dst))
-    return dst
-
-
-def edit_card(path: Path, **changes: object) -> None:
-    cp = card_path_for(path)
-    data = json.loads(cp.read_text())
-    for dotted, value in changes.items():
-        node = data
-        keys = dotted.split("__")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    cp.write_text(json.dumps(data))
 
 
 def test_shipped_model_loads_and_classifies(classifier: Classifier) -> None:
