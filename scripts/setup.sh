@@ -43,9 +43,14 @@ extras=""
 [ "$dev" = 1 ] && extras="[dev,train]"
 stamp=".venv/.serd-installed$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing serd$extras into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".$extras"
+  echo "setup: installing serd$extras into .venv (log: .venv/pip.log)"
+  # pip and setuptools are chatty even with -q: keep their output in a log, show it on failure.
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q -e ".$extras"; } >.venv/pip.log 2>&1; then
+    tail -n 30 .venv/pip.log >&2
+    echo "setup: pip install failed (full log: .venv/pip.log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 echo "setup: done (.venv/bin/serd)"
