@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest_plugins = ["fixtures_broker", "fixtures_audio"]
@@ -69,3 +70,32 @@ def edit_card(model: Path, **changes: object) -> None:
             node = node[k]
         node[keys[-1]] = value
     cp.write_text(json.dumps(data))
+
+
+class ArraySource:
+    """A stand-in microphone for in-process tests: hands out a prepared array in chunks."""
+
+    def __init__(self, audio: np.ndarray, chunks: list[int]) -> None:
+        self.audio = audio
+        self.chunks = chunks
+        self.pos = 0
+        self.i = 0
+        self.is_open = False
+        self.device_name = "array"
+        self.overflows = 0
+        self.reopens = 0
+
+    def open(self) -> None:
+        self.is_open = True
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def read(self, timeout_seconds: float) -> np.ndarray | None:
+        if self.pos >= self.audio.size:
+            return None
+        n = self.chunks[self.i % len(self.chunks)]
+        self.i += 1
+        block = self.audio[self.pos : self.pos + n]
+        self.pos += n
+        return block[:, None]

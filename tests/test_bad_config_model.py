@@ -32,7 +32,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import pytest
 import yaml
-from conftest import edit_card
+from conftest import ArraySource, edit_card
 
 from serd import cli
 from serd.audio import load
@@ -196,27 +196,6 @@ def test_wrong_typed_values_are_one_line_naming_the_key(
 _SPEECH: dict[str, np.ndarray] = {}
 
 
-class _Blocks:
-    """Minimal audio source: a fixed array in 0.1 s blocks."""
-
-    def __init__(self, audio: np.ndarray) -> None:
-        self.audio, self.pos = audio, 0
-        self.is_open, self.device_name, self.overflows, self.reopens = False, "t", 0, 0
-
-    def open(self) -> None:
-        self.is_open = True
-
-    def close(self) -> None:
-        self.is_open = False
-
-    def read(self, timeout_seconds: float) -> np.ndarray | None:
-        if self.pos >= self.audio.size:
-            return None
-        block = self.audio[self.pos : self.pos + 1600]
-        self.pos += 1600
-        return block[:, None]
-
-
 def exercise(cfg: Config, classifier: Classifier, state: Path, data_dir: Path) -> int:
     """Build every stage from ``cfg`` and run speech through it; events produced."""
     if "x" not in _SPEECH:
@@ -228,7 +207,7 @@ def exercise(cfg: Config, classifier: Classifier, state: Path, data_dir: Path) -
         cfg.mqtt, host=None))
     pub = StdoutPublisher("t", state, stream=io.StringIO())
     pub.start()
-    d = Daemon(cfg, source=_Blocks(_SPEECH["x"]), publisher=pub, classifier=classifier)
+    d = Daemon(cfg, source=ArraySource(_SPEECH["x"], [1600]), publisher=pub, classifier=classifier)
     d.source.open()
     now = 1_700_000_000.0
     while (block := d.source.read(0.0)) is not None:

@@ -21,6 +21,7 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
+from conftest import ArraySource
 
 from serd.audio import load
 from serd.config import Config, parse
@@ -210,35 +211,6 @@ def test_microphone_unplugged_and_back(
     rc, _ = d.terminate()
     assert rc == 0
     assert "Traceback" not in out
-
-
-class ArraySource:
-    """A stand-in microphone for in-process tests: hands out a prepared array in chunks."""
-
-    def __init__(self, audio: np.ndarray, chunks: list[int]) -> None:
-        self.audio = audio
-        self.chunks = chunks
-        self.pos = 0
-        self.i = 0
-        self.is_open = False
-        self.device_name = "array"
-        self.overflows = 0
-        self.reopens = 0
-
-    def open(self) -> None:
-        self.is_open = True
-
-    def close(self) -> None:
-        self.is_open = False
-
-    def read(self, timeout_seconds: float) -> np.ndarray | None:
-        if self.pos >= self.audio.size:
-            return None
-        n = self.chunks[self.i % len(self.chunks)]
-        self.i += 1
-        block = self.audio[self.pos : self.pos + n]
-        self.pos += n
-        return block[:, None]
 
 
 def test_streaming_gives_the_same_windows_as_once(
