@@ -7,7 +7,9 @@ Fixtures for real components live in their own plugin modules:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,3 +101,14 @@ class ArraySource:
         block = self.audio[self.pos : self.pos + n]
         self.pos += n
         return block[:, None]
+
+
+@pytest.fixture
+def running() -> Iterator[list[Any]]:
+    """Daemons run in threads by a test (``test_faults.InProcess``): stopped at teardown."""
+    made: list[Any] = []
+    yield made
+    for d in made:
+        if d.thread.is_alive():
+            d.daemon.request_stop()
+            d.thread.join(20)

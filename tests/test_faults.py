@@ -199,16 +199,6 @@ def speech(data_dir: Path) -> list[Path]:
     return [data_dir / c for c in CLIPS]
 
 
-@pytest.fixture
-def running() -> Iterator[list[InProcess]]:
-    made: list[InProcess] = []
-    yield made
-    for d in made:
-        if d.thread.is_alive():
-            d.daemon.request_stop()
-            d.thread.join(20)
-
-
 def start_daemon(made: list[InProcess], cfg: Config, speech: list[Path],
                  classifier: Classifier) -> InProcess:
     d = InProcess(cfg, Speech(speech), classifier)

@@ -122,16 +122,6 @@ def daemon_cfg(tmp_path: Path, model_path: Path, mqtt_doc: dict[str, Any],
     })
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[InProcess]]:
-    made: list[InProcess] = []
-    yield made
-    for d in made:
-        if d.thread.is_alive():
-            d.daemon.request_stop()
-            d.thread.join(20)
-
-
 def run_daemon(made: list[InProcess], cfg: Config, data_dir: Path,
                classifier: Classifier) -> InProcess:
     d = InProcess(cfg, Speech([data_dir / c for c in CLIPS]), classifier)
@@ -217,13 +207,13 @@ def delivered_everything(d: InProcess, col: Collector, timeout: float = 30.0) ->
 def test_tls_verified_by_default_and_the_right_broker_gets_everything(
     tmp_path: Path, pki: Pki, mosquitto_factory: Callable[..., Broker],
     collectors: Callable[..., Collector], model_path: Path, classifier: Classifier,
-    data_dir: Path, daemons: list[InProcess], caplog: pytest.LogCaptureFixture,
+    data_dir: Path, running: list[InProcess], caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="serd")
     cert, key = pki.issue("broker-localhost", "DNS:localhost")
     broker = mosquitto_factory(extra_config=tls_listener(cert, key))
     col = collectors(broker, f"serd/{DEVICE}/#", ca=pki.ca, host="localhost")
-    d = run_daemon(daemons, daemon_cfg(tmp_path, model_path, {
+    d = run_daemon(running, daemon_cfg(tmp_path, model_path, {
         "host": "localhost", "port": broker.port, "tls": True, "ca_file": str(pki.ca)}),
         data_dir, classifier)
     assert wait_until(lambda: d.stats().connected, 20), "TLS connection failed"
@@ -244,7 +234,7 @@ def test_tls_verified_by_default_and_the_right_broker_gets_everything(
 )
 def test_tls_refuses_the_wrong_broker(
     tmp_path: Path, pki: Pki, mosquitto_factory: Callable[..., Broker], model_path: Path,
-    classifier: Classifier, data_dir: Path, daemons: list[InProcess],
+    classifier: Classifier, data_dir: Path, running: list[InProcess],
     caplog: pytest.LogCaptureFixture, case: str, expect: str,
 ) -> None:
     """Nothing is sent to a broker whose certificate does not prove it is the one
@@ -261,7 +251,7 @@ def test_tls_refuses_the_wrong_broker(
                                 "ca_file": str(pki.ca)}
     if case == "plain-to-tls":
         mqtt_doc = {"host": "localhost", "port": broker.port}  # tls: false, to a TLS port
-    d = run_daemon(daemons, daemon_cfg(tmp_path, model_path, mqtt_doc), data_dir, classifier)
+    d = run_daemon(running, daemon_cfg(tmp_path, model_path, mqtt_doc), data_dir, classifier)
     assert wait_until(lambda: sum(expect in r.getMessage() for r in caplog.records) >= 2, 20)
     assert wait_until(lambda: d.events >= 3, 30)
     stats = d.stats()
@@ -280,7 +270,7 @@ def test_tls_refuses_the_wrong_broker(
 @pytest.mark.broker
 def test_tls_insecure_skips_only_the_host_name_and_only_when_configured(
     tmp_path: Path, pki: Pki, mosquitto_factory: Callable[..., Broker], model_path: Path,
-    classifier: Classifier, data_dir: Path, daemons: list[InProcess],
+    classifier: Classifier, data_dir: Path, running: list[InProcess],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="serd")
@@ -289,7 +279,7 @@ def test_tls_insecure_skips_only_the_host_name_and_only_when_configured(
     forged, forged_key = pki.issue("broker-forged2", "DNS:localhost", ca="other-ca")
     forged_broker = mosquitto_factory(extra_config=tls_listener(forged, forged_key))
     insecure = {"host": "localhost", "tls": True, "ca_file": str(pki.ca), "tls_insecure": True}
-    d = run_daemon(daemons, daemon_cfg(tmp_path, model_path, {**insecure, "port": broker.port}),
+    d = run_daemon(running, daemon_cfg(tmp_path, model_path, {**insecure, "port": broker.port}),
                    data_dir, classifier)
     assert wait_until(lambda: d.stats().connected, 20)
     d.stop()
@@ -297,7 +287,7 @@ def test_tls_insecure_skips_only_the_host_name_and_only_when_configured(
                for r in caplog.records)
     # The chain is still verified: a certificate from another CA is refused anyway.
     caplog.clear()
-    d2 = run_daemon(daemons, daemon_cfg(
+    d2 = run_daemon(running, daemon_cfg(
         tmp_path, model_path, {**insecure, "port": forged_broker.port}, "state2"),
         data_dir, classifier)
     assert wait_until(lambda: any("TLS certificate rejected" in r.getMessage()
@@ -313,7 +303,7 @@ def test_tls_insecure_skips_only_the_host_name_and_only_when_configured(
 @pytest.mark.broker
 def test_mutual_tls_client_certificate(
     tmp_path: Path, pki: Pki, mosquitto_factory: Callable[..., Broker], model_path: Path,
-    classifier: Classifier, data_dir: Path, daemons: list[InProcess],
+    classifier: Classifier, data_dir: Path, running: list[InProcess],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="serd")
@@ -322,13 +312,13 @@ def test_mutual_tls_client_certificate(
     broker = mosquitto_factory(extra_config=tls_listener(cert, key, cafile=pki.ca,
                                                          require_client_cert=True))
     base = {"host": "localhost", "port": broker.port, "tls": True, "ca_file": str(pki.ca)}
-    without = run_daemon(daemons, daemon_cfg(tmp_path, model_path, base, "s1"), data_dir,
+    without = run_daemon(running, daemon_cfg(tmp_path, model_path, base, "s1"), data_dir,
                          classifier)
     assert wait_until(lambda: any("cannot connect" in r.getMessage() or "TLS" in r.getMessage()
                                   for r in caplog.records if r.levelno >= logging.ERROR), 20)
     assert not without.stats().connected
     without.stop()
-    with_cert = run_daemon(daemons, daemon_cfg(
+    with_cert = run_daemon(running, daemon_cfg(
         tmp_path, model_path, {**base, "cert_file": str(ccert), "key_file": str(ckey)}, "s2"),
         data_dir, classifier)
     assert wait_until(lambda: with_cert.stats().connected, 20)
@@ -366,7 +356,7 @@ def auth_broker(tmp_path: Path, mosquitto_factory: Callable[..., Broker]) -> Bro
 @pytest.mark.broker
 def test_password_from_file_or_environment_and_acl_keeps_others_out(
     tmp_path: Path, auth_broker: Broker, collectors: Callable[..., Collector],
-    model_path: Path, classifier: Classifier, data_dir: Path, daemons: list[InProcess],
+    model_path: Path, classifier: Classifier, data_dir: Path, running: list[InProcess],
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # paho's own debug log included
@@ -375,7 +365,7 @@ def test_password_from_file_or_environment_and_acl_keeps_others_out(
     pw_file = tmp_path / "mqtt-password"
     pw_file.write_text(PASSWORD + "\n")
     pw_file.chmod(0o600)
-    d = run_daemon(daemons, daemon_cfg(tmp_path, model_path, {
+    d = run_daemon(running, daemon_cfg(tmp_path, model_path, {
         "host": auth_broker.host, "port": auth_broker.port, "username": "desk",
         "password_file": str(pw_file)}), data_dir, classifier)
     assert wait_until(lambda: d.stats().connected, 20)
@@ -383,7 +373,7 @@ def test_password_from_file_or_environment_and_acl_keeps_others_out(
     d.stop()
 
     monkeypatch.setenv("SERD_TEST_MQTT_PW", PASSWORD)
-    d2 = run_daemon(daemons, daemon_cfg(tmp_path, model_path, {
+    d2 = run_daemon(running, daemon_cfg(tmp_path, model_path, {
         "host": auth_broker.host, "port": auth_broker.port, "username": "desk",
         "password_env": "SERD_TEST_MQTT_PW"}), data_dir, classifier)
     assert wait_until(lambda: d2.stats().connected, 20)
@@ -402,7 +392,7 @@ def test_password_from_file_or_environment_and_acl_keeps_others_out(
 @pytest.mark.broker
 def test_wrong_or_missing_credentials_are_refused(
     tmp_path: Path, auth_broker: Broker, model_path: Path, classifier: Classifier,
-    data_dir: Path, daemons: list[InProcess], monkeypatch: pytest.MonkeyPatch,
+    data_dir: Path, running: list[InProcess], monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="serd")
@@ -412,7 +402,7 @@ def test_wrong_or_missing_credentials_are_refused(
         {},  # anonymous
     ]):
         caplog.clear()
-        d = run_daemon(daemons, daemon_cfg(tmp_path, model_path, {
+        d = run_daemon(running, daemon_cfg(tmp_path, model_path, {
             "host": auth_broker.host, "port": auth_broker.port, **mqtt_doc}, f"s{i}"),
             data_dir, classifier)
         assert wait_until(lambda: any("refused the connection" in r.getMessage()
@@ -426,7 +416,7 @@ def test_wrong_or_missing_credentials_are_refused(
 @pytest.mark.broker
 def test_a_device_cannot_publish_outside_its_acl(
     tmp_path: Path, auth_broker: Broker, collectors: Callable[..., Collector],
-    model_path: Path, classifier: Classifier, data_dir: Path, daemons: list[InProcess],
+    model_path: Path, classifier: Classifier, data_dir: Path, running: list[InProcess],
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """User ``desk`` may write only serd/sec-desk/#: posing as another device fails, and
@@ -441,7 +431,7 @@ def test_a_device_cannot_publish_outside_its_acl(
                  "password_env": "SERD_TEST_MQTT_PW", "reconnect_min_seconds": 0.1,
                  "reconnect_max_seconds": 0.5},
     })
-    d = run_daemon(daemons, cfg, data_dir, classifier)
+    d = run_daemon(running, cfg, data_dir, classifier)
     assert wait_until(lambda: d.stats().rejected >= 3, 30)
     d.stop()
     assert [m for m in dashboard.snapshot() if "/other-desk/" in m.topic] == []
@@ -492,7 +482,7 @@ def _audio_like(obj: Any) -> str | None:
 @pytest.mark.broker
 def test_nothing_audio_sized_reaches_the_broker_the_spool_or_the_log(
     tmp_path: Path, mosquitto: Broker, collectors: Callable[..., Collector],
-    model_path: Path, classifier: Classifier, data_dir: Path, daemons: list[InProcess],
+    model_path: Path, classifier: Classifier, data_dir: Path, running: list[InProcess],
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -505,7 +495,7 @@ def test_nothing_audio_sized_reaches_the_broker_the_spool_or_the_log(
         return real_put(self, stream, payload, qos)
 
     monkeypatch.setattr(Spool, "put", recording_put)
-    d = run_daemon(daemons, daemon_cfg(tmp_path, model_path, {
+    d = run_daemon(running, daemon_cfg(tmp_path, model_path, {
         "host": mosquitto.host, "port": mosquitto.port}), data_dir, classifier)
     assert wait_until(lambda: d.stats().connected, 20)
     assert wait_until(lambda: d.daemon.counters.audio_seconds >= 20, 60)
