@@ -52,6 +52,17 @@ class FeatureParams:
     """Floor on mel power before the log: digital silence stays finite, yet it sits far
     below any real recording's noise floor, so a gain change stays a pure offset."""
     window: str = "hamming"
+    pitch: bool = True
+    """Append two prosody channels to the MFCCs: voicing strength and log-F0 (see
+    :func:`pitch_features`).  Forty mel bands on 25 ms frames smear the harmonics, so
+    MFCCs alone say little about F0, the strongest acoustic cue to arousal."""
+    pitch_frame_seconds: float = 0.05
+    """Pitch analysis frame: longer than the MFCC frame, because autocorrelation needs
+    about three periods of the lowest F0.  It ends where its MFCC frame ends (no
+    look-ahead), so frame ``k`` is ``[k*hop + frame - pitch_frame, k*hop + frame)``;
+    before the stream's first sample it sees zeros."""
+    f0_min_hz: float = 70.0
+    f0_max_hz: float = 450.0
 
     def __post_init__(self) -> None:
         require(self.sample_rate > 0, "sample_rate", "must be a positive number of Hz")
@@ -67,6 +78,28 @@ class FeatureParams:
         require(0.0 <= self.preemphasis < 1.0, "preemphasis", "must be in [0, 1)")
         require(self.log_floor > 0, "log_floor", "must be > 0")
         require(self.window in ("hamming", "hann"), "window", "must be 'hamming' or 'hann'")
+        require(
+            self.pitch_frame_length >= self.frame_length,
+            "pitch_frame_seconds",
+            "must be >= frame_seconds",
+        )
+        require(
+            0 < self.f0_min_hz < self.f0_max_hz < self.sample_rate / 4
+            and 2 * self.sample_rate / self.f0_min_hz <= self.pitch_frame_length,
+            "f0_min_hz",
+            "need 0 < f0_min_hz < f0_max_hz < sample_rate/4 and two periods of f0_min_hz "
+            "within pitch_frame_seconds",
+        )
+
+    @property
+    def pitch_frame_length(self) -> int:
+        """Pitch analysis frame length in samples."""
+        return round(self.pitch_frame_seconds * self.sample_rate)
+
+    @property
+    def n_features(self) -> int:
+        """Values per frame: the MFCCs, then voicing and log-F0 when ``pitch`` is on."""
+        return self.n_mfcc + (2 if self.pitch else 0)
 
     @property
     def frame_length(self) -> int:
@@ -161,6 +194,112 @@ def analysis_window(params: FeatureParams) -> FloatArray:
     return win
 
 
+_OCTAVE_COST = 0.02
+"""Per octave of lag, subtracted from a pitch candidate's strength: of two equally strong
+autocorrelation peaks the shorter period wins, which avoids most octave-down errors
+(Boersma's "octave cost")."""
+_VOICED_FROM = 0.45
+_VOICED_FULL = 0.75
+"""Voicing strength from which log-F0 is passed on (0 below, fully above _VOICED_FULL)."""
+F0_REFERENCE_HZ = 150.0
+"""log-F0 is expressed in octaves relative to this (roughly between male and female F0)."""
+
+
+@dataclass(frozen=True)
+class _PitchTables:
+    n_fft: int
+    weights: FloatArray
+    window_acf: FloatArray
+    lag_min: int
+    lag_max: int
+    log_lag_cost: FloatArray
+
+
+@functools.lru_cache(maxsize=8)
+def pitch_tables(params: FeatureParams) -> _PitchTables:
+    """Constants of :func:`MfccStream`'s pitch tracker, computed once per parameter set."""
+    n = params.pitch_frame_length
+    n_fft = 1 << (2 * n - 1).bit_length()  # linear (not circular) autocorrelation
+    f = np.linspace(0.0, params.sample_rate / 2.0, n_fft // 2 + 1)
+    w = np.ones_like(f)
+    a = params.preemphasis
+    if a > 0:
+        # Undo the pre-emphasis: it tilts the autocorrelation towards the formants.
+        w /= 1.0 - 2.0 * a * np.cos(np.pi * f / (params.sample_rate / 2.0)) + a * a
+    # Keep F0 and its first harmonics (the period), drop DC/hum and the formant region.
+    w *= np.clip((f - 40.0) / 30.0, 0.0, 1.0)
+    w *= np.where(f <= 1000.0, 1.0, np.where(f >= 2000.0, 0.0,
+                                             0.5 * (1.0 + np.cos(np.pi * (f - 1000.0) / 1000.0))))
+    lag_min = int(np.floor(params.sample_rate / params.f0_max_hz))
+    lag_max = int(np.ceil(params.sample_rate / params.f0_min_hz))
+    win = pitch_window(params).astype(np.float64)
+    acf = np.fft.irfft(np.abs(np.fft.rfft(win, n_fft)) ** 2, n_fft)[: lag_max + 2]
+    acf /= acf[0]
+    lags = np.arange(lag_min, lag_max + 1)
+    tables = _PitchTables(
+        n_fft=n_fft,
+        weights=w.astype(np.float32),
+        window_acf=acf[lag_min - 1 :].astype(np.float32),
+        lag_min=lag_min,
+        lag_max=lag_max,
+        log_lag_cost=(_OCTAVE_COST * np.log2(lags / lag_min)).astype(np.float32),
+    )
+    for arr in (tables.weights, tables.window_acf, tables.log_lag_cost):
+        arr.setflags(write=False)
+    return tables
+
+
+@functools.lru_cache(maxsize=8)
+def pitch_window(params: FeatureParams) -> FloatArray:
+    win = np.hamming(params.pitch_frame_length).astype(np.float32)
+    win.setflags(write=False)
+    return win
+
+
+def pitch_features(windowed: npt.NDArray[np.float32], params: FeatureParams) -> FloatArray:
+    """(n, 2) voicing strength and log-F0 of (n, pitch_frame_length) windowed frames.
+
+    Autocorrelation pitch tracking in the manner of Boersma (1993), frame by frame with no
+    look-ahead or history, so it streams trivially: the autocorrelation comes from the
+    low-passed power spectrum, is divided by the analysis window's own autocorrelation, and
+    its strongest peak between ``f0_max_hz`` and ``f0_min_hz`` (with an octave cost, refined
+    by parabolic interpolation) gives the period.  Channel 0 is the peak height clipped to
+    [0, 1] (about 0 for noise and silence, near 1 for steady voiced speech); channel 1 is
+    log2(F0 / 150 Hz), faded to 0 as the voicing drops, so unvoiced frames carry no random
+    pitch values.
+    """
+    t = pitch_tables(params)
+    n = windowed.shape[0]
+    out = np.zeros((n, 2), np.float32)
+    if n == 0:
+        return out
+    spec = np.fft.rfft(windowed, t.n_fft, axis=1)
+    power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32)
+    power *= t.weights
+    acf = np.fft.irfft(power, t.n_fft, axis=1)[:, : t.lag_max + 2].astype(np.float32)
+    r0 = acf[:, :1]
+    # acf[l] / acf[0] / window_acf[l] for l in lag_min-1 .. lag_max+1
+    rn = acf[:, t.lag_min - 1 :] / np.maximum(r0, np.float32(1e-20)) / t.window_acf
+    rows = np.arange(n)
+    # Candidates are local maxima only: at the ends of the lag range the autocorrelation
+    # may still be rising towards a peak outside it.
+    peak = (rn[:, 1:-1] >= rn[:, :-2]) & (rn[:, 1:-1] >= rn[:, 2:])
+    score = np.where(peak, rn[:, 1:-1] - t.log_lag_cost, np.float32(-1.0))
+    k = np.argmax(score, axis=1) + 1
+    y0, y1, y2 = rn[rows, k - 1], rn[rows, k], rn[rows, k + 1]
+    curv = y0 - 2.0 * y1 + y2
+    safe = np.where(curv < 0, curv, np.float32(-1.0))
+    delta = np.where(curv < 0, np.clip(0.5 * (y0 - y2) / safe, -0.5, 0.5), 0.0).astype(np.float32)
+    strength = y1 - np.float32(0.25) * (y0 - y2) * delta
+    voicing = np.clip(strength, 0.0, 1.0)
+    lag = (k + (t.lag_min - 1)).astype(np.float32) + delta
+    log_f0 = np.log2(np.float32(params.sample_rate / F0_REFERENCE_HZ) / lag)
+    gate = np.clip((voicing - _VOICED_FROM) / (_VOICED_FULL - _VOICED_FROM), 0.0, 1.0)
+    out[:, 0] = voicing
+    out[:, 1] = gate * log_f0
+    return out
+
+
 class MfccStream:
     """Streaming MFCC: ``__call__(chunk)`` returns the frames completed by that chunk.
 
@@ -184,19 +323,23 @@ class MfccStream:
         self._n_bins = p.n_fft // 2 + 1
         # Zero-padded FFT input, reused between calls (rows beyond the frame stay zero).
         self._fft_in = np.zeros((0, p.n_fft), dtype=np.float32)
-        self._buf = np.zeros(0, dtype=np.float32)
+        # The buffer starts `_history` samples before the next frame: the pitch frame
+        # reaches back that far (zeros before the stream's first sample).
+        self._history = p.pitch_frame_length - p.frame_length if p.pitch else 0
+        self._pitch_window = pitch_window(p) if p.pitch else None
+        self._buf = np.zeros(self._history, dtype=np.float32)
         self._last = np.float32(0.0)
         self.frames_emitted = 0
 
     def reset(self) -> None:
         """Forget buffered samples; the next sample starts frame 0."""
-        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf = np.zeros(self._history, dtype=np.float32)
         self._last = np.float32(0.0)
         self.frames_emitted = 0
 
     @property
     def buffered_samples(self) -> int:
-        return int(self._buf.size)
+        return int(self._buf.size) - self._history
 
     def __call__(self, chunk: npt.ArrayLike) -> FloatArray:
         x = np.asarray(chunk, dtype=np.float32).reshape(-1)
@@ -214,16 +357,25 @@ class MfccStream:
             self._last = x[-1]
         else:
             buf = old
-        if buf.size < self._frame:
+        h = self._history
+        if buf.size < h + self._frame:
             self._buf = buf
-            return np.zeros((0, self.params.n_mfcc), dtype=np.float32)
-        n = 1 + (buf.size - self._frame) // self._hop
-        # Frame k is buf[k*hop : k*hop + frame]: a strided view, no copy.
+            return np.zeros((0, self.params.n_features), dtype=np.float32)
+        n = 1 + (buf.size - h - self._frame) // self._hop
+        # Frame k is buf[h + k*hop : h + k*hop + frame]: a strided view, no copy; its
+        # pitch frame is the same but h samples longer at the front.
         frames = np.ndarray(
-            (n, self._frame), np.float32, buffer=buf, strides=(self._hop * 4, 4)
+            (n, self._frame), np.float32, buffer=buf, offset=h * 4, strides=(self._hop * 4, 4)
         )
         self.frames_emitted += n
         out = self._compute(frames)
+        if self.params.pitch:
+            long = np.ndarray(
+                (n, h + self._frame), np.float32, buffer=buf, strides=(self._hop * 4, 4)
+            )
+            out = np.concatenate(
+                (out, pitch_features(long * self._pitch_window, self.params)), axis=1
+            )
         # Keep only what the next frame still needs (copy: do not pin the big chunk).
         self._buf = buf[n * self._hop :].copy()
         return out

@@ -38,7 +38,7 @@ from serd.settings import require
 _LOGGER = logging.getLogger(__name__)
 
 CARD_FORMAT = 1
-FRONTEND_VERSION = 1
+FRONTEND_VERSION = 2
 """Bump whenever the front-end's arithmetic changes; cards record the version they used."""
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "serd-emotion-6.tflite"
@@ -185,7 +185,7 @@ def check_card(card: ModelCard, frontend: FeatureParams | None = None) -> None:
             f"model {card.name} expects different features: {', '.join(diffs)}; "
             "retrain it with this serd (serd-train) or use a model made for this version"
         )
-    if len(card.normalisation.scale) != ours.n_mfcc:
+    if len(card.normalisation.scale) != ours.n_features:
         raise ModelError(f"model {card.name}: normalisation has the wrong number of coefficients")
     if card.fingerprint:
         now = np.asarray(frontend_fingerprint(ours))
@@ -274,7 +274,7 @@ class Classifier:
                 "serd runs full-integer int8 models (export with serd-train, which quantises)"
             )
         win, _ = card.windows.frames(card.features)
-        expected = (1, win, card.features.n_mfcc)
+        expected = (1, win, card.features.n_features)
         if tuple(inp["shape"]) != expected:
             raise ModelError(
                 f"model {model_path} takes input {tuple(inp['shape'])}, but its card "

@@ -101,7 +101,7 @@ class Windower:
         self._active = False
         self._fed_until = 0  # absolute block index fed to the MFCC stream
         self._seg_start = 0
-        self._frames = np.zeros((0, self.features.n_mfcc), np.float32)
+        self._frames = np.zeros((0, self.features.n_features), np.float32)
         self._frames_offset = 0  # segment frame index of _frames[0]
         self._n_frames = 0  # frames computed in the current segment
         self._pending: list[npt.NDArray[np.float32]] = []  # speech audio not yet in frames
@@ -203,7 +203,7 @@ class Windower:
         self._seg_start = block
         self._fed_until = block
         self._mfcc.reset()
-        self._frames = np.zeros((0, self.features.n_mfcc), np.float32)
+        self._frames = np.zeros((0, self.features.n_features), np.float32)
         self._frames_offset = 0
         self._n_frames = 0
         self._pending = []

@@ -433,7 +433,8 @@ def float_model(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> P
 
     frames, _ = WindowParams(**card["windows"]).frames(FeatureParams(**card["features"]))
     r = subprocess.run(
-        [sys.executable, "-c", code, str(out), str(frames), str(card["features"]["n_mfcc"]),
+        [sys.executable, "-c", code, str(out), str(frames),
+         str(FeatureParams(**card["features"]).n_features),
          str(len(card["labels"]))],
         capture_output=True, text=True, timeout=300, env={**ENV, "TF_CPP_MIN_LOG_LEVEL": "3"},
         check=False,

@@ -7,6 +7,7 @@ import pytest
 
 from serd.audio import load
 from serd.features import (
+    F0_REFERENCE_HZ,
     FeatureParams,
     MfccStream,
     Normalisation,
@@ -49,7 +50,7 @@ def speechlike(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
 
 def test_golden_values() -> None:
     m = mfcc(fingerprint_signal(16000))
-    assert m.shape == (48, 40)
+    assert m.shape == (48, 42)
     assert m.dtype == np.float32
     np.testing.assert_allclose(m[np.ix_(GOLDEN_ROWS, GOLDEN_COLS)], GOLDEN, rtol=1e-4, atol=2e-3)
 
@@ -57,9 +58,10 @@ def test_golden_values() -> None:
 def test_frame_count_and_params() -> None:
     assert P.frame_length == 400
     assert P.hop_length == 160
-    assert mfcc(np.zeros(399, np.float32)).shape == (0, 40)
-    assert mfcc(np.zeros(400, np.float32)).shape == (1, 40)
-    assert mfcc(np.zeros(16000, np.float32)).shape == (1 + (16000 - 400) // 160, 40)
+    assert P.n_features == 42  # 40 MFCCs, voicing, log-F0
+    assert mfcc(np.zeros(399, np.float32)).shape == (0, 42)
+    assert mfcc(np.zeros(400, np.float32)).shape == (1, 42)
+    assert mfcc(np.zeros(16000, np.float32)).shape == (1 + (16000 - 400) // 160, 42)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 160, 161, 399, 400, 1024, 4000, 100000])
@@ -120,7 +122,7 @@ def test_matches_librosa_with_same_parameters() -> None:
         center=False, power=2.0, n_mels=40, fmin=20.0, fmax=8000.0, htk=True, norm=None,
     ) / P.n_fft
     ref = scipy_fft.dct(np.log(np.maximum(mel, P.log_floor)), axis=0, norm="ortho").T
-    ours = mfcc(x)
+    ours = mfcc(x)[:, : P.n_mfcc]
     n = min(len(ref), len(ours))
     assert abs(len(ref) - len(ours)) <= 1
     np.testing.assert_allclose(ours[:n], ref[:n], atol=2e-3, rtol=1e-3)
@@ -161,9 +163,10 @@ def test_normalisation_is_gain_invariant(data_dir) -> None:
     win, _ = WindowParams().frames(P)
     a = pad_window(mfcc(x), win)
     b = pad_window(mfcc(x * 0.25), win)
-    norm = Normalisation(scale=tuple([1.0] * 40))
+    norm = Normalisation(scale=tuple([1.0] * P.n_features))
     na, nb = normalise_windows(a, norm), normalise_windows(b, norm)
     # A gain is an additive constant on c0 only (log of a scaled spectrum); CMN removes it.
+    # Voicing and log-F0 come from a normalised autocorrelation: gain does not touch them.
     np.testing.assert_allclose(na, nb, atol=0.05)
 
 
@@ -181,3 +184,73 @@ def test_bad_params_are_refused() -> None:
         FeatureParams(n_mfcc=80)
     with pytest.raises(ValueError, match="hop_seconds"):
         WindowParams(window_seconds=1.0, hop_seconds=2.0)
+
+
+# -- pitch channels (voicing, log-F0) ------------------------------------------------------
+
+
+def harmonic(f0_hz: float, seconds: float = 1.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    x = sum(np.sin(2 * np.pi * k * f0_hz * t) / k for k in range(1, 15) if k * f0_hz < 7000)
+    return (0.1 * x + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("f0", [80.0, 110.0, 165.0, 240.0, 330.0, 420.0])
+def test_pitch_tracks_a_known_f0(f0: float) -> None:
+    m = mfcc(harmonic(f0))[10:]  # after the first pitch frame is full of signal
+    voicing, log_f0 = m[:, P.n_mfcc], m[:, P.n_mfcc + 1]
+    assert np.median(voicing) > 0.85
+    est = F0_REFERENCE_HZ * 2.0 ** np.median(log_f0)
+    assert abs(est / f0 - 1.0) < 0.02, est
+
+
+def test_pitch_is_quiet_on_noise_and_silence() -> None:
+    noise = (0.05 * np.random.default_rng(3).standard_normal(32000)).astype(np.float32)
+    m = mfcc(noise)
+    assert np.median(m[:, P.n_mfcc]) < 0.4
+    assert np.mean(m[:, P.n_mfcc + 1] == 0.0) > 0.9  # log-F0 gated off when unvoiced
+    z = mfcc(np.zeros(8000, np.float32))
+    assert np.all(z[:, P.n_mfcc:] == 0.0)
+
+
+def test_pitch_follows_a_moving_f0() -> None:
+    x = speechlike(2.0, seed=5)  # f0 = 140 + 40 sin(2 pi 1.5 t)
+    m = mfcc(x)
+    # pitch frame k ends where MFCC frame k ends: centred at k * hop (50 ms long)
+    k = np.arange(10, len(m))
+    truth = 140 + 40 * np.sin(2 * np.pi * 1.5 * (k * 160) / 16000)
+    est = F0_REFERENCE_HZ * 2.0 ** m[k, P.n_mfcc + 1]
+    assert np.median(np.abs(np.log2(est / truth))) < 0.03  # within half a semitone
+
+
+def test_pitch_agrees_with_pyin_on_speech(data_dir) -> None:
+    librosa = pytest.importorskip("librosa")
+    x = load(data_dir / "1001_IEO_HAP_HI.flac", 16000)
+    f0, voiced, _ = librosa.pyin(x, fmin=70, fmax=450, sr=16000, frame_length=1024,
+                                 hop_length=160, center=False)
+    m = mfcc(x)
+    # pyin frame i is centred at i*160 + 512, ours k at k*160: k = i + 3.2
+    ours = m[3 : 3 + len(f0)]
+    n = min(len(ours), len(f0))
+    both = voiced[:n] & (ours[:n, P.n_mfcc] > 0.6)
+    assert both.sum() > 50
+    err = np.abs(np.log2(F0_REFERENCE_HZ * 2.0 ** ours[:n, P.n_mfcc + 1][both] / f0[:n][both]))
+    assert np.mean(err > 0.2) < 0.1  # gross pitch errors (> ~15 %) in under 10 % of frames
+
+
+def test_pitch_off_leaves_plain_mfcc() -> None:
+    x = speechlike(1.0, seed=2)
+    plain = mfcc(x, FeatureParams(pitch=False))
+    assert plain.shape[1] == 40 == FeatureParams(pitch=False).n_features
+    np.testing.assert_array_equal(plain, mfcc(x)[:, :40])
+
+
+def test_bad_pitch_params_are_refused() -> None:
+    with pytest.raises(ValueError, match="pitch_frame_seconds"):
+        FeatureParams(pitch_frame_seconds=0.02)
+    with pytest.raises(ValueError, match="f0_min_hz"):
+        FeatureParams(f0_min_hz=30.0)
+    with pytest.raises(ValueError, match="f0_min_hz"):
+        FeatureParams(f0_min_hz=300.0, f0_max_hz=200.0)
+

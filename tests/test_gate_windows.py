@@ -83,7 +83,7 @@ def test_windows_of_a_clip(data_dir) -> None:
     ws = windows_of(np.concatenate([noise(1.0), x, noise(1.0)]))
     assert ws
     for w in ws:
-        assert w.features.shape == (200, 40)
+        assert w.features.shape == (200, 42)
         assert w.end_sample > w.start_sample
         assert np.isfinite(w.features).all()
     # Speech starts about 1 s in: no window starts in the leading room noise.
@@ -103,7 +103,7 @@ def test_short_utterance_gives_one_padded_window() -> None:
     ws = windows_of(x)
     assert len(ws) == 1
     assert ws[0].padded
-    assert ws[0].features.shape == (200, 40)
+    assert ws[0].features.shape == (200, 42)
 
 
 @pytest.mark.parametrize("chunk", [1, 160, 333, 800, 4096, 16000])

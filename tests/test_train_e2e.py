@@ -123,7 +123,7 @@ def test_feature_cache_is_reused(fake_corpus: Path, tmp_path: Path) -> None:
     assert np.array_equal(a.x, b.x)
     assert np.array_equal(a.file, b.file)
     assert a.x.dtype == np.float16
-    assert a.x.shape[1:] == (200, 40)
+    assert a.x.shape[1:] == (200, 42)
     c = build(items, v, seed=2, cache_dir=tmp_path, jobs=1, progress=False)  # new seed: new set
     assert len(list(tmp_path.glob("windows-*.npz"))) == 2
     assert c.x.shape != a.x.shape or not np.array_equal(c.x, a.x)

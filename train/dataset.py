@@ -121,7 +121,7 @@ def extract(path: str, variant: Variant, *, aug: AugmentParams, seed: int,
     ws = windows_of(audio, features, variant.windows, vad)
     win, _ = variant.windows.frames(features)
     if not ws:
-        return np.zeros((0, win, features.n_mfcc), np.float32)
+        return np.zeros((0, win, features.n_features), np.float32)
     return np.stack([w.features for w in ws]).astype(np.float32, copy=False)
 
 
@@ -156,7 +156,7 @@ def build(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None 
     else:
         outs = [_job(a) for a in tqdm(args, desc=desc, disable=not progress, leave=False)]
     win, _ = variant.windows.frames(features)
-    x = (np.concatenate(outs) if outs else np.zeros((0, win, features.n_mfcc), np.float32))
+    x = (np.concatenate(outs) if outs else np.zeros((0, win, features.n_features), np.float32))
     x = x.astype(variant.dtype, copy=False)
     file = np.concatenate([np.full(len(o), i, np.int32) for i, o in enumerate(outs)]) \
         if outs else np.zeros(0, np.int32)

@@ -1,6 +1,6 @@
 """The compact CNN and its training loop.
 
-Input: one normalised MFCC window (200 frames x 40 coefficients).  1-D convolutions run
+Input: one normalised window (200 frames x 42: 40 MFCCs, voicing, log-F0).  1-D convolutions run
 over time with the coefficients as channels (cheap on a Pi: every op is a small matrix
 product), BatchNorm (folded into the convolutions at export), ReLU, max pooling, then
 global average + max pooling, dropout and a dense softmax (softmax stays inside the
@@ -41,6 +41,11 @@ from train.evaluate import file_probs, scores
 _LOGGER = logging.getLogger(__name__)
 
 
+def _std_from_var(v: Any) -> Any:
+    # relu: E[x^2] - E[x]^2 can round below zero; the epsilon keeps sqrt's gradient finite.
+    return keras.ops.sqrt(keras.ops.relu(v) + 1e-4)
+
+
 def build_model(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: int = 40,
                 batch_size: int | None = None) -> keras.Model:
     inp = keras.Input((frames, coeffs), batch_size=batch_size, name="mfcc")
@@ -52,8 +57,21 @@ def build_model(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: i
         if p > 1:
             x = keras.layers.MaxPooling1D(p, name=f"pool{i}")(x)
     avg = keras.layers.GlobalAveragePooling1D(name="gap")(x)
-    mx = keras.layers.GlobalMaxPooling1D(name="gmp")(x)
-    x = keras.layers.Concatenate(name="pooled")([avg, mx])
+    pooling = cfg.get("pooling", "mean_max")
+    if pooling == "mean_std":
+        # Statistics pooling (as in x-vectors): how much each learned feature varies over
+        # the window, e.g. pitch and energy movement, next to its average.
+        sq = keras.layers.GlobalAveragePooling1D(name="gap_sq")(
+            keras.layers.Multiply(name="square")([x, x]))
+        var = keras.layers.Subtract(name="var")(
+            [sq, keras.layers.Multiply(name="mean_sq")([avg, avg])])
+        spread = keras.layers.Lambda(_std_from_var, name="std")(var)
+        x = keras.layers.Concatenate(name="pooled")([avg, spread])
+    elif pooling == "mean_max":
+        mx = keras.layers.GlobalMaxPooling1D(name="gmp")(x)
+        x = keras.layers.Concatenate(name="pooled")([avg, mx])
+    else:
+        raise ValueError(f"model.pooling must be mean_max or mean_std, not {pooling!r}")
     x = keras.layers.Dropout(cfg.get("dropout", 0.3), name="dropout")(x)
     out = keras.layers.Dense(n_labels, activation="softmax", name="probs")(x)
     return keras.Model(inp, out, name="serd_cnn")

@@ -122,7 +122,9 @@ class Runner:
             keep = new >= 0
             xs.append(ws.x[keep])
             files.append(new[keep])
-        x = np.concatenate(xs) if xs else np.zeros((0, 200, 40), np.float32)
+        win, _ = self.windows.frames(self.features)
+        x = (np.concatenate(xs) if xs
+             else np.zeros((0, win, self.features.n_features), np.float32))
         f = np.concatenate(files) if files else np.zeros(0, np.int64)
         return WindowSet(x, f.astype(np.int32), items)
 

@@ -1,4 +1,4 @@
-"""Full-integer int8 export: int8 input, int8 output, softmax inside, input (1, 200, 40).
+"""Full-integer int8 export: int8 input, int8 output, softmax inside, input (1, 200, 42).
 
 The representative dataset is normalised training windows, i.e. what the device feeds
 the model after :func:`serd.features.normalise_windows`.
