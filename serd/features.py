@@ -215,11 +215,28 @@ class _PitchTables:
     log_lag_cost: FloatArray
 
 
+def _fast_fft_size(n: int) -> int:
+    """The smallest size >= n whose only prime factors are 2, 3 and 5 (fast FFTs)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
 @functools.lru_cache(maxsize=8)
 def pitch_tables(params: FeatureParams) -> _PitchTables:
     """Constants of :func:`MfccStream`'s pitch tracker, computed once per parameter set."""
     n = params.pitch_frame_length
-    n_fft = 1 << (2 * n - 1).bit_length()  # linear (not circular) autocorrelation
+    lag_min = int(np.floor(params.sample_rate / params.f0_max_hz))
+    lag_max = int(np.ceil(params.sample_rate / params.f0_min_hz))
+    # A circular autocorrelation of length N equals the linear one at lags l with
+    # N - l >= n, so N = n + lag_max + 2 suffices (1080 for a 50 ms frame, not 2048).
+    n_fft = _fast_fft_size(n + lag_max + 2)
     f = np.linspace(0.0, params.sample_rate / 2.0, n_fft // 2 + 1)
     w = np.ones_like(f)
     a = params.preemphasis
@@ -230,8 +247,6 @@ def pitch_tables(params: FeatureParams) -> _PitchTables:
     w *= np.clip((f - 40.0) / 30.0, 0.0, 1.0)
     w *= np.where(f <= 1000.0, 1.0, np.where(f >= 2000.0, 0.0,
                                              0.5 * (1.0 + np.cos(np.pi * (f - 1000.0) / 1000.0))))
-    lag_min = int(np.floor(params.sample_rate / params.f0_max_hz))
-    lag_max = int(np.ceil(params.sample_rate / params.f0_min_hz))
     win = pitch_window(params).astype(np.float64)
     acf = np.fft.irfft(np.abs(np.fft.rfft(win, n_fft)) ** 2, n_fft)[: lag_max + 2]
     acf /= acf[0]

@@ -48,11 +48,19 @@ def speechlike(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
     return (x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
+# Voicing and log-F0 (columns 40, 41) on the same rows.  The chirp's F0 rises from 120 Hz
+# at 200 Hz/s: row 47 (pitch frame centred at 0.47 s, 214 Hz) is log2(214/150) = 0.51.
+GOLDEN_PITCH = np.array(
+    [[0.61497, -0.16130], [0.96718, -0.08541], [0.98522, 0.51808]], dtype=np.float32
+)
+
+
 def test_golden_values() -> None:
     m = mfcc(fingerprint_signal(16000))
     assert m.shape == (48, 42)
     assert m.dtype == np.float32
     np.testing.assert_allclose(m[np.ix_(GOLDEN_ROWS, GOLDEN_COLS)], GOLDEN, rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(m[np.ix_(GOLDEN_ROWS, (40, 41))], GOLDEN_PITCH, atol=2e-4)
 
 
 def test_frame_count_and_params() -> None:

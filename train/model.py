@@ -46,35 +46,62 @@ def _std_from_var(v: Any) -> Any:
     return keras.ops.sqrt(keras.ops.relu(v) + 1e-4)
 
 
-def build_model(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: int = 40,
-                batch_size: int | None = None) -> keras.Model:
-    inp = keras.Input((frames, coeffs), batch_size=batch_size, name="mfcc")
+def _member(inp: Any, n_labels: int, cfg: dict[str, Any], tag: str) -> Any:
+    """One CNN from the input to its softmax; ``tag`` prefixes layer names (ensembles)."""
     x = inp
     for i, (f, k, p) in enumerate(zip(cfg["filters"], cfg["kernels"], cfg["pool"], strict=True)):
-        x = keras.layers.Conv1D(f, k, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
-        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        x = keras.layers.Conv1D(f, k, padding="same", use_bias=False, name=f"{tag}conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"{tag}bn{i}")(x)
+        x = keras.layers.ReLU(name=f"{tag}relu{i}")(x)
         if p > 1:
-            x = keras.layers.MaxPooling1D(p, name=f"pool{i}")(x)
-    avg = keras.layers.GlobalAveragePooling1D(name="gap")(x)
+            x = keras.layers.MaxPooling1D(p, name=f"{tag}pool{i}")(x)
+    avg = keras.layers.GlobalAveragePooling1D(name=f"{tag}gap")(x)
     pooling = cfg.get("pooling", "mean_max")
     if pooling == "mean_std":
         # Statistics pooling (as in x-vectors): how much each learned feature varies over
         # the window, e.g. pitch and energy movement, next to its average.
-        sq = keras.layers.GlobalAveragePooling1D(name="gap_sq")(
-            keras.layers.Multiply(name="square")([x, x]))
-        var = keras.layers.Subtract(name="var")(
-            [sq, keras.layers.Multiply(name="mean_sq")([avg, avg])])
-        spread = keras.layers.Lambda(_std_from_var, name="std")(var)
-        x = keras.layers.Concatenate(name="pooled")([avg, spread])
+        sq = keras.layers.GlobalAveragePooling1D(name=f"{tag}gap_sq")(
+            keras.layers.Multiply(name=f"{tag}square")([x, x]))
+        var = keras.layers.Subtract(name=f"{tag}var")(
+            [sq, keras.layers.Multiply(name=f"{tag}mean_sq")([avg, avg])])
+        spread = keras.layers.Lambda(_std_from_var, name=f"{tag}std")(var)
+        x = keras.layers.Concatenate(name=f"{tag}pooled")([avg, spread])
     elif pooling == "mean_max":
-        mx = keras.layers.GlobalMaxPooling1D(name="gmp")(x)
-        x = keras.layers.Concatenate(name="pooled")([avg, mx])
+        mx = keras.layers.GlobalMaxPooling1D(name=f"{tag}gmp")(x)
+        x = keras.layers.Concatenate(name=f"{tag}pooled")([avg, mx])
     else:
         raise ValueError(f"model.pooling must be mean_max or mean_std, not {pooling!r}")
-    x = keras.layers.Dropout(cfg.get("dropout", 0.3), name="dropout")(x)
-    out = keras.layers.Dense(n_labels, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="serd_cnn")
+    x = keras.layers.Dropout(cfg.get("dropout", 0.3), name=f"{tag}dropout")(x)
+    return keras.layers.Dense(n_labels, activation="softmax", name=f"{tag}probs")(x)
+
+
+def build_models(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: int = 40,
+                 batch_size: int | None = None) -> tuple[keras.Model, keras.Model]:
+    """(training model, inference model), sharing their layers.
+
+    With ``cfg["members"]`` = 1 both are the same single CNN.  With more, the members are
+    independent CNNs on the same input: the training model has one output per member (each
+    trained on its own loss, so they do not co-adapt), the inference model outputs the mean
+    of their probabilities, in one int8 file.  Averaging independently initialised members
+    cancels much of the run-to-run noise that a single small model has on a few speakers.
+    """
+    inp = keras.Input((frames, coeffs), batch_size=batch_size, name="mfcc")
+    k = int(cfg.get("members", 1))
+    if k < 1:
+        raise ValueError("model.members must be >= 1")
+    if k == 1:
+        model = keras.Model(inp, _member(inp, n_labels, cfg, ""), name="serd_cnn")
+        return model, model
+    outs = [_member(inp, n_labels, cfg, f"m{j}_") for j in range(k)]
+    train = keras.Model(inp, outs, name="serd_cnn_members")
+    mean = keras.layers.Average(name="probs")(outs)
+    return train, keras.Model(inp, mean, name="serd_cnn_ensemble")
+
+
+def build_model(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: int = 40,
+                batch_size: int | None = None) -> keras.Model:
+    """The inference model (what is exported): see :func:`build_models`."""
+    return build_models(n_labels, cfg, frames, coeffs, batch_size)[1]
 
 
 @dataclass
@@ -157,14 +184,17 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
     """Train with early stopping on ``val``; returns the best model and per-epoch history."""
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_model(n_labels, model_cfg, pool.x.shape[1], pool.x.shape[2])
+    trainer, model = build_models(n_labels, model_cfg, pool.x.shape[1], pool.x.shape[2])
+    members = len(trainer.outputs)
     epochs, bs = int(cfg["epochs"]), int(cfg["batch_size"])
     steps_per_epoch = max(1, math.ceil(len(pool.y) / pool.n_copies / bs))
     schedule = keras.optimizers.schedules.CosineDecay(
         float(cfg["learning_rate"]), decay_steps=epochs * steps_per_epoch, alpha=0.02)
-    model.compile(
+    trainer.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=float(cfg["weight_decay"])),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg["label_smoothing"])),
+        loss=[keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg["label_smoothing"]))
+              for _ in range(members)] if members > 1 else
+        keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg["label_smoothing"])),
     )
     cw = class_weights(pool.y, n_labels) if cfg.get("class_weighting", True) \
         else np.ones(n_labels, np.float32)
@@ -191,8 +221,13 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
             x = lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm]
             y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
             w = lam * w + (1 - lam) * w[perm]
-        h = model.fit(x, y, sample_weight=w, batch_size=bs, epochs=1, verbose=0, shuffle=False)
-        loss = float(h.history["loss"][-1])
+        if members > 1:
+            h = trainer.fit(x, tuple([y] * members), sample_weight=tuple([w] * members),
+                            batch_size=bs, epochs=1, verbose=0, shuffle=False)
+        else:
+            h = trainer.fit(x, y, sample_weight=w, batch_size=bs, epochs=1, verbose=0,
+                            shuffle=False)
+        loss = float(h.history["loss"][-1]) / members
         s = evaluate_set(model, val, n_labels)
         history.append({"epoch": epoch + 1, "loss": round(loss, 4),
                         "val_bacc": round(s["balanced_accuracy"], 4),
