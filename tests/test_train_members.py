@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from train.model import EvalSet, TrainPool, build_models, train_model  # noqa: E402
-from train.quantize import to_int8  # noqa: E402
+from train.model import EvalSet, TrainPool, build_models, train_model
+from train.quantize import to_int8
 
 CFG = {"filters": [6, 8], "kernels": [3, 3], "pool": [2, 1], "pooling": "mean_std",
        "dropout": 0.1}

@@ -394,8 +394,13 @@ class Runner:
         }
         metrics = {name: cv_card_metrics(res) for name, res in cv.items()}
         name = f["name"]
+        members = int(self.cfg["model"].get("members", 1))
+        cnn = (f"the mean of {members} compact 1-D CNNs" if members > 1
+               else "a compact 1-D CNN")
+        inputs = "MFCC + voicing + log-F0" if self.features.pitch else "MFCC"
         desc = (f"Speech emotion recognition, {len(tax.labels)} classes "
-                f"({', '.join(tax.labels)}), compact 1-D CNN over 2 s MFCC windows, int8. "
+                f"({', '.join(tax.labels)}), {cnn} over "
+                f"{self.windows.window_seconds:g} s {inputs} windows, int8. "
                 f"Trained on {', '.join(corpora)} (acted English speech).")
         card = self.export(trained, tax, out_dir / f"{name}.tflite", name, description=desc,
                            training=training, metrics=metrics)
