@@ -279,9 +279,9 @@ def pitch_features(windowed: npt.NDArray[np.float32], params: FeatureParams) -> 
     low-passed power spectrum, is divided by the analysis window's own autocorrelation, and
     its strongest peak between ``f0_max_hz`` and ``f0_min_hz`` (with an octave cost, refined
     by parabolic interpolation) gives the period.  Channel 0 is the peak height clipped to
-    [0, 1] (about 0 for noise and silence, near 1 for steady voiced speech); channel 1 is
-    log2(F0 / 150 Hz), faded to 0 as the voicing drops, so unvoiced frames carry no random
-    pitch values.
+    [0, 1] (0 for silence, about 0.25 for noise, near 1 for steady voiced speech);
+    channel 1 is log2(F0 / 150 Hz), faded to 0 as the voicing drops, so unvoiced frames
+    carry no random pitch values.
     """
     t = pitch_tables(params)
     n = windowed.shape[0]
