@@ -1,10 +1,12 @@
 """The compact CNN and its training loop.
 
-Input: one normalised window (200 frames x 42: 40 MFCCs, voicing, log-F0).  1-D convolutions run
-over time with the coefficients as channels (cheap on a Pi: every op is a small matrix
-product), BatchNorm (folded into the convolutions at export), ReLU, max pooling, then
-global average + max pooling, dropout and a dense softmax (softmax stays inside the
-model, so the int8 file outputs probabilities).
+Input: one normalised window (200 frames x 42: 40 MFCCs, voicing, log-F0).  Each member
+CNN runs 1-D convolutions over time with the coefficients as channels (cheap on a Pi:
+every op is a small matrix product), BatchNorm (folded into the convolutions at export),
+ReLU, max pooling, then pooling over time (mean and standard deviation, or mean and max),
+dropout and a dense softmax.  With ``model.members`` > 1 the exported model averages the
+members' probabilities; softmax and average stay inside the model, so the int8 file
+outputs probabilities.
 
 Training: each epoch draws, per training file, one of its cached renderings (the clean
 one or an augmented copy), applies SpecAugment-style time/coefficient masks and mixup in
@@ -190,11 +192,10 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
     steps_per_epoch = max(1, math.ceil(len(pool.y) / pool.n_copies / bs))
     schedule = keras.optimizers.schedules.CosineDecay(
         float(cfg["learning_rate"]), decay_steps=epochs * steps_per_epoch, alpha=0.02)
+    ce = keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg["label_smoothing"]))
     trainer.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=float(cfg["weight_decay"])),
-        loss=[keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg["label_smoothing"]))
-              for _ in range(members)] if members > 1 else
-        keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg["label_smoothing"])),
+        loss=[ce] * members if members > 1 else ce,  # one loss per member: no co-adaptation
     )
     cw = class_weights(pool.y, n_labels) if cfg.get("class_weighting", True) \
         else np.ones(n_labels, np.float32)
@@ -221,12 +222,10 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
             x = lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm]
             y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
             w = lam * w + (1 - lam) * w[perm]
-        if members > 1:
-            h = trainer.fit(x, tuple([y] * members), sample_weight=tuple([w] * members),
-                            batch_size=bs, epochs=1, verbose=0, shuffle=False)
-        else:
-            h = trainer.fit(x, y, sample_weight=w, batch_size=bs, epochs=1, verbose=0,
-                            shuffle=False)
+        # Every member sees the same targets and weights (one copy per output).
+        ys, ws = ((y,) * members, (w,) * members) if members > 1 else (y, w)
+        h = trainer.fit(x, ys, sample_weight=ws, batch_size=bs, epochs=1, verbose=0,
+                        shuffle=False)
         loss = float(h.history["loss"][-1]) / members
         s = evaluate_set(model, val, n_labels)
         history.append({"epoch": epoch + 1, "loss": round(loss, 4),

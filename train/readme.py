@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from serd.features import FeatureParams, WindowParams
+
 PROTOCOL_TITLES = {
     "ravdess8": "RAVDESS, 8 emotions, leave-4-actors-out (6 folds, 2 female + 2 male actors each)",
     "six": "Six emotions over RAVDESS + CREMA-D, speaker-disjoint 6-fold CV",
@@ -81,10 +83,9 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
                 total_seconds: float | None) -> str:
     tr = card.get("training", {})
     labels = card["labels"]
-    feats = card.get("features", {})
-    pitch = bool(feats.get("pitch", False))
-    win_s = float(card.get("windows", {}).get("window_seconds", 2.0))
-    frames = round(win_s / float(feats.get("hop_seconds", 0.01)))
+    feats = FeatureParams(**card["features"])
+    wins = WindowParams(**card["windows"])
+    frames, _ = wins.frames(feats)
     lines = [
         f"# Model card: {card['name']}",
         "",
@@ -96,9 +97,9 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
         f"`{card['name']}.card.json` |",
         f"| SHA-256 | `{card['model_file']['sha256']}` |",
         f"| labels | {', '.join(labels)} |",
-        f"| input | int8 (1, {frames}, {feats.get('n_mfcc', 40) + (2 if pitch else 0)}): "
-        f"{win_s:g} s of {feats.get('n_mfcc', 40)} MFCCs"
-        f"{' + voicing + log-F0' if pitch else ''} (25 ms frames, 10 ms hop, 16 kHz), "
+        f"| input | int8 (1, {frames}, {feats.n_features}): {wins.window_seconds:g} s of "
+        f"{feats.n_mfcc} MFCCs{' + voicing + log-F0' if feats.pitch else ''} "
+        "(25 ms frames, 10 ms hop, 16 kHz), "
         "per-window mean removed, scaled per coefficient |",
         f"| output | int8 softmax (1, {len(labels)}), dequantised by serd |",
         f"| parameters | {tr.get('params', 'n/a')} |",
