@@ -1,7 +1,8 @@
-"""The feature front-end: 16 kHz mono audio -> MFCC frames -> normalised model windows.
+"""The feature front-end: 16 kHz mono audio -> MFCC + pitch frames -> model windows.
 
 This module is the only code in serd (daemon, ``serd --once`` and ``train/``) that turns
-audio into model input, so what the model learned is exactly what the device computes.
+audio into frames (and, with :mod:`serd.normalise`, into model input), so what the model
+learned is exactly what the device computes.
 
 * :class:`FeatureParams` fixes the MFCC front-end (frozen; copied into the model card and
   compared at load time).
@@ -9,7 +10,7 @@ audio into model input, so what the model learned is exactly what the device com
   yields the same frames as on the whole clip (a leftover buffer carries the samples of an
   unfinished frame and the pre-emphasis state across chunks).
 * :class:`WindowParams` and :func:`frame_windows` cut frames into the windows the model
-  classifies; :func:`normalise_window` applies the card's normalisation.
+  classifies; :mod:`serd.normalise` then applies the card's normalisation.
 
 The filterbank, window function and DCT matrix are computed once per parameter set.
 """
@@ -479,43 +480,3 @@ def pad_window(frames: npt.NDArray[np.float32], window_frames: int) -> FloatArra
         return np.asarray(frames[-window_frames:], dtype=np.float32)
     reps = -(-window_frames // n)
     return np.tile(frames, (reps, 1))[:window_frames].astype(np.float32, copy=False)
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """Per-window cepstral mean subtraction, then a global per-coefficient scale.
-
-    Subtracting each window's mean removes the microphone's and line's fixed colouring and
-    the input gain (both are additive constants in the log-mel/cepstral domain), so a model
-    trained on studio corpora transfers to other microphones and to telephone lines.  The
-    dynamics within the window (energy and pitch movement, which carry emotion) remain.
-    ``scale`` is 1/std of each coefficient over the training windows after mean removal.
-    """
-
-    scale: tuple[float, ...]
-    kind: str = "window_cmn_global_scale"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "scale": [float(s) for s in self.scale]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Normalisation:
-        kind = data.get("kind")
-        if kind != "window_cmn_global_scale":
-            raise ValueError(f"unknown normalisation kind {kind!r}")
-        return cls(scale=tuple(float(s) for s in data["scale"]), kind=kind)
-
-
-def normalise_windows(windows: npt.NDArray[np.float32], norm: Normalisation) -> FloatArray:
-    """Apply :class:`Normalisation` to (k, frames, d) windows (or one (frames, d) window)."""
-    w = np.asarray(windows, dtype=np.float32)
-    centred = w - w.mean(axis=-2, keepdims=True)
-    return centred * np.asarray(norm.scale, dtype=np.float32)
-
-
-def fit_normalisation(windows: npt.NDArray[np.float32]) -> Normalisation:
-    """Fit the global scale on (k, frames, d) training windows (after mean removal)."""
-    w = np.asarray(windows, dtype=np.float64)
-    centred = w - w.mean(axis=1, keepdims=True)
-    std = centred.reshape(-1, w.shape[-1]).std(axis=0)
-    return Normalisation(scale=tuple(float(1.0 / max(s, 1e-6)) for s in std))

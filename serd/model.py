@@ -26,13 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serd.features import (
-    FeatureParams,
-    Normalisation,
-    WindowParams,
-    mfcc,
-    normalise_windows,
-)
+from serd.features import FeatureParams, WindowParams, mfcc
+from serd.normalise import Normalisation, normalise_windows
 from serd.settings import require
 
 _LOGGER = logging.getLogger(__name__)

@@ -10,17 +10,15 @@ from serd.features import (
     F0_REFERENCE_HZ,
     FeatureParams,
     MfccStream,
-    Normalisation,
     WindowParams,
     dct_matrix,
-    fit_normalisation,
     frame_windows,
     mel_filterbank,
     mfcc,
-    normalise_windows,
     pad_window,
 )
 from serd.model import fingerprint_signal
+from serd.normalise import Normalisation, fit_normalisation, normalise_windows
 
 P = FeatureParams()
 

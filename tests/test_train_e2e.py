@@ -80,6 +80,14 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     report.confusion_png(cv, out / "confusion-tiny.png")
     assert (out / "confusion-tiny.png").stat().st_size > 1000
 
+    # The folds above ran in two worker processes (parallel_folds: 2); a fold run in
+    # this process gives the same model and the same scores.
+    assert cfg["parallel_folds"] == 2
+    again = runner.run_fold("tiny", 1)
+    first = cv["per_fold"][1]
+    assert again["history"] == first["history"]
+    assert again["clean"]["int8"] == first["clean"]["int8"]
+
     card = runner.run_final(out, {"tiny": cv}, "pytest")
     tfl = out / "serd-emotion-6.tflite"
     assert tfl.is_file()

@@ -1,7 +1,7 @@
 """Full-integer int8 export: int8 input, int8 output, softmax inside, input (1, 200, 42).
 
 The representative dataset is normalised training windows, i.e. what the device feeds
-the model after :func:`serd.features.normalise_windows`.
+the model after :func:`serd.normalise.normalise_windows`.
 """
 
 from __future__ import annotations
