@@ -327,9 +327,12 @@ class Runner:
         extra = list(p.get("extra_train_corpora") or [])
         main = [it for it in items if it.corpus in p["corpora"]]
         todo = [f.index for f in folds if only_folds is None or f.index in only_folds]
-        workers = min(int(self.cfg.get("parallel_folds", 1)), len(todo))
-        if workers > 1:
-            results = self._folds_in_processes(protocol, todo, workers)
+        parallel = int(self.cfg.get("parallel_folds", 1))
+        if parallel > 1 and todo:
+            # Even a single fold goes to a worker, with the same thread count as in a full
+            # run: the number of threads changes the order of floating-point sums, so this
+            # keeps `cv --folds k` equal to fold k of `serd-train all`.
+            results = self._folds_in_processes(protocol, todo, parallel)
         else:
             results = [self.run_fold(protocol, i) for i in todo]
         for res in results:
@@ -372,7 +375,7 @@ class Runner:
         self._sets.clear()
         cfg = {**self.cfg, "jobs": max(1, self.jobs // workers), "parallel_folds": 1}
         ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
             futures = [pool.submit(_fold_worker, cfg, protocol, i) for i in todo]
             return [f.result() for f in futures]
 
