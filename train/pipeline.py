@@ -7,7 +7,7 @@ import logging
 import multiprocessing
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -334,18 +334,10 @@ class Runner:
             # keeps `cv --folds k` equal to fold k of `serd-train all`.
             results = self._folds_in_processes(protocol, todo, parallel)
         else:
-            results = [self.run_fold(protocol, i) for i in todo]
-        for res in results:
-            c = res["clean"]
-            _LOGGER.info(
-                "%s fold %d: bacc float %.3f int8 %.3f (window int8 %.3f), f1 int8 %.3f, "
-                "telephone int8 %.3f, agreement %.3f, best epoch %s, %.0f s",
-                protocol, res["fold"], c["float"]["file"]["balanced_accuracy"],
-                c["int8"]["file"]["balanced_accuracy"], c["int8"]["window"]["balanced_accuracy"],
-                c["int8"]["file"]["macro_f1"],
-                res["telephone"]["int8"]["file"]["balanced_accuracy"],
-                c["agreement"]["window_argmax"], res["history"][-1]["best_epoch"],
-                res["seconds"])
+            results = []
+            for i in todo:
+                results.append(self.run_fold(protocol, i))
+                _log_fold(protocol, results[-1])
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": p["corpora"],
             "extra_train_corpora": extra,
@@ -368,16 +360,24 @@ class Runner:
         """Run folds in ``workers`` fresh processes, each with its share of the threads.
 
         TensorFlow keeps two cores only about 60 % busy on these small models, so two
-        folds side by side, one thread each, finish nearly twice as fast.  Each worker
-        loads the window sets from the cache (extracted above, in this process); this
-        process drops its own copies first, so memory is the workers' only.
+        folds side by side, one thread each, get through a CV about 1.5 times as fast
+        (six classes: 15.6 instead of 24.3 min).  Each worker loads the window sets from
+        the cache (extracted above, in this process); this process drops its own copies
+        first, so memory is the workers' only.  Workers show no progress bars (two would
+        garble one terminal); each fold is logged as it finishes.
         """
         self._sets.clear()
         cfg = {**self.cfg, "jobs": max(1, self.jobs // workers), "parallel_folds": 1}
         ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+        _LOGGER.info("%s: %d folds, %d at a time in worker processes", protocol, len(todo),
+                     min(workers, len(todo)))
+        results = []
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = [pool.submit(_fold_worker, cfg, protocol, i) for i in todo]
-            return [f.result() for f in futures]
+            for future in as_completed([pool.submit(_fold_worker, cfg, protocol, i)
+                                        for i in todo]):
+                results.append(future.result())
+                _log_fold(protocol, results[-1])
+        return sorted(results, key=lambda r: int(r["fold"]))
 
     def run_final(self, out_dir: Path, cv: dict[str, dict[str, Any]], command: str) -> ModelCard:
         f = self.cfg["final"]
@@ -436,6 +436,17 @@ class Runner:
                            training=training, metrics=metrics)
         _LOGGER.info("final model: %s, %.0f s", out_dir / f"{name}.tflite", time.time() - t0)
         return card
+
+
+def _log_fold(protocol: str, res: dict[str, Any]) -> None:
+    c = res["clean"]
+    _LOGGER.info(
+        "%s fold %d: bacc float %.3f int8 %.3f (window int8 %.3f), f1 int8 %.3f, "
+        "telephone int8 %.3f, agreement %.3f, best epoch %s, %.0f s",
+        protocol, res["fold"], c["float"]["file"]["balanced_accuracy"],
+        c["int8"]["file"]["balanced_accuracy"], c["int8"]["window"]["balanced_accuracy"],
+        c["int8"]["file"]["macro_f1"], res["telephone"]["int8"]["file"]["balanced_accuracy"],
+        c["agreement"]["window_argmax"], res["history"][-1]["best_epoch"], res["seconds"])
 
 
 def _fold_worker(cfg: dict[str, Any], protocol: str, index: int) -> dict[str, Any]:
