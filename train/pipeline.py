@@ -321,10 +321,10 @@ class Runner:
     def run_cv(self, protocol: str, only_folds: list[int] | None = None,
                out_dir: Path | None = None) -> dict[str, Any]:
         p = self.cfg["protocols"][protocol]
-        t_start = time.time()
-        prep = self.prepare(p["corpora"] + list(p.get("extra_train_corpora") or []))
-        tax, items, folds, tcfg = self.cv_setup(protocol)
         extra = list(p.get("extra_train_corpora") or [])
+        t_start = time.time()
+        prep = self.prepare(p["corpora"] + extra)
+        tax, items, folds, tcfg = self.cv_setup(protocol)
         main = [it for it in items if it.corpus in p["corpora"]]
         todo = [f.index for f in folds if only_folds is None or f.index in only_folds]
         parallel = int(self.cfg.get("parallel_folds", 1))
