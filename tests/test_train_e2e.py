@@ -135,3 +135,21 @@ def test_feature_cache_is_reused(fake_corpus: Path, tmp_path: Path) -> None:
     c = build(items, v, seed=2, cache_dir=tmp_path, jobs=1, progress=False)  # new seed: new set
     assert len(list(tmp_path.glob("windows-*.npz"))) == 2
     assert c.x.shape != a.x.shape or not np.array_equal(c.x, a.x)
+
+
+def test_ensure_cached_writes_once_and_build_reads_it(fake_corpus: Path, tmp_path: Path) -> None:
+    """CV folds in worker processes: the parent only makes sure the cache is complete."""
+    from serd.features import WindowParams  # noqa: PLC0415
+    from train.corpora import scan  # noqa: PLC0415
+    from train.dataset import Variant, build, ensure_cached  # noqa: PLC0415
+
+    items = scan([fake_corpus])[:4]
+    v = Variant("clean", 0, WindowParams(), "float32")
+    path = ensure_cached(items, v, cache_dir=tmp_path, jobs=1, progress=False)
+    assert path.is_file()
+    assert list(tmp_path.glob("windows-*.npz")) == [path]
+    mtime = path.stat().st_mtime_ns
+    assert ensure_cached(items, v, cache_dir=tmp_path, jobs=1, progress=False) == path
+    ws = build(items, v, cache_dir=tmp_path, jobs=1, progress=False)
+    assert path.stat().st_mtime_ns == mtime  # neither call extracted again
+    assert len(ws) > 0

@@ -130,6 +130,31 @@ def _job(args: tuple) -> npt.NDArray[np.float32]:
     return extract(path, variant, aug=aug, seed=seed, features=features, vad=vad)
 
 
+def cache_path(items: Sequence[Item], variant: Variant, cache_dir: Path, *,
+               aug: AugmentParams, seed: int, features: FeatureParams,
+               vad: VadSettings) -> Path:
+    """Where :func:`build` keeps the windows of ``items`` for ``variant``."""
+    key = cache_key(items, variant, aug=aug, seed=seed, features=features, vad=vad)
+    return cache_dir / f"windows-{variant.name}-{key[:20]}.npz"
+
+
+def ensure_cached(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None = None,
+                  seed: int = 0, cache_dir: Path = DEFAULT_CACHE, jobs: int = 2,
+                  features: FeatureParams | None = None, vad: VadSettings | None = None,
+                  progress: bool = True) -> Path:
+    """Extract into the cache unless it is there already, without loading it: for a process
+    that hands the training to workers, which load the windows themselves."""
+    features = features or FeatureParams()
+    vad = vad or VadSettings()
+    aug = aug or AugmentParams()
+    path = cache_path(items, variant, Path(cache_dir), aug=aug, seed=seed, features=features,
+                      vad=vad)
+    if not path.is_file():
+        build(items, variant, aug=aug, seed=seed, cache_dir=cache_dir, jobs=jobs,
+              features=features, vad=vad, progress=progress)
+    return path
+
+
 def build(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None = None,
           seed: int = 0, cache_dir: Path | None = DEFAULT_CACHE, jobs: int = 2,
           features: FeatureParams | None = None, vad: VadSettings | None = None,
@@ -141,8 +166,8 @@ def build(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None 
     items = list(items)
     path = None
     if cache_dir is not None:
-        key = cache_key(items, variant, aug=aug, seed=seed, features=features, vad=vad)
-        path = Path(cache_dir) / f"windows-{variant.name}-{key[:20]}.npz"
+        path = cache_path(items, variant, Path(cache_dir), aug=aug, seed=seed,
+                          features=features, vad=vad)
         if path.is_file():
             with np.load(path) as z:
                 return WindowSet(z["x"], z["file_index"], items)

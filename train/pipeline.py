@@ -23,7 +23,7 @@ from serd.normalise import Normalisation, fit_normalisation, normalise_windows
 from train.augment import AugmentParams
 from train.config import deep_merge, resolve
 from train.corpora import Item, load_corpora
-from train.dataset import DEFAULT_CACHE, Variant, WindowSet, build
+from train.dataset import DEFAULT_CACHE, Variant, WindowSet, build, ensure_cached
 from train.evaluate import file_probs, int8_window_probs, scores, summarise
 from train.splits import Fold, cv_folds, final_split
 from train.taxonomy import Taxonomy
@@ -102,16 +102,14 @@ class Runner:
 
     def window_set(self, items: list[Item], variant: Variant) -> WindowSet:
         """Windows of ``items`` (any corpora) for a variant; cached per corpus."""
-        vad = self.train_vad if variant.dtype == "float16" else self.eval_vad
         xs, files = [], []
         pos = {it.path: i for i, it in enumerate(items)}
         for corpus in sorted({it.corpus for it in items}):
             key = (variant.name + ("-train" if variant.dtype == "float16" else ""), corpus)
             if key not in self._sets:
-                c_items = [it for it in self.items if it.corpus == corpus]
-                self._sets[key] = build(c_items, variant, aug=self.aug, seed=self.seed,
-                                        cache_dir=self.cache, jobs=self.jobs,
-                                        features=self.features, vad=vad,
+                self._sets[key] = build(self._corpus_items(corpus), variant, aug=self.aug,
+                                        seed=self.seed, cache_dir=self.cache, jobs=self.jobs,
+                                        features=self.features, vad=self._vad(variant),
                                         progress=self.progress)
             ws = self._sets[key]
             remap = np.array([pos.get(it.path, -1) for it in ws.items], np.int64)
@@ -125,12 +123,26 @@ class Runner:
         f = np.concatenate(files) if files else np.zeros(0, np.int64)
         return WindowSet(x, f.astype(np.int32), items)
 
-    def prepare(self, corpora: list[str] | None) -> float:
-        """Extract (or load) every variant's windows for these corpora; returns seconds."""
+    def _corpus_items(self, corpus: str) -> list[Item]:
+        return [it for it in self.items if it.corpus == corpus]
+
+    def _vad(self, variant: Variant) -> VadSettings:
+        return self.train_vad if variant.dtype == "float16" else self.eval_vad
+
+    def prepare(self, corpora: list[str] | None, *, load: bool = True) -> float:
+        """Extract (and with ``load``, load) every variant's windows for these corpora;
+        returns seconds.  Without ``load`` only missing cache files are written: for CV
+        folds in worker processes, which load what they need themselves."""
         t0 = time.time()
         items = self.corpus_items(corpora)
         for v in self.train_variants() + self.eval_variants():
-            self.window_set(items, v)
+            if load:
+                self.window_set(items, v)
+                continue
+            for corpus in sorted({it.corpus for it in items}):
+                ensure_cached(self._corpus_items(corpus), v, aug=self.aug, seed=self.seed,
+                              cache_dir=self.cache, jobs=self.jobs, features=self.features,
+                              vad=self._vad(v), progress=self.progress)
         return time.time() - t0
 
     # -- one training run ------------------------------------------------------------
@@ -323,12 +335,13 @@ class Runner:
         p = self.cfg["protocols"][protocol]
         extra = list(p.get("extra_train_corpora") or [])
         t_start = time.time()
-        prep = self.prepare(p["corpora"] + extra)
         tax, items, folds, tcfg = self.cv_setup(protocol)
         main = [it for it in items if it.corpus in p["corpora"]]
         todo = [f.index for f in folds if only_folds is None or f.index in only_folds]
         parallel = int(self.cfg.get("parallel_folds", 1))
-        if parallel > 1 and todo:
+        in_workers = parallel > 1 and bool(todo)
+        prep = self.prepare(p["corpora"] + extra, load=not in_workers)
+        if in_workers:
             # Even a single fold goes to a worker, with the same thread count as in a full
             # run: the number of threads changes the order of floating-point sums, so this
             # keeps `cv --folds k` equal to fold k of `serd-train all`.
@@ -362,9 +375,9 @@ class Runner:
         TensorFlow keeps two cores only about 60 % busy on these small models, so two
         folds side by side, one thread each, get through a CV about 1.5 times as fast
         (six classes: 15.6 instead of 24.3 min).  Each worker loads the window sets from
-        the cache (extracted above, in this process); this process drops its own copies
-        first, so memory is the workers' only.  Workers show no progress bars (two would
-        garble one terminal); each fold is logged as it finishes.
+        the cache (extracted above, in this process, but not loaded there); this process
+        drops any copies it holds, so memory is the workers' only.  Workers show no
+        progress bars (two would garble one terminal); each fold is logged as it finishes.
         """
         self._sets.clear()
         cfg = {**self.cfg, "jobs": max(1, self.jobs // workers), "parallel_folds": 1}
