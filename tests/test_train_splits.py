@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from train.corpora import Item
-from train.splits import cv_folds, final_split, hold_out, speaker_folds
+from train.splits import corpus_folds, cv_folds, final_split, hold_out, speaker_folds
 from train.taxonomy import RAVDESS8, SIX, Taxonomy
 
 
@@ -75,6 +75,20 @@ def test_hold_out_and_final_split() -> None:
     f = final_split(items, 0.1, seed=0)
     assert not f.test
     assert set(f.train) | set(f.early_stop) == set(speakers)
+
+
+def test_leave_one_corpus_out_never_trains_on_the_tested_corpus() -> None:
+    items = _combined()
+    folds = corpus_folds(items, early_stop_fraction=0.1, seed=3)
+    assert [f.index for f in folds] == [0, 1]
+    for fold, tested in zip(folds, ("cremad", "ravdess"), strict=True):  # sorted by name
+        assert {s.split(":")[0] for s in fold.test} == {tested}
+        assert len(fold.test) == len({it.speaker for it in items if it.corpus == tested})
+        assert {s.split(":")[0] for s in fold.train + fold.early_stop} == (
+            {"cremad", "ravdess"} - {tested})
+        assert fold.early_stop
+    with pytest.raises(ValueError, match="at least 2 corpora"):
+        corpus_folds(_ravdess(), 0.1)
 
 
 def test_too_many_folds_is_an_error() -> None:

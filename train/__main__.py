@@ -3,6 +3,7 @@
     serd-train cache                     # extract (or check) the feature cache
     serd-train cv --protocol ravdess8    # RAVDESS 8 emotions, leave-4-actors-out, 6 folds
     serd-train cv --protocol six         # 6 emotions over RAVDESS + CREMA-D, speaker folds
+    serd-train cv --protocol cross_corpus  # 6 emotions, trained on one corpus, tested on the other
     serd-train fit                       # train the shipped model on all data -> models/
     serd-train all                       # both CVs, then the final model (the README's numbers)
 """
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("cache", help="extract the feature cache for every protocol")
     cv = sub.add_parser("cv", help="speaker-disjoint cross-validation")
-    cv.add_argument("--protocol", required=True, help="ravdess8 or six (see config)")
+    cv.add_argument("--protocol", required=True, help="ravdess8, six or cross_corpus (see config)")
     cv.add_argument("--folds", help="only these folds, e.g. 0,3 (quick experiments)")
     sub.add_parser("fit", help="train, quantise and export the shipped model")
     sub.add_parser("all", help="every CV protocol, then the shipped model and its report")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if args.cmd == "cache":
         for name, p in cfg["protocols"].items():
-            secs = runner.prepare(p["corpora"])
+            secs = runner.prepare(p["corpora"] + list(p.get("extra_train_corpora") or []))
             _LOGGER.info("features for %s ready (%.0f s)", name, secs)
         runner.prepare(cfg["final"].get("corpora"))
         return 0

@@ -25,7 +25,7 @@ from train.config import deep_merge, resolve
 from train.corpora import Item, load_corpora
 from train.dataset import DEFAULT_CACHE, Variant, WindowSet, build, ensure_cached
 from train.evaluate import file_probs, int8_window_probs, scores, summarise
-from train.splits import Fold, cv_folds, final_split
+from train.splits import Fold, corpus_folds, cv_folds, final_split
 from train.taxonomy import Taxonomy
 
 _LOGGER = logging.getLogger(__name__)
@@ -290,7 +290,10 @@ class Runner:
         items = self.corpus_items(p["corpora"] + extra)
         tcfg = self.training_cfg(p.get("training"))
         main = [it for it in items if it.corpus in p["corpora"]]
-        folds = cv_folds(main, int(p["folds"]), float(tcfg["early_stop_fraction"]), self.seed)
+        split = protocol_split(protocol, p)
+        frac = float(tcfg["early_stop_fraction"])
+        folds = (corpus_folds(main, frac, self.seed) if split == "corpus"
+                 else cv_folds(main, int(p["folds"]), frac, self.seed))
         if extra:
             # Speakers of the extra corpora are only ever trained on (never tested or used
             # for early stopping): the protocol's test folds stay as they are.
@@ -353,7 +356,7 @@ class Runner:
                 _log_fold(protocol, results[-1])
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": p["corpora"],
-            "extra_train_corpora": extra,
+            "extra_train_corpora": extra, "split": protocol_split(protocol, p),
             "folds": len(folds), "folds_run": [r["fold"] for r in results],
             "n_files": len(main), "n_speakers": len({it.speaker for it in main}),
             "seed": self.seed, "feature_seconds": round(prep, 1),
@@ -449,6 +452,15 @@ class Runner:
                            training=training, metrics=metrics)
         _LOGGER.info("final model: %s, %.0f s", out_dir / f"{name}.tflite", time.time() - t0)
         return card
+
+
+def protocol_split(name: str, p: dict[str, Any]) -> str:
+    """How a CV protocol forms its folds: ``speakers`` (k folds of speakers, the default) or
+    ``corpus`` (leave one corpus out: every speaker of one corpus is the test fold)."""
+    split = str(p.get("split", "speakers"))
+    if split not in ("speakers", "corpus"):
+        raise ValueError(f"protocols.{name}.split must be 'speakers' or 'corpus', not {split!r}")
+    return split
 
 
 def _log_fold(protocol: str, res: dict[str, Any]) -> None:

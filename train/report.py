@@ -54,7 +54,9 @@ def confusion_png(res: dict[str, Any], path: Path, key: str = "clean.int8.file.c
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     s = res["summary"]
-    ax.set_title(f"{res['protocol']}: int8, {res['folds']}-fold speaker-disjoint CV\n"
+    how = ("leave one corpus out" if res.get("split") == "corpus"
+           else f"{res['folds']}-fold speaker-disjoint CV")
+    ax.set_title(f"{res['protocol']}: int8, {how}\n"
                  f"balanced acc {_ms(s, 'clean.int8.file.balanced_accuracy')} %", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,23 @@ def cv_folds(
     return out
 
 
+def corpus_folds(items: Sequence[Item], early_stop_fraction: float, seed: int = 0) -> list[Fold]:
+    """Leave one corpus out: fold i tests every speaker of the i-th corpus (sorted by name)
+    and trains, and early-stops, on the speakers of the other corpora only."""
+    corpora = sorted({it.corpus for it in items})
+    if len(corpora) < 2:
+        raise ValueError(f"leave-one-corpus-out needs at least 2 corpora, got {corpora}")
+    out = []
+    for i, corpus in enumerate(corpora):
+        test = sorted({it.speaker for it in items if it.corpus == corpus})
+        rest = sorted({it.speaker for it in items if it.corpus != corpus})
+        train, es = hold_out(items, rest, early_stop_fraction, seed + i)
+        fold = Fold(i, tuple(train), tuple(es), tuple(test))
+        fold.check()
+        out.append(fold)
+    return out
+
+
 def final_split(items: Sequence[Item], early_stop_fraction: float, seed: int = 0) -> Fold:
     """All speakers: train + early-stop, no test (the shipped model)."""
     speakers = sorted({it.speaker for it in items})
