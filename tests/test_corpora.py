@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from train.corpora import Item, dedupe, load_audio, load_corpora, parse_name, scan
+from train.corpora import (
+    CorpusError,
+    Item,
+    ManifestError,
+    dedupe,
+    load_audio,
+    load_corpora,
+    parse_name,
+    scan,
+)
 
 
 def _tone(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -146,5 +155,72 @@ def test_dedupe_keeps_distinct_audio_of_equal_length() -> None:
 
 
 def test_missing_root_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CorpusError, match="does not exist"):
         scan([tmp_path / "nope"])
+
+
+def _manifest(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "serd-corpus.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_manifest_labels_own_recordings(corpus_tree: Path) -> None:
+    calls = corpus_tree / "Desk-Calls"
+    _write(calls / "2026-03-01" / "a.wav", 8000, seed=20)
+    _write(calls / "b.flac", 16000, seed=21)
+    # A file that happens to follow the RAVDESS scheme: the manifest's label wins.
+    _write(calls / "03-01-05-02-01-01-09.wav", 16000, seed=22)
+    _manifest(calls, "path,speaker,label,gender\n"
+                     "2026-03-01/a.wav,agent7,Anger,F\n"
+                     "b.flac,caller-12,neutral,\n"
+                     "03-01-05-02-01-01-09.wav,agent7,sadness,f\n")
+    items = {Path(it.path).name: it for it in scan([corpus_tree])}
+    assert items["a.wav"] == Item(str(calls / "2026-03-01" / "a.wav"), "desk-calls",
+                                  "desk-calls:agent7", "angry", "f", "")
+    assert items["b.flac"].speaker == "desk-calls:caller-12"
+    assert items["b.flac"].label == "neutral"
+    assert items["03-01-05-02-01-01-09.wav"].corpus == "desk-calls"
+    assert items["03-01-05-02-01-01-09.wav"].label == "sad"
+    assert len([it for it in scan([corpus_tree]) if it.corpus == "ravdess"]) == 2
+    assert {it.corpus for it in scan([corpus_tree], ["desk-calls"])} == {"desk-calls"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("file,speaker,label\nx.wav,a,angry\n", "missing: path"),
+    ("path,speaker,label\n", "at least one row"),
+    ("path,speaker,label\nx.wav,a,grumpy\n", "line 2: unknown label 'grumpy'"),
+    ("path,speaker,label\nnope.wav,a,angry\n", "line 2: no such file"),
+    ("path,speaker,label\nx.wav,,angry\n", "line 2: empty speaker"),
+    ("path,speaker,label,corpus\nx.wav,a,angry,ravdess\n", "corpus name 'ravdess'"),
+    ("path,speaker,label,gender\nx.wav,a,angry,x\n", "gender must be"),
+])
+def test_bad_manifest_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    folder = tmp_path / "mine"
+    _write(folder / "x.wav")
+    path = _manifest(folder, text)
+    with pytest.raises(ManifestError, match=message) as err:
+        scan([tmp_path])
+    assert str(path) in str(err.value)
+
+
+def test_serd_train_reports_bad_corpus_input_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.__main__ import main  # noqa: PLC0415
+
+    assert main(["--out", str(tmp_path / "o"), "cv", "--protocol", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("serd-train: error: unknown protocol 'nope'; train/config.yaml has "
+                   "ravdess8, six, cross_corpus")
+    pytest.importorskip("tensorflow")  # the runner sets TensorFlow's threads
+    folder = tmp_path / "mine"
+    _write(folder / "x.wav")
+    _manifest(folder, "path,speaker,label\nx.wav,a,grumpy\n")
+    args = ["--corpora", str(tmp_path), "--cache", str(tmp_path / "c"), "--out",
+            str(tmp_path / "o"), "cache"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("serd-train: error: ") and "unknown label 'grumpy'" in err
+    assert "\n" not in err

@@ -5,7 +5,7 @@
     serd-train cv --protocol six         # 6 emotions over RAVDESS + CREMA-D, speaker folds
     serd-train cv --protocol cross_corpus  # 6 emotions, trained on one corpus, tested on the other
     serd-train fit                       # train the shipped model on all data -> models/
-    serd-train all                       # both CVs, then the final model (the README's numbers)
+    serd-train all                       # every CV, then the final model (the README's numbers)
 """
 
 from __future__ import annotations
@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; bad input (a missing corpus root, a bad manifest, a protocol that
+    finds no files) is one line on stderr and exit status 2, not a traceback."""
+    from train.corpora import CorpusError  # noqa: PLC0415
+
+    try:
+        return _main(argv)
+    except CorpusError as exc:
+        print(f"serd-train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -71,11 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "serd-train " + " ".join(shlex.quote(a) for a in argv_used)
 
     from train import report  # noqa: PLC0415
+    from train.corpora import CorpusError  # noqa: PLC0415
     from train.pipeline import Runner  # noqa: PLC0415
 
     if args.cmd == "report":
         report.render(out, cfg, args.name or cfg["final"]["name"])
         return 0
+    if args.cmd == "cv" and args.protocol not in cfg["protocols"]:
+        raise CorpusError(f"unknown protocol {args.protocol!r}; train/config.yaml has "
+                          f"{', '.join(cfg['protocols'])}")
     runner = Runner(cfg, progress=not args.quiet)
     t0 = time.time()
     if args.cmd == "cache":

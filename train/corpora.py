@@ -9,6 +9,9 @@ Supported schemes (``.wav`` or ``.flac``, any folder depth, any sample rate/chan
 * TESS ``OAF_back_angry`` / ``YAF_..._ps``: speakers OAF and YAF (both female).
 * SAVEE ``DC_a01`` or ``DC/a01``: speakers DC JE JK KL (all male).
 * EmoDB ``03a01Fa``: speaker 03, text a01, emotion letter (German initials), version.
+* Your own recordings: a ``serd-corpus.csv`` manifest anywhere under a root (see
+  :func:`read_manifest`): one row per file with its speaker and emotion, for data that
+  follows no published naming scheme (e.g. labelled calls from your own lines).
 
 Emotions are mapped to one canonical vocabulary (:data:`CANONICAL`); the taxonomy that a
 model uses is chosen later (:mod:`train.taxonomy`).  Speaker ids are prefixed by the
@@ -39,6 +42,23 @@ CANONICAL = (
 )
 AUDIO_EXTENSIONS = (".wav", ".flac")
 CORPORA = ("ravdess", "cremad", "tess", "savee", "emodb")
+MANIFEST_NAME = "serd-corpus.csv"
+# Spellings a manifest may use for the canonical emotions (lower-cased).
+LABEL_ALIASES = {
+    "neu": "neutral", "calmness": "calm", "happiness": "happy", "joy": "happy",
+    "hap": "happy", "sadness": "sad", "anger": "angry", "ang": "angry", "fear": "fearful",
+    "afraid": "fearful", "fea": "fearful", "disgusted": "disgust", "dis": "disgust",
+    "surprise": "surprised", "bored": "boredom",
+}
+_CORPUS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class CorpusError(ValueError):
+    """Corpus input that training cannot use; the message says what and where."""
+
+
+class ManifestError(CorpusError):
+    """A ``serd-corpus.csv`` that cannot be used; the message names the file and the row."""
 
 
 @dataclass(frozen=True)
@@ -149,23 +169,82 @@ def _cremad_genders(root: Path) -> dict[str, str]:
     return out
 
 
+def read_manifest(path: Path) -> list[Item]:
+    """The items of one ``serd-corpus.csv``.
+
+    Columns (header row, any order): ``path`` (relative to the manifest's folder, or
+    absolute), ``speaker`` and ``label`` are required; ``corpus`` (default: the manifest's
+    folder name), ``gender`` (``m``/``f``/empty) and ``text`` (a sentence or prompt id)
+    are optional.  Labels are the canonical emotions (:data:`CANONICAL`) or a common
+    spelling of one (``anger``, ``fear``, ``happiness``...).  Speakers matter: the splits
+    are by speaker, so give every person their own id.
+    """
+    base = path.parent
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            fields = {(f or "").strip().lower() for f in reader.fieldnames or []}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"{path}: cannot read it as CSV ({exc})") from exc
+    missing = {"path", "speaker", "label"} - fields
+    if not rows or missing:
+        raise ManifestError(f"{path}: needs a header row with path, speaker and label columns"
+                            + (f" (missing: {', '.join(sorted(missing))})" if rows else
+                               " and at least one row"))
+    items = []
+    for line, raw in enumerate(rows, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+        corpus = (row.get("corpus") or base.name).lower()
+        if not _CORPUS_NAME.match(corpus) or corpus in CORPORA:
+            raise ManifestError(
+                f"{path}, line {line}: corpus name {corpus!r} must be lower-case letters, "
+                f"digits, '-' or '_' and not one of {', '.join(CORPORA)} (set a corpus column)")
+        label = row["label"].lower()
+        label = LABEL_ALIASES.get(label, label)
+        if label not in CANONICAL:
+            raise ManifestError(f"{path}, line {line}: unknown label {row['label']!r}; use one "
+                                f"of {', '.join(CANONICAL)}")
+        if not row["speaker"]:
+            raise ManifestError(f"{path}, line {line}: empty speaker")
+        gender = row.get("gender", "").lower()[:1]
+        if gender not in ("", "m", "f"):
+            raise ManifestError(f"{path}, line {line}: gender must be m, f or empty")
+        audio = Path(row["path"])
+        audio = audio if audio.is_absolute() else base / audio
+        if not audio.is_file():
+            raise ManifestError(f"{path}, line {line}: no such file {audio}")
+        items.append(Item(str(audio), corpus, f"{corpus}:{row['speaker']}", label, gender,
+                          row.get("text", "")))
+    return items
+
+
 def scan(
     roots: Iterable[str | os.PathLike[str]], corpora: Iterable[str] | None = None
 ) -> list[Item]:
     """All recognised audio files under ``roots`` (recursive), sorted by path.
 
-    ``corpora`` keeps only those corpora (None = every corpus found).
+    ``corpora`` keeps only those corpora (None = every corpus found).  Files listed in a
+    ``serd-corpus.csv`` take their labels from it, whatever their names.
     """
     wanted = set(corpora) if corpora is not None else None
     items: list[Item] = []
     for root_arg in roots:
         root = Path(root_arg)
         if not root.exists():
-            raise FileNotFoundError(f"corpus root {root} does not exist")
+            raise CorpusError(f"corpus root {root} does not exist (give it with --corpora DIR)")
         genders = _cremad_genders(root)
+        listed: set[str] = set()
+        for manifest in sorted(root.rglob(MANIFEST_NAME)):
+            for item in read_manifest(manifest):
+                listed.add(os.path.realpath(item.path))
+                if wanted is None or item.corpus in wanted:
+                    items.append(item)
         for dirpath, _dirs, files in os.walk(root, followlinks=True):
             for name in files:
                 if not name.lower().endswith(AUDIO_EXTENSIONS):
+                    continue
+                if listed and os.path.realpath(os.path.join(dirpath, name)) in listed:
                     continue
                 item = parse_name(Path(dirpath) / name)
                 if item is None or (wanted is not None and item.corpus not in wanted):

@@ -22,7 +22,7 @@ from serd.model import ModelCard, frontend_fingerprint
 from serd.normalise import Normalisation, fit_normalisation, normalise_windows
 from train.augment import AugmentParams
 from train.config import deep_merge, resolve
-from train.corpora import Item, load_corpora
+from train.corpora import CorpusError, Item, load_corpora
 from train.dataset import DEFAULT_CACHE, Variant, WindowSet, build, ensure_cached
 from train.evaluate import file_probs, int8_window_probs, scores, summarise
 from train.splits import Fold, corpus_folds, cv_folds, final_split
@@ -80,7 +80,7 @@ class Runner:
             self.cache.mkdir(parents=True, exist_ok=True)
             self._items, self.dropped = load_corpora(self.roots, None, self.cache)
             if not self._items:
-                raise RuntimeError(f"no corpus files found under {self.roots}")
+                raise CorpusError(f"no corpus files found under {self.roots}")
         return self._items
 
     def corpus_items(self, corpora: list[str] | None) -> list[Item]:
@@ -89,7 +89,7 @@ class Runner:
         out = [it for it in self.items if it.corpus in corpora]
         missing = set(corpora) - {it.corpus for it in out}
         if missing:
-            raise RuntimeError(f"corpora {sorted(missing)} not found under {self.roots}")
+            raise CorpusError(f"corpora {sorted(missing)} not found under {self.roots}")
         return out
 
     def train_variants(self) -> list[Variant]:
