@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from train.config import load_config, resolve
+from train.corpora import CorpusError
 
 _LOGGER = logging.getLogger("train")
 
@@ -53,8 +54,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; bad input (a missing corpus root, a bad manifest, a protocol that
     finds no files) is one line on stderr and exit status 2, not a traceback."""
-    from train.corpora import CorpusError  # noqa: PLC0415
-
     try:
         return _main(argv)
     except CorpusError as exc:
@@ -83,7 +82,6 @@ def _main(argv: list[str] | None = None) -> int:
     command = "serd-train " + " ".join(shlex.quote(a) for a in argv_used)
 
     from train import report  # noqa: PLC0415
-    from train.corpora import CorpusError  # noqa: PLC0415
     from train.pipeline import Runner  # noqa: PLC0415
 
     if args.cmd == "report":

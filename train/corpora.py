@@ -54,7 +54,8 @@ _CORPUS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 class CorpusError(ValueError):
-    """Corpus input that training cannot use; the message says what and where."""
+    """Corpus or protocol input that training cannot use; the message says what and where
+    (``serd-train`` prints it as one line)."""
 
 
 class ManifestError(CorpusError):

@@ -459,7 +459,7 @@ def protocol_split(name: str, p: dict[str, Any]) -> str:
     ``corpus`` (leave one corpus out: every speaker of one corpus is the test fold)."""
     split = str(p.get("split", "speakers"))
     if split not in ("speakers", "corpus"):
-        raise ValueError(f"protocols.{name}.split must be 'speakers' or 'corpus', not {split!r}")
+        raise CorpusError(f"protocols.{name}.split must be 'speakers' or 'corpus', not {split!r}")
     return split
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from train.corpora import Item
+from train.corpora import CorpusError, Item
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def corpus_folds(items: Sequence[Item], early_stop_fraction: float, seed: int = 
     and trains, and early-stops, on the speakers of the other corpora only."""
     corpora = sorted({it.corpus for it in items})
     if len(corpora) < 2:
-        raise ValueError(f"leave-one-corpus-out needs at least 2 corpora, got {corpora}")
+        raise CorpusError(f"leave-one-corpus-out needs at least 2 corpora, got {corpora}")
     out = []
     for i, corpus in enumerate(corpora):
         test = sorted({it.speaker for it in items if it.corpus == corpus})
