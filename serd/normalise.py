@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float32]
+from serd.features import FloatArray
 
 KIND = "window_cmn_global_scale"
 

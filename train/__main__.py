@@ -82,7 +82,7 @@ def _main(argv: list[str] | None = None) -> int:
     command = "serd-train " + " ".join(shlex.quote(a) for a in argv_used)
 
     from train import report  # noqa: PLC0415
-    from train.pipeline import Runner  # noqa: PLC0415
+    from train.pipeline import Runner, protocol_corpora  # noqa: PLC0415
 
     if args.cmd == "report":
         report.render(out, cfg, args.name or cfg["final"]["name"])
@@ -94,7 +94,7 @@ def _main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if args.cmd == "cache":
         for name, p in cfg["protocols"].items():
-            secs = runner.prepare(p["corpora"] + list(p.get("extra_train_corpora") or []))
+            secs = runner.prepare(protocol_corpora(p))
             _LOGGER.info("features for %s ready (%.0f s)", name, secs)
         runner.prepare(cfg["final"].get("corpora"))
         return 0

@@ -41,6 +41,24 @@ class Selection:
     n_files: int
 
 
+@dataclass(frozen=True)
+class CvPlan:
+    """A CV protocol resolved against the corpora found."""
+
+    tax: Taxonomy
+    items: list[Item]
+    """Every item the protocol reads (tested corpora and training-only extras)."""
+    main: list[Item]
+    """Items of the tested corpora only."""
+    folds: list[Fold]
+    training: dict[str, Any]
+    """The ``training`` section with the protocol's overrides."""
+    extra: list[str]
+    """Training-only corpora (``extra_train_corpora``)."""
+    split: str
+    """``speakers`` or ``corpus`` (:func:`protocol_split`)."""
+
+
 class Runner:
     """Holds the configuration, the corpus items and the in-memory window sets."""
 
@@ -282,12 +300,12 @@ class Runner:
     def taxonomy(self, name: str) -> Taxonomy:
         return Taxonomy.from_dict(name, self.cfg["taxonomies"][name])
 
-    def cv_setup(self, protocol: str) -> tuple[Taxonomy, list[Item], list[Fold], dict[str, Any]]:
-        """(taxonomy, items, folds, training section) of a CV protocol."""
+    def cv_plan(self, protocol: str) -> CvPlan:
+        """Everything a CV protocol's folds are run from (see :class:`CvPlan`)."""
         p = self.cfg["protocols"][protocol]
         tax = self.taxonomy(p["taxonomy"])
         extra = list(p.get("extra_train_corpora") or [])
-        items = self.corpus_items(p["corpora"] + extra)
+        items = self.corpus_items(protocol_corpora(p))
         tcfg = self.training_cfg(p.get("training"))
         main = [it for it in items if it.corpus in p["corpora"]]
         split = protocol_split(protocol, p)
@@ -299,11 +317,12 @@ class Runner:
             # for early stopping): the protocol's test folds stay as they are.
             extra_spk = tuple(sorted({it.speaker for it in items if it.corpus in extra}))
             folds = [Fold(f.index, f.train + extra_spk, f.early_stop, f.test) for f in folds]
-        return tax, items, folds, tcfg
+        return CvPlan(tax, items, main, folds, tcfg, extra, split)
 
     def run_fold(self, protocol: str, index: int) -> dict[str, Any]:
         """Train, export and evaluate one CV fold; returns its (JSON-ready) results."""
-        tax, items, folds, tcfg = self.cv_setup(protocol)
+        plan = self.cv_plan(protocol)
+        tax, items, folds, tcfg = plan.tax, plan.items, plan.folds, plan.training
         fold = folds[index]
         t0 = time.time()
         trained = self.train_one(items, tax, fold,
@@ -336,14 +355,13 @@ class Runner:
     def run_cv(self, protocol: str, only_folds: list[int] | None = None,
                out_dir: Path | None = None) -> dict[str, Any]:
         p = self.cfg["protocols"][protocol]
-        extra = list(p.get("extra_train_corpora") or [])
         t_start = time.time()
-        tax, items, folds, tcfg = self.cv_setup(protocol)
-        main = [it for it in items if it.corpus in p["corpora"]]
+        plan = self.cv_plan(protocol)
+        tax, main, folds = plan.tax, plan.main, plan.folds
         todo = [f.index for f in folds if only_folds is None or f.index in only_folds]
         parallel = int(self.cfg.get("parallel_folds", 1))
         in_workers = parallel > 1 and bool(todo)
-        prep = self.prepare(p["corpora"] + extra, load=not in_workers)
+        prep = self.prepare(protocol_corpora(p), load=not in_workers)
         if in_workers:
             # Even a single fold goes to a worker, with the same thread count as in a full
             # run: the number of threads changes the order of floating-point sums, so this
@@ -356,7 +374,7 @@ class Runner:
                 _log_fold(protocol, results[-1])
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": p["corpora"],
-            "extra_train_corpora": extra, "split": protocol_split(protocol, p),
+            "extra_train_corpora": plan.extra, "split": plan.split,
             "folds": len(folds), "folds_run": [r["fold"] for r in results],
             "n_files": len(main), "n_speakers": len({it.speaker for it in main}),
             "seed": self.seed, "feature_seconds": round(prep, 1),
@@ -364,7 +382,7 @@ class Runner:
             "summary": aggregate(results, len(tax.labels)),
             "per_fold": results,
             "config": {**{k: self.cfg[k] for k in ("windows", "augment", "model")},
-                       "training": tcfg},
+                       "training": plan.training},
         }
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -452,6 +470,11 @@ class Runner:
                            training=training, metrics=metrics)
         _LOGGER.info("final model: %s, %.0f s", out_dir / f"{name}.tflite", time.time() - t0)
         return card
+
+
+def protocol_corpora(p: dict[str, Any]) -> list[str]:
+    """Every corpus a CV protocol reads: the tested ones, then any training-only extras."""
+    return list(p["corpora"]) + list(p.get("extra_train_corpora") or [])
 
 
 def protocol_split(name: str, p: dict[str, Any]) -> str:
