@@ -62,7 +62,10 @@ class CvPlan:
 class Runner:
     """Holds the configuration, the corpus items and the in-memory window sets."""
 
-    def __init__(self, cfg: dict[str, Any], progress: bool = True) -> None:
+    def __init__(self, cfg: dict[str, Any], progress: bool = True, *,
+                 scan: tuple[list[Item], list[tuple[str, str]]] | None = None) -> None:
+        """``scan``: the corpus items and dropped duplicates of an earlier scan of the same
+        roots (a CV fold worker gets its parent's), instead of scanning them again."""
         self.cfg = cfg
         self.progress = progress
         self.seed = int(cfg["seed"])
@@ -76,8 +79,8 @@ class Runner:
         self.eval_vad = VadSettings()
         self.aug = AugmentParams.from_dict(cfg["augment"]["params"])
         self.copies = int(cfg["augment"]["copies"])
-        self._items: list[Item] | None = None
-        self.dropped: list[tuple[str, str]] = []
+        self._items: list[Item] | None = scan[0] if scan else None
+        self.dropped: list[tuple[str, str]] = scan[1] if scan else []
         self._sets: dict[tuple[str, str], WindowSet] = {}
         self._set_tf_threads()
 
@@ -406,9 +409,12 @@ class Runner:
         _LOGGER.info("%s: %d folds, %d at a time in worker processes", protocol, len(todo),
                      min(workers, len(todo)))
         results = []
+        # The workers get this process's corpus scan (files, labels, de-duplication) rather
+        # than walking and fingerprinting the corpora again, once per fold.
+        items, dropped = self.items, self.dropped
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-            for future in as_completed([pool.submit(_fold_worker, cfg, protocol, i)
-                                        for i in todo]):
+            for future in as_completed([pool.submit(_fold_worker, cfg, protocol, i, items,
+                                                    dropped) for i in todo]):
                 results.append(future.result())
                 _log_fold(protocol, results[-1])
         return sorted(results, key=lambda r: int(r["fold"]))
@@ -497,10 +503,11 @@ def _log_fold(protocol: str, res: dict[str, Any]) -> None:
         c["agreement"]["window_argmax"], res["history"][-1]["best_epoch"], res["seconds"])
 
 
-def _fold_worker(cfg: dict[str, Any], protocol: str, index: int) -> dict[str, Any]:
+def _fold_worker(cfg: dict[str, Any], protocol: str, index: int, items: list[Item],
+                 dropped: list[tuple[str, str]]) -> dict[str, Any]:
     """One CV fold in a worker process (see Runner._folds_in_processes)."""
     logging.basicConfig(level=logging.WARNING)
-    return Runner(cfg, progress=False).run_fold(protocol, index)
+    return Runner(cfg, progress=False, scan=(items, dropped)).run_fold(protocol, index)
 
 
 def _normalise_f16(x: npt.NDArray[np.floating], norm: Normalisation,
