@@ -224,3 +224,9 @@ def test_serd_train_reports_bad_corpus_input_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("serd-train: error: ") and "unknown label 'grumpy'" in err
     assert "\n" not in err
+    args = ["--corpora", str(tmp_path), "--cache", str(tmp_path / "c"), "--out",
+            str(tmp_path / "o"), "--set", "normalisation.window_centred=[c0, pitch]", "cache"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("serd-train: error: normalisation.window_centred: unknown feature "
+                          "channels ['pitch']") and "\n" not in err

@@ -18,7 +18,15 @@ from serd.features import (
     pad_window,
 )
 from serd.model import fingerprint_signal
-from serd.normalise import Normalisation, fit_normalisation, normalise_windows
+from serd.normalise import (
+    KIND,
+    KIND_CHANNELS,
+    Normalisation,
+    channel_indices,
+    channel_names,
+    fit_normalisation,
+    normalise_windows,
+)
 
 P = FeatureParams()
 
@@ -183,6 +191,57 @@ def test_fit_normalisation_gives_unit_variance() -> None:
     out = normalise_windows(w, norm)
     np.testing.assert_allclose(out.reshape(-1, 3).std(axis=0), 1.0, rtol=0.02)
     assert Normalisation.from_dict(norm.to_dict()) == norm
+
+
+def test_partial_normalisation_keeps_levels_and_removes_gain(data_dir) -> None:
+    x = load(data_dir / "1001_IEO_ANG_HI.flac", 16000)
+    win, _ = WindowParams().frames(P)
+    a = pad_window(mfcc(x), win)
+    b = pad_window(mfcc(x * 0.25), win)
+    centred = channel_indices(["c0", "log_f0"], P)
+    assert centred == (0, P.n_features - 1)
+    norm = fit_normalisation(np.stack([a, b]), centred)
+    assert norm.kind == KIND_CHANNELS
+    na, nb = normalise_windows(a, norm), normalise_windows(b, norm)
+    # The gain is still removed (c0 is centred per window)...
+    np.testing.assert_allclose(na, nb, atol=0.05)
+    # ...but c1's level in the window (the spectral tilt) is kept: with every channel
+    # centred its window mean is 0, here it is the distance from the training mean.
+    assert abs(na[:, 0].mean()) < 1e-4 and abs(na[:, P.n_features - 1].mean()) < 1e-4
+    offset = norm.offset
+    assert offset is not None
+    np.testing.assert_allclose(na[:, 1].mean(), (a[:, 1].mean() - offset[1]) * norm.scale[1],
+                               rtol=1e-4, atol=1e-5)
+    assert Normalisation.from_dict(norm.to_dict()) == norm
+
+
+def test_fit_normalisation_with_centred_channels_gives_unit_variance() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.normal([3.0, -2.0, 1.0], [1.0, 2.0, 4.0], size=(50, 200, 3)).astype(np.float32)
+    norm = fit_normalisation(w, [0])
+    out = normalise_windows(w, norm)
+    np.testing.assert_allclose(out.reshape(-1, 3).std(axis=0), 1.0, rtol=0.02)
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(axis=0), 0.0, atol=0.02)
+
+
+def test_normalisation_cards_old_and_new() -> None:
+    old = Normalisation.from_dict({"kind": KIND, "scale": [1.0, 2.0]})
+    assert old.centred is None and old.kind == KIND
+    assert old.to_dict() == {"kind": KIND, "scale": [1.0, 2.0]}
+    with pytest.raises(ValueError, match="unknown normalisation kind"):
+        Normalisation.from_dict({"kind": "zscore", "scale": [1.0]})
+    with pytest.raises(ValueError, match=r"outside 0\.\.1"):
+        Normalisation(scale=(1.0, 1.0), centred=(2,), offset=(0.0, 0.0))
+    with pytest.raises(ValueError, match="one offset per channel"):
+        Normalisation(scale=(1.0, 1.0), centred=(0,))
+
+
+def test_channel_names() -> None:
+    names = channel_names(P)
+    assert len(names) == P.n_features and names[:2] == ("c0", "c1")
+    assert names[-2:] == ("voicing", "log_f0")
+    with pytest.raises(ValueError, match="unknown feature channels"):
+        channel_indices(["c0", "f0"], P)
 
 
 def test_bad_params_are_refused() -> None:

@@ -54,8 +54,8 @@ _CORPUS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 class CorpusError(ValueError):
-    """Corpus or protocol input that training cannot use; the message says what and where
-    (``serd-train`` prints it as one line)."""
+    """Corpus, protocol or configuration input that training cannot use; the message says
+    what and where (``serd-train`` prints it as one line)."""
 
 
 class ManifestError(CorpusError):

@@ -19,7 +19,12 @@ import numpy.typing as npt
 from serd.features import FeatureParams, WindowParams
 from serd.gate import VadSettings
 from serd.model import ModelCard, frontend_fingerprint
-from serd.normalise import Normalisation, fit_normalisation, normalise_windows
+from serd.normalise import (
+    Normalisation,
+    channel_indices,
+    fit_normalisation,
+    normalise_windows,
+)
 from train.augment import AugmentParams
 from train.config import deep_merge, resolve
 from train.corpora import CorpusError, Item, load_corpora
@@ -79,6 +84,7 @@ class Runner:
         self.eval_vad = VadSettings()
         self.aug = AugmentParams.from_dict(cfg["augment"]["params"])
         self.copies = int(cfg["augment"]["copies"])
+        self.centred = self._centred_channels(cfg.get("normalisation") or {})
         self._items: list[Item] | None = scan[0] if scan else None
         self.dropped: list[tuple[str, str]] = scan[1] if scan else []
         self._sets: dict[tuple[str, str], WindowSet] = {}
@@ -92,6 +98,19 @@ class Runner:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:
             pass  # already initialised (tests running several trainings)
+
+    def _centred_channels(self, ncfg: dict[str, Any]) -> tuple[int, ...] | None:
+        """``normalisation.window_centred`` as channel indices (``None``: every channel)."""
+        names = ncfg.get("window_centred", "all")
+        if names == "all":
+            return None
+        if not isinstance(names, list):
+            raise CorpusError("normalisation.window_centred must be 'all' or a list of "
+                              f"channel names such as [c0, log_f0], not {names!r}")
+        try:
+            return channel_indices([str(n) for n in names], self.features)
+        except ValueError as exc:
+            raise CorpusError(f"normalisation.window_centred: {exc}") from None
 
     # -- data ------------------------------------------------------------------------
 
@@ -199,7 +218,7 @@ class Runner:
         clean = parts[0]
         rng = np.random.default_rng(self.seed)
         sub = rng.choice(len(clean.x), size=min(len(clean.x), 4000), replace=False)
-        norm = fit_normalisation(np.asarray(clean.x[np.sort(sub)], np.float32))
+        norm = fit_normalisation(np.asarray(clean.x[np.sort(sub)], np.float32), self.centred)
         xs, ys, fs, cs = [], [], [], []
         for c, p in enumerate(parts):
             xs.append(_normalise_f16(p.x, norm))
@@ -384,7 +403,8 @@ class Runner:
             "seconds": round(time.time() - t_start, 1),
             "summary": aggregate(results, len(tax.labels)),
             "per_fold": results,
-            "config": {**{k: self.cfg[k] for k in ("windows", "augment", "model")},
+            "config": {**{k: self.cfg.get(k) for k in ("windows", "normalisation", "augment",
+                                                       "model")},
                        "training": plan.training},
         }
         if out_dir is not None:
