@@ -44,3 +44,16 @@ def test_leave_one_corpus_out_names_the_corpus_and_sets_no_target() -> None:
     # Only the speaker-disjoint CV is held against the 60 % target.
     assert "- six: int8 balanced accuracy 55.0 % (below the 60 % target)" in page
     assert "- cross_corpus:" not in page
+
+
+def test_input_row_describes_the_cards_normalisation() -> None:
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    card = json.loads((models / "serd-emotion-6.card.json").read_text())
+    text = readme_text(card, {}, 100_000, None)
+    assert "window mean removed from c0, log_f0, the training mean from the others" in text
+    card["normalisation"] = {"kind": "window_cmn_global_scale",
+                             "scale": card["normalisation"]["scale"]}
+    assert "per-window mean removed, scaled per coefficient" in readme_text(card, {}, 1, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from serd.features import FeatureParams, WindowParams
+from serd.normalise import Normalisation, channel_names
 
 PROTOCOL_TITLES = {
     "ravdess8": "RAVDESS, 8 emotions, leave-4-actors-out (6 folds, 2 female + 2 male actors each)",
@@ -89,6 +90,19 @@ def cv_section(name: str, cv: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _normalisation_text(card: dict[str, Any], feats: FeatureParams) -> str:
+    """The card's normalisation in words."""
+    if "normalisation" not in card:
+        return "normalisation not recorded"
+    norm = Normalisation.from_dict(card["normalisation"])
+    if norm.centred is None:
+        return "per-window mean removed, scaled per coefficient"
+    names = channel_names(feats)
+    centred = ", ".join(names[i] for i in norm.centred) or "no channel"
+    return (f"window mean removed from {centred}, the training mean from the others, "
+            "scaled per coefficient")
+
+
 def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
                 total_seconds: float | None) -> str:
     tr = card.get("training", {})
@@ -109,8 +123,7 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
         f"| labels | {', '.join(labels)} |",
         f"| input | int8 (1, {frames}, {feats.n_features}): {wins.window_seconds:g} s of "
         f"{feats.n_mfcc} MFCCs{' + voicing + log-F0' if feats.pitch else ''} "
-        "(25 ms frames, 10 ms hop, 16 kHz), "
-        "per-window mean removed, scaled per coefficient |",
+        f"(25 ms frames, 10 ms hop, 16 kHz), {_normalisation_text(card, feats)} |",
         f"| output | int8 softmax (1, {len(labels)}), dequantised by serd |",
         f"| parameters | {tr.get('params', 'n/a')} |",
         f"| created | {card.get('created', '')} |",
