@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,16 @@ class Normalisation:
             if self.offset is None or len(self.offset) != n:
                 raise ValueError("normalisation: centred channels need one offset per channel")
 
+    @cached_property
+    def _fixed(self) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]] | None:
+        """(mask of the channels that lose ``offset``, ``offset``), built once rather than
+        for every window the classifier normalises; ``None`` when every channel is centred."""
+        if self.centred is None or self.offset is None:
+            return None
+        mask = np.ones(len(self.scale), dtype=bool)
+        mask[list(self.centred)] = False
+        return mask, np.asarray(self.offset, dtype=np.float64)
+
     @property
     def kind(self) -> str:
         return KIND if self.centred is None else KIND_CHANNELS
@@ -102,11 +113,11 @@ def _subtrahend(w: npt.NDArray[np.floating[Any]],
                 norm: Normalisation) -> npt.NDArray[np.floating[Any]]:
     """What is subtracted from each frame: the window's mean, or the fixed offset."""
     mean = w.mean(axis=-2, keepdims=True)
-    if norm.centred is None or norm.offset is None:
+    fixed = norm._fixed
+    if fixed is None:
         return mean
-    fixed = np.ones(w.shape[-1], dtype=bool)
-    fixed[list(norm.centred)] = False
-    return np.where(fixed, np.asarray(norm.offset, dtype=w.dtype), mean)
+    mask, offset = fixed
+    return np.where(mask, offset.astype(w.dtype, copy=False), mean)
 
 
 def normalise_windows(windows: npt.NDArray[np.float32], norm: Normalisation) -> FloatArray:
