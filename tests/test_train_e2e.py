@@ -13,7 +13,7 @@ pytest.importorskip("tensorflow")
 
 from serd.model import ModelSettings, load_classifier
 from serd.windows import windows_of
-from train.config import load_config
+from train.config import TrainConfig, load_config
 from train.taxonomy import SIX
 
 RATE = 16000
@@ -49,7 +49,7 @@ def fake_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _tiny_config(root: Path, cache: Path) -> dict:
+def _tiny_config(root: Path, cache: Path) -> TrainConfig:
     return load_config(None, [
         f"corpora_roots=[{root}]", f"cache_dir={cache}", "jobs=1",
         "protocols={tiny: {corpora: [ravdess], taxonomy: six, folds: 2}}",
@@ -82,7 +82,7 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
 
     # The folds above ran in two worker processes (parallel_folds: 2); a fold run in
     # this process gives the same model and the same scores.
-    assert cfg["parallel_folds"] == 2
+    assert cfg.parallel_folds == 2
     again = runner.run_fold("tiny", 1)
     first = cv["per_fold"][1]
     assert again["history"] == first["history"]

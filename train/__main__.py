@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; bad input (a missing corpus root, a bad manifest, a protocol that
-    finds no files) is one line on stderr and exit status 2, not a traceback."""
+    finds no files, an unknown configuration key or a bad value) is one line on stderr and
+    exit status 2, not a traceback."""
     try:
         return _main(argv)
     except CorpusError as exc:
@@ -66,15 +67,16 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cfg = load_config(args.config, args.set)
+    options: dict[str, object] = {}  # these options win over --config and --set
     if args.corpora:
-        cfg["corpora_roots"] = [str(Path(c).resolve()) for c in args.corpora]
+        options["corpora_roots"] = [str(Path(c).resolve()) for c in args.corpora]
     if args.cache:
-        cfg["cache_dir"] = str(Path(args.cache).expanduser().resolve())
+        options["cache_dir"] = str(Path(args.cache).expanduser().resolve())
     if args.seed is not None:
-        cfg["seed"] = args.seed
+        options["seed"] = args.seed
     if args.jobs is not None:
-        cfg["jobs"] = args.jobs
+        options["jobs"] = args.jobs
+    cfg = load_config(args.config, args.set, options)
     out = resolve(args.out) if not Path(args.out).is_absolute() else Path(args.out)
     if not Path(args.out).is_absolute():
         out = (Path.cwd() / args.out).resolve()
@@ -85,18 +87,18 @@ def _main(argv: list[str] | None = None) -> int:
     from train.pipeline import Runner, protocol_corpora  # noqa: PLC0415
 
     if args.cmd == "report":
-        report.render(out, cfg, args.name or cfg["final"]["name"])
+        report.render(out, cfg, args.name or cfg.final.name)
         return 0
-    if args.cmd == "cv" and args.protocol not in cfg["protocols"]:
+    if args.cmd == "cv" and args.protocol not in cfg.protocols:
         raise CorpusError(f"unknown protocol {args.protocol!r}; train/config.yaml has "
-                          f"{', '.join(cfg['protocols'])}")
+                          f"{', '.join(cfg.protocols)}")
     runner = Runner(cfg, progress=not args.quiet)
     t0 = time.time()
     if args.cmd == "cache":
-        for name, p in cfg["protocols"].items():
+        for name, p in cfg.protocols.items():
             secs = runner.prepare(protocol_corpora(p))
             _LOGGER.info("features for %s ready (%.0f s)", name, secs)
-        runner.prepare(cfg["final"].get("corpora"))
+        runner.prepare(cfg.final.corpora)
         return 0
     if args.cmd == "cv":
         only = [int(f) for f in args.folds.split(",")] if args.folds else None
@@ -107,13 +109,13 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     cv_results = {}
     if args.cmd == "all":
-        for name in cfg["protocols"]:
+        for name in cfg.protocols:
             res = runner.run_cv(name, None, out)
             report.log_cv(res)
             report.confusion_png(res, out / f"confusion-{name}.png")
             cv_results[name] = res
     else:
-        for name in cfg["protocols"]:
+        for name in cfg.protocols:
             path = out / f"cv-{name}.json"
             if path.is_file():
                 cv_results[name] = json.loads(path.read_text())

@@ -26,22 +26,43 @@ F32 = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Probabilities and ranges for one augmented copy of a clip."""
+    """Probabilities and ranges for one augmented copy of a clip (``augment.params`` of
+    ``train/config.yaml``).  Each ``p_*`` is the probability (0..1) that a copy gets that
+    treatment; each ``*_range`` is (low, high) of a uniform draw."""
 
     p_speed: float = 0.7
     speed_range: tuple[float, float] = (0.88, 1.12)
     """Resampling speed factor (changes tempo and pitch together, Kaldi-style)."""
     p_gain: float = 1.0
     gain_db_range: tuple[float, float] = (-15.0, 6.0)
+    """Gain in dB (clipped to [-1, 1] as a sound card would)."""
     p_shift: float = 1.0
     shift_seconds: float = 0.3
     """Largest time shift either way (zeros fill the gap)."""
     p_telephone: float = 0.3
+    """The telephone channel: 300-3400 Hz band-pass, 8 kHz mu-law round trip."""
     p_noise: float = 0.7
     snr_db_range: tuple[float, float] = (3.0, 30.0)
+    """Signal-to-noise ratio of the added noise, dB."""
     p_reverb: float = 0.0
     """Synthetic room (exponentially decaying noise impulse response)."""
     rt60_range: tuple[float, float] = (0.15, 0.6)
+    """Reverberation time of the synthetic room, seconds."""
+
+    def __post_init__(self) -> None:
+        for name in ("p_speed", "p_gain", "p_shift", "p_telephone", "p_noise", "p_reverb"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be a probability, 0..1")
+        for name in ("speed_range", "gain_db_range", "snr_db_range", "rt60_range"):
+            rng = getattr(self, name)
+            if len(rng) != 2 or rng[0] > rng[1]:
+                raise ValueError(f"{name}: must be [low, high] with low <= high")
+        if self.speed_range[0] <= 0:
+            raise ValueError("speed_range: speed factors must be > 0")
+        if self.rt60_range[0] <= 0:
+            raise ValueError("rt60_range: reverberation times must be > 0 s")
+        if self.shift_seconds < 0:
+            raise ValueError("shift_seconds: must be >= 0 s")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,6 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 from tqdm import tqdm
 
+from train.config import ModelConfig, TrainingConfig
 from train.evaluate import file_probs, scores
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,17 +49,17 @@ def _std_from_var(v: Any) -> Any:
     return keras.ops.sqrt(keras.ops.relu(v) + 1e-4)
 
 
-def _member(inp: Any, n_labels: int, cfg: dict[str, Any], tag: str) -> Any:
+def _member(inp: Any, n_labels: int, cfg: ModelConfig, tag: str) -> Any:
     """One CNN from the input to its softmax; ``tag`` prefixes layer names (ensembles)."""
     x = inp
-    for i, (f, k, p) in enumerate(zip(cfg["filters"], cfg["kernels"], cfg["pool"], strict=True)):
+    for i, (f, k, p) in enumerate(zip(cfg.filters, cfg.kernels, cfg.pool, strict=True)):
         x = keras.layers.Conv1D(f, k, padding="same", use_bias=False, name=f"{tag}conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"{tag}bn{i}")(x)
         x = keras.layers.ReLU(name=f"{tag}relu{i}")(x)
         if p > 1:
             x = keras.layers.MaxPooling1D(p, name=f"{tag}pool{i}")(x)
     avg = keras.layers.GlobalAveragePooling1D(name=f"{tag}gap")(x)
-    pooling = cfg.get("pooling", "mean_max")
+    pooling = cfg.pooling
     if pooling == "mean_std":
         # Statistics pooling (as in x-vectors): how much each learned feature varies over
         # the window, e.g. pitch and energy movement, next to its average.
@@ -73,22 +74,22 @@ def _member(inp: Any, n_labels: int, cfg: dict[str, Any], tag: str) -> Any:
         x = keras.layers.Concatenate(name=f"{tag}pooled")([avg, mx])
     else:
         raise ValueError(f"model.pooling must be mean_max or mean_std, not {pooling!r}")
-    x = keras.layers.Dropout(cfg.get("dropout", 0.3), name=f"{tag}dropout")(x)
+    x = keras.layers.Dropout(cfg.dropout, name=f"{tag}dropout")(x)
     return keras.layers.Dense(n_labels, activation="softmax", name=f"{tag}probs")(x)
 
 
-def build_models(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: int = 40,
+def build_models(n_labels: int, cfg: ModelConfig, frames: int = 200, coeffs: int = 40,
                  batch_size: int | None = None) -> tuple[keras.Model, keras.Model]:
     """(training model, inference model), sharing their layers.
 
-    With ``cfg["members"]`` = 1 both are the same single CNN.  With more, the members are
+    With ``cfg.members`` = 1 both are the same single CNN.  With more, the members are
     independent CNNs on the same input: the training model has one output per member (each
     trained on its own loss, so they do not co-adapt), the inference model outputs the mean
     of their probabilities, in one int8 file.  Averaging independently initialised members
     cancels much of the run-to-run noise that a single small model has on a few speakers.
     """
     inp = keras.Input((frames, coeffs), batch_size=batch_size, name="mfcc")
-    k = int(cfg.get("members", 1))
+    k = cfg.members
     if k < 1:
         raise ValueError("model.members must be >= 1")
     if k == 1:
@@ -100,7 +101,7 @@ def build_models(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: 
     return train, keras.Model(inp, mean, name="serd_cnn_ensemble")
 
 
-def build_model(n_labels: int, cfg: dict[str, Any], frames: int = 200, coeffs: int = 40,
+def build_model(n_labels: int, cfg: ModelConfig, frames: int = 200, coeffs: int = 40,
                 batch_size: int | None = None) -> keras.Model:
     """The inference model (what is exported): see :func:`build_models`."""
     return build_models(n_labels, cfg, frames, coeffs, batch_size)[1]
@@ -133,17 +134,18 @@ class EvalSet:
     y_file: npt.NDArray[np.int64]
 
 
-def spec_augment(x: npt.NDArray[np.float32], cfg: dict[str, Any], rng: np.random.Generator) -> None:
+def spec_augment(x: npt.NDArray[np.float32], cfg: TrainingConfig,
+                 rng: np.random.Generator) -> None:
     """In-place time and coefficient masks (masked values set to 0 = the window mean)."""
     n, t, d = x.shape
-    for _ in range(cfg.get("time_masks", 0)):
-        w = rng.integers(0, cfg["time_mask_frames"] + 1, size=n)
+    for _ in range(cfg.time_masks):
+        w = rng.integers(0, cfg.time_mask_frames + 1, size=n)
         s = rng.integers(0, t, size=n)
         ar = np.arange(t)[None, :]
         mask = (ar >= s[:, None]) & (ar < (s + w)[:, None])
         x[mask] = 0.0
-    for _ in range(cfg.get("coef_masks", 0)):
-        w = rng.integers(0, cfg["coef_mask_width"] + 1, size=n)
+    for _ in range(cfg.coef_masks):
+        w = rng.integers(0, cfg.coef_mask_width + 1, size=n)
         s = rng.integers(1, d, size=n)  # never mask c0 entirely: keep the energy contour
         ar = np.arange(d)[None, :]
         mask = (ar >= s[:, None]) & (ar < (s + w)[:, None])
@@ -180,33 +182,33 @@ def evaluate_set(model: keras.Model, ev: EvalSet, n_labels: int) -> dict[str, An
     return out
 
 
-def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[str, Any],
-                cfg: dict[str, Any], *, seed: int, progress: bool = True,
-                desc: str = "train") -> tuple[keras.Model, list[dict[str, float]]]:
+def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: ModelConfig,
+                cfg: TrainingConfig, *, seed: int, progress: bool = True,
+                desc: str = "train") -> tuple[keras.Model, list[dict[str, Any]]]:
     """Train with early stopping on ``val``; returns the best model and per-epoch history."""
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     trainer, model = build_models(n_labels, model_cfg, pool.x.shape[1], pool.x.shape[2])
     members = len(trainer.outputs)
-    epochs, bs = int(cfg["epochs"]), int(cfg["batch_size"])
+    epochs, bs = cfg.epochs, cfg.batch_size
     steps_per_epoch = max(1, math.ceil(len(pool.y) / pool.n_copies / bs))
     schedule = keras.optimizers.schedules.CosineDecay(
-        float(cfg["learning_rate"]), decay_steps=epochs * steps_per_epoch, alpha=0.02)
-    ce = keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg["label_smoothing"]))
+        float(cfg.learning_rate), decay_steps=epochs * steps_per_epoch, alpha=0.02)
+    ce = keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg.label_smoothing))
     trainer.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=float(cfg["weight_decay"])),
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=float(cfg.weight_decay)),
         loss=[ce] * members if members > 1 else ce,  # one loss per member: no co-adaptation
     )
-    cw = class_weights(pool.y, n_labels) if cfg.get("class_weighting", True) \
+    cw = class_weights(pool.y, n_labels) if cfg.class_weighting \
         else np.ones(n_labels, np.float32)
     eye = np.eye(n_labels, dtype=np.float32)
     best, best_score, best_epoch, wait = None, -np.inf, -1, 0
-    select = cfg.get("select", "smooth_bacc")
+    select = cfg.select
     if select not in ("loss", "bacc", "smooth_bacc"):
         raise ValueError("training.select must be 'smooth_bacc', 'bacc' or 'loss'")
-    smooth = int(cfg.get("smooth_epochs", 5))
-    min_epochs = int(cfg.get("min_epochs", 0))
-    history: list[dict[str, float]] = []
+    smooth = cfg.smooth_epochs
+    min_epochs = cfg.min_epochs
+    history: list[dict[str, Any]] = []
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         idx = pool.epoch_indices(rng)
@@ -214,7 +216,7 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
         y = eye[pool.y[idx]]
         w = cw[pool.y[idx]]
         spec_augment(x, cfg, rng)
-        alpha = float(cfg.get("mixup_alpha", 0.0))
+        alpha = float(cfg.mixup_alpha)
         if alpha > 0:
             lam = rng.beta(alpha, alpha, size=len(idx)).astype(np.float32)
             lam = np.maximum(lam, 1 - lam)  # the first window dominates
@@ -247,7 +249,7 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: dict[st
             best, best_score, best_epoch, wait = model.get_weights(), score, epoch + 1, 0
         else:
             wait += 1
-            if wait >= int(cfg["patience"]):
+            if wait >= cfg.patience:
                 break
     bar.close()
     if best is not None:

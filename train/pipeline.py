@@ -7,8 +7,9 @@ import logging
 import multiprocessing
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,10 @@ from serd.gate import VadSettings
 from serd.model import ModelCard, frontend_fingerprint
 from serd.normalise import (
     Normalisation,
-    channel_indices,
     fit_normalisation,
     normalise_windows,
 )
-from train.augment import AugmentParams
-from train.config import deep_merge, resolve
+from train.config import ProtocolConfig, TrainConfig, TrainingConfig, resolve
 from train.corpora import CorpusError, Item, load_corpora
 from train.dataset import DEFAULT_CACHE, Variant, WindowSet, build, ensure_cached
 from train.evaluate import file_probs, int8_window_probs, scores, summarise
@@ -56,35 +55,35 @@ class CvPlan:
     main: list[Item]
     """Items of the tested corpora only."""
     folds: list[Fold]
-    training: dict[str, Any]
+    training: TrainingConfig
     """The ``training`` section with the protocol's overrides."""
     extra: list[str]
     """Training-only corpora (``extra_train_corpora``)."""
     split: str
-    """``speakers`` or ``corpus`` (:func:`protocol_split`)."""
+    """``speakers`` or ``corpus`` (:attr:`ProtocolConfig.split`)."""
 
 
 class Runner:
     """Holds the configuration, the corpus items and the in-memory window sets."""
 
-    def __init__(self, cfg: dict[str, Any], progress: bool = True, *,
+    def __init__(self, cfg: TrainConfig, progress: bool = True, *,
                  scan: tuple[list[Item], list[tuple[str, str]]] | None = None) -> None:
         """``scan``: the corpus items and dropped duplicates of an earlier scan of the same
         roots (a CV fold worker gets its parent's), instead of scanning them again."""
         self.cfg = cfg
         self.progress = progress
-        self.seed = int(cfg["seed"])
-        self.jobs = int(cfg.get("jobs", 2))
-        self.roots = [resolve(r) for r in cfg["corpora_roots"]]
-        self.cache = resolve(cfg["cache_dir"]) if cfg.get("cache_dir") else DEFAULT_CACHE
+        self.seed = cfg.seed
+        self.jobs = cfg.jobs
+        self.roots = [resolve(r) for r in cfg.corpora_roots]
+        self.cache = resolve(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE
         self.features = FeatureParams()
         self.windows = WindowParams()  # what the daemon uses: evaluation and the card
-        self.train_windows = WindowParams(hop_seconds=float(cfg["windows"]["train_hop_seconds"]))
-        self.train_vad = VadSettings(**(cfg["windows"].get("train_vad") or {}))
+        self.train_windows = WindowParams(hop_seconds=float(cfg.windows.train_hop_seconds))
+        self.train_vad = cfg.windows.train_vad_settings()
         self.eval_vad = VadSettings()
-        self.aug = AugmentParams.from_dict(cfg["augment"]["params"])
-        self.copies = int(cfg["augment"]["copies"])
-        self.centred = self._centred_channels(cfg.get("normalisation") or {})
+        self.aug = cfg.augment.params
+        self.copies = cfg.augment.copies
+        self.centred = cfg.normalisation.centred_channels(self.features)
         self._items: list[Item] | None = scan[0] if scan else None
         self.dropped: list[tuple[str, str]] = scan[1] if scan else []
         self._sets: dict[tuple[str, str], WindowSet] = {}
@@ -99,19 +98,6 @@ class Runner:
         except RuntimeError:
             pass  # already initialised (tests running several trainings)
 
-    def _centred_channels(self, ncfg: dict[str, Any]) -> tuple[int, ...] | None:
-        """``normalisation.window_centred`` as channel indices (``None``: every channel)."""
-        names = ncfg.get("window_centred", "all")
-        if names == "all":
-            return None
-        if not isinstance(names, list):
-            raise CorpusError("normalisation.window_centred must be 'all' or a list of "
-                              f"channel names such as [c0, log_f0], not {names!r}")
-        try:
-            return channel_indices([str(n) for n in names], self.features)
-        except ValueError as exc:
-            raise CorpusError(f"normalisation.window_centred: {exc}") from None
-
     # -- data ------------------------------------------------------------------------
 
     @property
@@ -123,7 +109,7 @@ class Runner:
                 raise CorpusError(f"no corpus files found under {self.roots}")
         return self._items
 
-    def corpus_items(self, corpora: list[str] | None) -> list[Item]:
+    def corpus_items(self, corpora: Sequence[str] | None) -> list[Item]:
         if corpora is None:
             return list(self.items)
         out = [it for it in self.items if it.corpus in corpora]
@@ -169,7 +155,7 @@ class Runner:
     def _vad(self, variant: Variant) -> VadSettings:
         return self.train_vad if variant.dtype == "float16" else self.eval_vad
 
-    def prepare(self, corpora: list[str] | None, *, load: bool = True) -> float:
+    def prepare(self, corpora: Sequence[str] | None, *, load: bool = True) -> float:
         """Extract (and with ``load``, load) every variant's windows for these corpora;
         returns seconds.  Without ``load`` only missing cache files are written: for CV
         folds in worker processes, which load what they need themselves."""
@@ -194,14 +180,10 @@ class Runner:
         keep = new >= 0
         return Selection(ws.x[keep], new[keep], np.asarray(labels, np.int64), len(idx))
 
-    def training_cfg(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
-        """The ``training`` section with a protocol's (or the final model's) overrides."""
-        return deep_merge(self.cfg["training"], overrides or {})
-
     def train_one(self, items: list[Item], tax: Taxonomy, fold: Fold, desc: str,
-                  tcfg: dict[str, Any] | None = None) -> dict[str, Any]:
+                  tcfg: TrainingConfig | None = None) -> dict[str, Any]:
         """Train on ``fold.train`` speakers, early-stop on ``fold.early_stop``."""
-        tcfg = tcfg or self.cfg["training"]
+        tcfg = tcfg or self.cfg.training
         from train.model import EvalSet, TrainPool, train_model  # noqa: PLC0415
 
         tr = set(fold.train)
@@ -231,11 +213,11 @@ class Runner:
         ev = self.select(self.window_set(items, self.eval_variants()[0]), es_idx, es_lab)
         val = EvalSet(normalise_windows(np.asarray(ev.x, np.float32), norm), ev.file, ev.y_file)
         t0 = time.time()
-        model, history = train_model(pool, val, len(tax.labels), self.cfg["model"], tcfg,
+        model, history = train_model(pool, val, len(tax.labels), self.cfg.model, tcfg,
                                      seed=self.seed + max(fold.index, 0),
                                      progress=self.progress, desc=desc)
         # Representative windows for int8 calibration: normalised training windows.
-        n_rep = min(len(pool.x), int(tcfg["representative_windows"]))
+        n_rep = min(len(pool.x), tcfg.representative_windows)
         rsel = rng.choice(len(pool.x), size=n_rep, replace=False)
         return {
             "model": model, "norm": norm, "history": history,
@@ -252,7 +234,7 @@ class Runner:
         """Write ``path`` (int8 tflite) and its card; returns the card."""
         from train.quantize import to_int8  # noqa: PLC0415
 
-        blob = to_int8(trained["model"], len(tax.labels), self.cfg["model"],
+        blob = to_int8(trained["model"], len(tax.labels), self.cfg.model,
                        trained["representative"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(blob)
@@ -320,20 +302,23 @@ class Runner:
     # -- protocols ------------------------------------------------------------------
 
     def taxonomy(self, name: str) -> Taxonomy:
-        return Taxonomy.from_dict(name, self.cfg["taxonomies"][name])
+        return self.cfg.taxonomies[name].taxonomy(name)
 
     def cv_plan(self, protocol: str) -> CvPlan:
         """Everything a CV protocol's folds are run from (see :class:`CvPlan`)."""
-        p = self.cfg["protocols"][protocol]
-        tax = self.taxonomy(p["taxonomy"])
-        extra = list(p.get("extra_train_corpora") or [])
+        p = self.cfg.protocols[protocol]
+        tax = self.taxonomy(p.taxonomy)
+        extra = list(p.extra_train_corpora)
         items = self.corpus_items(protocol_corpora(p))
-        tcfg = self.training_cfg(p.get("training"))
-        main = [it for it in items if it.corpus in p["corpora"]]
-        split = protocol_split(protocol, p)
-        frac = float(tcfg["early_stop_fraction"])
-        folds = (corpus_folds(main, frac, self.seed) if split == "corpus"
-                 else cv_folds(main, int(p["folds"]), frac, self.seed))
+        tcfg = p.training
+        main = [it for it in items if it.corpus in p.corpora]
+        split = p.split
+        frac = float(tcfg.early_stop_fraction)
+        if split == "corpus":
+            folds = corpus_folds(main, frac, self.seed)
+        else:
+            assert p.folds is not None  # ProtocolConfig requires folds with split: speakers
+            folds = cv_folds(main, p.folds, frac, self.seed)
         if extra:
             # Speakers of the extra corpora are only ever trained on (never tested or used
             # for early stopping): the protocol's test folds stay as they are.
@@ -376,12 +361,12 @@ class Runner:
 
     def run_cv(self, protocol: str, only_folds: list[int] | None = None,
                out_dir: Path | None = None) -> dict[str, Any]:
-        p = self.cfg["protocols"][protocol]
+        p = self.cfg.protocols[protocol]
         t_start = time.time()
         plan = self.cv_plan(protocol)
         tax, main, folds = plan.tax, plan.main, plan.folds
         todo = [f.index for f in folds if only_folds is None or f.index in only_folds]
-        parallel = int(self.cfg.get("parallel_folds", 1))
+        parallel = self.cfg.parallel_folds
         in_workers = parallel > 1 and bool(todo)
         prep = self.prepare(protocol_corpora(p), load=not in_workers)
         if in_workers:
@@ -395,7 +380,7 @@ class Runner:
                 results.append(self.run_fold(protocol, i))
                 _log_fold(protocol, results[-1])
         summary = {
-            "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": p["corpora"],
+            "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": list(p.corpora),
             "extra_train_corpora": plan.extra, "split": plan.split,
             "folds": len(folds), "folds_run": [r["fold"] for r in results],
             "n_files": len(main), "n_speakers": len({it.speaker for it in main}),
@@ -403,9 +388,9 @@ class Runner:
             "seconds": round(time.time() - t_start, 1),
             "summary": aggregate(results, len(tax.labels)),
             "per_fold": results,
-            "config": {**{k: self.cfg.get(k) for k in ("windows", "normalisation", "augment",
-                                                       "model")},
-                       "training": plan.training},
+            "config": {**{k: asdict(getattr(self.cfg, k))
+                          for k in ("windows", "normalisation", "augment", "model")},
+                       "training": asdict(plan.training)},
         }
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -424,7 +409,7 @@ class Runner:
         progress bars (two would garble one terminal); each fold is logged as it finishes.
         """
         self._sets.clear()
-        cfg = {**self.cfg, "jobs": max(1, self.jobs // workers), "parallel_folds": 1}
+        cfg = replace(self.cfg, jobs=max(1, self.jobs // workers), parallel_folds=1)
         ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
         _LOGGER.info("%s: %d folds, %d at a time in worker processes", protocol, len(todo),
                      min(workers, len(todo)))
@@ -440,14 +425,14 @@ class Runner:
         return sorted(results, key=lambda r: int(r["fold"]))
 
     def run_final(self, out_dir: Path, cv: dict[str, dict[str, Any]], command: str) -> ModelCard:
-        f = self.cfg["final"]
-        tax = self.taxonomy(f["taxonomy"])
-        items = self.corpus_items(f.get("corpora"))
+        f = self.cfg.final
+        tax = self.taxonomy(f.taxonomy)
+        items = self.corpus_items(f.corpora)
         corpora = sorted({it.corpus for it in items})
         t0 = time.time()
         prep = self.prepare(corpora)
-        tcfg = self.training_cfg(f.get("training"))
-        fold = final_split(items, float(tcfg["early_stop_fraction"]), self.seed)
+        tcfg = f.training
+        fold = final_split(items, float(tcfg.early_stop_fraction), self.seed)
         trained = self.train_one(items, tax, fold, "final model", tcfg)
         used = [it for it in items if tax.train_label(it) is not None]
         training = {
@@ -468,10 +453,10 @@ class Runner:
             "train_windows_all_copies": trained["n_train_windows_all_copies"],
             "augmentation": {"copies": self.copies, **self.aug.to_dict()},
             "train_window_hop_seconds": self.train_windows.hop_seconds,
-            "train_vad": self.cfg["windows"].get("train_vad"),
-            "model": self.cfg["model"],
+            "train_vad": asdict(self.cfg.windows)["train_vad"],
+            "model": asdict(self.cfg.model),
             "params": int(trained["model"].count_params()),
-            "optimiser": {k: tcfg[k] for k in sorted(tcfg)},
+            "optimiser": dict(sorted(asdict(tcfg).items())),
             "epochs_run": len(trained["history"]) - 1,
             "best_epoch": trained["history"][-1]["best_epoch"],
             "best_early_stop_balanced_accuracy": round(trained["history"][-1]["best_val_bacc"], 4),
@@ -483,8 +468,8 @@ class Runner:
             "feature_seconds": round(prep, 1),
         }
         metrics = {name: cv_card_metrics(res) for name, res in cv.items()}
-        name = f["name"]
-        members = int(self.cfg["model"].get("members", 1))
+        name = f.name
+        members = self.cfg.model.members
         cnn = (f"the mean of {members} compact 1-D CNNs" if members > 1
                else "a compact 1-D CNN")
         inputs = "MFCC + voicing + log-F0" if self.features.pitch else "MFCC"
@@ -498,18 +483,9 @@ class Runner:
         return card
 
 
-def protocol_corpora(p: dict[str, Any]) -> list[str]:
+def protocol_corpora(p: ProtocolConfig) -> list[str]:
     """Every corpus a CV protocol reads: the tested ones, then any training-only extras."""
-    return list(p["corpora"]) + list(p.get("extra_train_corpora") or [])
-
-
-def protocol_split(name: str, p: dict[str, Any]) -> str:
-    """How a CV protocol forms its folds: ``speakers`` (k folds of speakers, the default) or
-    ``corpus`` (leave one corpus out: every speaker of one corpus is the test fold)."""
-    split = str(p.get("split", "speakers"))
-    if split not in ("speakers", "corpus"):
-        raise CorpusError(f"protocols.{name}.split must be 'speakers' or 'corpus', not {split!r}")
-    return split
+    return p.all_corpora
 
 
 def _log_fold(protocol: str, res: dict[str, Any]) -> None:
@@ -523,7 +499,7 @@ def _log_fold(protocol: str, res: dict[str, Any]) -> None:
         c["agreement"]["window_argmax"], res["history"][-1]["best_epoch"], res["seconds"])
 
 
-def _fold_worker(cfg: dict[str, Any], protocol: str, index: int, items: list[Item],
+def _fold_worker(cfg: TrainConfig, protocol: str, index: int, items: list[Item],
                  dropped: list[tuple[str, str]]) -> dict[str, Any]:
     """One CV fold in a worker process (see Runner._folds_in_processes)."""
     logging.basicConfig(level=logging.WARNING)

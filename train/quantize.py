@@ -10,7 +10,6 @@ import contextlib
 import io
 import os
 import warnings
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,10 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from train.config import ModelConfig
 from train.model import build_model
 
 
-def to_int8(model: keras.Model, n_labels: int, model_cfg: dict[str, Any],
+def to_int8(model: keras.Model, n_labels: int, model_cfg: ModelConfig,
             representative: npt.NDArray[np.floating]) -> bytes:
     """Convert a trained model to an int8 TFLite flatbuffer."""
     frames, coeffs = model.input_shape[1], model.input_shape[2]

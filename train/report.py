@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from train.config import TrainConfig
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -64,13 +66,13 @@ def confusion_png(res: dict[str, Any], path: Path, key: str = "clean.int8.file.c
     plt.close(fig)
 
 
-def render(out: Path, cfg: dict[str, Any], name: str) -> None:
+def render(out: Path, cfg: TrainConfig, name: str) -> None:
     """Write ``out/README.md`` from the card, the saved CV results and ``timings.json``."""
     from train.readme import readme_text  # noqa: PLC0415
 
     card = json.loads((out / f"{name}.card.json").read_text())
     cvs = {}
-    for proto in cfg["protocols"]:
+    for proto in cfg.protocols:
         p = out / f"cv-{proto}.json"
         if p.is_file():
             cvs[proto] = json.loads(p.read_text())
