@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from serd.alerts import AlertSettings
 from serd.capture import AudioSettings
 from serd.decisions import DecisionSettings
@@ -22,7 +20,7 @@ from serd.discovery import DiscoverySettings
 from serd.gate import VadSettings
 from serd.model import ModelSettings
 from serd.mqttsettings import MqttSettings
-from serd.settings import ConfigError, build, require
+from serd.settings import ConfigError, build, read_yaml, require
 
 # Exit codes shared with systemd's RestartPreventExitStatus= (see systemd/serd.service).
 EXIT_USAGE = 2
@@ -98,17 +96,4 @@ def load(path: str | Path | None = None) -> Config:
     if path is None:
         return Config()
     p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
-    return parse(data, str(p))
+    return parse(read_yaml(p), str(p))

@@ -7,8 +7,8 @@ each ``--set a.b=value`` replaces one key (the value parsed as YAML, so lists an
 work: ``--set model.filters=[48,64,96,128]``).  The merged mapping is then validated: an
 unknown key or a bad value is a :class:`TrainConfigError` (a
 :class:`~train.corpora.CorpusError`) whose message is one line naming the key and what is
-allowed, as for the daemon's own configuration (:mod:`serd.config`); ``serd-train`` prints
-it and exits with status 2.
+allowed, as for the daemon's own configuration (:mod:`serd.config`), by the same validator
+(:func:`serd.settings.build`); ``serd-train`` prints it and exits with status 2.
 
 A protocol's (and the final model's) ``training:`` is a partial ``training`` section: it is
 merged over the top-level ``training`` and the result validated, so
@@ -17,28 +17,27 @@ merged over the top-level ``training`` and the result validated, so
 Numbers: a float key accepts an integer and keeps it as written (``float`` and ``int``
 compare equal).  The augmentation and VAD values go into the feature cache's keys as JSON,
 where ``1`` and ``1.0`` differ, so converting them would silently invalidate caches that
-were extracted with an integer in the configuration.
+were extracted with an integer in the configuration.  This is ``as_written=True`` of
+:func:`serd.settings.build`, which also refuses null for a section (the daemon reads it as
+all of the section's defaults; here the defaults are ``train/config.yaml``'s, not the
+dataclass's).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-import re
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from serd.features import FeatureParams, WindowParams
 from serd.gate import VadSettings
 from serd.normalise import channel_indices
-from serd.settings import require
+from serd.settings import ConfigError, build, deep_merge, read_yaml, require
 from train.augment import AugmentParams
 from train.corpora import CANONICAL, CorpusError
 from train.taxonomy import Taxonomy
@@ -346,153 +345,22 @@ class TrainConfig:
         # `--set 'protocols={mine: ...}'` (docs/training.md) replaces the protocols it names.
 
 
-# -- YAML mapping -> dataclasses ------------------------------------------------------------
+# -- validation -------------------------------------------------------------------------
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_plural(args[0])}"
-        return f"a list of {len(args)} {_plural(args[0]) if args else 'values'}"
-    if origin is dict or dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+def _build(cls: type[T], data: Any, path: str) -> T:
+    """:func:`serd.settings.build`, keeping values as written (see the module docstring)."""
+    return build(cls, data, path, as_written=True)
 
 
-def _plural(tp: Any) -> str:
-    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(
-        tp, _type_name(tp))
-
-
-_HEAD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_EXPONENT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    """``value`` checked (and lists made tuples, mappings dataclasses) against ``tp``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return copy.deepcopy(value)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, path)
-            except TrainConfigError:
-                pass
-        raise TrainConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if isinstance(value, (dict, list)) or value not in allowed:
-            raise TrainConfigError(f"{path}: {value!r} is not allowed; use one of "
-                                   + ", ".join(repr(a) for a in allowed))
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise TrainConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            inner = [args[0]] * len(value)
-        elif len(value) != len(args):
-            raise TrainConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        else:
-            inner = list(args)
-        return tuple(_convert(v, t, f"{path}[{i}]") for i, (v, t) in
-                     enumerate(zip(value, inner, strict=True)))
-    if origin is dict:
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise TrainConfigError(f"{path}: expected a mapping of names to values, "
-                                   f"got {value!r}")
-        _, vt = typing.get_args(tp)
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TrainConfigError(f"{path}: names must be strings, got {k!r}")
-            out[k] = _convert(v, vt, f"{path}.{k}")
-        return out
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise TrainConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TrainConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
-            # PyYAML reads YAML 1.1, where 1e-3 (no dot) is a string, not a number.
-            value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TrainConfigError(f"{path}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise TrainConfigError(f"{path}: expected a finite number, got {value!r}")
-        return value  # an int stays an int: see the module docstring
-    if tp is str:
-        if not isinstance(value, str):
-            raise TrainConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise TrainConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls: type[T], data: Any, path: str = "") -> T:
-    """Dataclass ``cls`` from mapping ``data`` (every key without a default is required);
-    errors name the full key path (``path`` is this mapping's)."""
-    where = path or "the configuration"
-    if not isinstance(data, Mapping):
-        raise TrainConfigError(f"{where}: expected a mapping of keys to values, got {data!r}")
-    assert dataclasses.is_dataclass(cls)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-
-    def key(name: str) -> str:
-        return f"{path}.{name}" if path else name
-
-    unknown = sorted(set(map(str, data)) - set(fields))
-    if unknown:
-        raise TrainConfigError(f"{key(unknown[0])}: unknown key; allowed here: "
-                               + ", ".join(sorted(fields)))
-    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]
-    missing = [n for n in required if n not in data]
-    if missing:
-        also = f"; also missing: {', '.join(missing[1:])}" if missing[1:] else ""
-        raise TrainConfigError(f"{key(missing[0])}: missing (required){also}")
-    kwargs = {}
-    for name, value in data.items():
-        try:
-            kwargs[name] = _convert(value, hints[name], key(name))
-        except TrainConfigError:
-            hint = fields[name].metadata.get("expected")
-            if hint is None:
-                raise
-            raise TrainConfigError(f"{key(name)}: expected {hint}, got {value!r}") from None
+@contextmanager
+def _train_errors() -> Iterator[None]:
+    """A :class:`serd.settings.ConfigError` (from the validator or the YAML reader that
+    serd-train shares with the daemon) as a :class:`TrainConfigError`, same message."""
     try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        # A check in __post_init__ names its field ("epochs: must be >= 1"): give the
-        # full key path.
-        msg = str(exc)
-        head = _HEAD.match(msg)
-        if head and head.group() in fields and msg[head.end():head.end() + 1] in (":", ".", "["):
-            raise TrainConfigError(f"{key(msg)}" if path else msg) from None
-        raise TrainConfigError(f"{where}: {msg}") from None
+        yield
+    except ConfigError as exc:
+        raise TrainConfigError(str(exc)) from None
 
 
 def parse(data: Any) -> TrainConfig:
@@ -501,18 +369,19 @@ def parse(data: Any) -> TrainConfig:
         raise TrainConfigError("the configuration must be a mapping of keys to values "
                                f"(like train/config.yaml), not {type(data).__name__}")
     data = dict(data)
-    if "training" in data:
-        # Validated on its own first, so that its errors name ``training.*``, not the first
-        # protocol that inherits them.
-        _build(TrainingConfig, data["training"], "training")
-        base = data["training"]
-        protocols = data.get("protocols")
-        if isinstance(protocols, Mapping):
-            data["protocols"] = {name: _with_training(p, base, f"protocols.{name}")
-                                 for name, p in protocols.items()}
-        if "final" in data:
-            data["final"] = _with_training(data["final"], base, "final")
-    return _build(TrainConfig, data)
+    with _train_errors():
+        if "training" in data:
+            # Validated on its own first, so that its errors name ``training.*``, not the
+            # first protocol that inherits them.
+            _build(TrainingConfig, data["training"], "training")
+            base = data["training"]
+            protocols = data.get("protocols")
+            if isinstance(protocols, Mapping):
+                data["protocols"] = {name: _with_training(p, base, f"protocols.{name}")
+                                     for name, p in protocols.items()}
+            if "final" in data:
+                data["final"] = _with_training(data["final"], base, "final")
+        return _build(TrainConfig, data, "")
 
 
 def _with_training(section: Any, base: Mapping[str, Any], path: str) -> Any:
@@ -530,17 +399,6 @@ def _with_training(section: Any, base: Mapping[str, Any], path: str) -> Any:
 
 
 # -- files and --set ----------------------------------------------------------------------
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` merged into a copy of ``base``: mappings merge, everything else replaces."""
-    out = copy.deepcopy(dict(base))
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def set_path(cfg: dict[str, Any], dotted: str, value: str) -> None:
@@ -567,30 +425,16 @@ def set_path(cfg: dict[str, Any], dotted: str, value: str) -> None:
     node[keys[-1]] = parsed
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrainConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainConfigError(f"config file {path} cannot be read: {exc}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise TrainConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-
-
 def load_raw(path: str | Path | None = None, sets: Sequence[str] | None = None,
              overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The merged, not yet validated mapping: defaults, ``path``, ``sets``, ``overrides``
     (top-level keys from ``serd-train``'s options: ``--corpora``, ``--cache``...)."""
-    cfg: dict[str, Any] = dict(_read_yaml(DEFAULT_CONFIG))
+    with _train_errors():
+        cfg: dict[str, Any] = dict(read_yaml(DEFAULT_CONFIG))
     if path:
         p = Path(path).expanduser()
-        user = _read_yaml(p)
+        with _train_errors():
+            user = read_yaml(p)
         if user is None:
             user = {}
         if not isinstance(user, dict):
