@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 .venv/bin/ruff check serd train tests bench
-.venv/bin/mypy serd
+.venv/bin/mypy  # the packages of [tool.mypy] in pyproject.toml: serd, train, bench
 exec .venv/bin/python -m pytest "$@"

@@ -69,7 +69,8 @@ class AugmentParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentParams:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in data.items()}
         return cls(**fields)
 
 

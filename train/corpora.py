@@ -247,13 +247,13 @@ def scan(
                     continue
                 if listed and os.path.realpath(os.path.join(dirpath, name)) in listed:
                     continue
-                item = parse_name(Path(dirpath) / name)
-                if item is None or (wanted is not None and item.corpus not in wanted):
+                found = parse_name(Path(dirpath) / name)
+                if found is None or (wanted is not None and found.corpus not in wanted):
                     continue
-                if item.corpus == "cremad" and item.speaker in genders:
-                    item = Item(item.path, item.corpus, item.speaker, item.label,
-                                genders[item.speaker], item.text)
-                items.append(item)
+                if found.corpus == "cremad" and found.speaker in genders:
+                    found = Item(found.path, found.corpus, found.speaker, found.label,
+                                 genders[found.speaker], found.text)
+                items.append(found)
     items.sort(key=lambda it: it.path)
     return items
 
@@ -323,14 +323,14 @@ def dedupe(
         if len(group) == 1:
             keep.append(group[0])
             continue
-        labels = {g.label for g in group}
+        labels = {it.label for it in group}
         if len(labels) > 1:
-            for g in group:
-                dropped.append((g.path, f"identical audio with different labels {sorted(labels)}"))
+            for it in group:
+                dropped.append((it.path, f"identical audio with different labels {sorted(labels)}"))
         else:
             keep.append(group[0])
-            for g in group[1:]:
-                dropped.append((g.path, f"duplicate of {group[0].path}"))
+            for it in group[1:]:
+                dropped.append((it.path, f"duplicate of {group[0].path}"))
     keep.sort(key=lambda it: it.path)
     dropped.sort()
     return keep, dropped

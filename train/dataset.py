@@ -80,6 +80,7 @@ class WindowSet:
 def _frontend_source_hash() -> str:
     h = hashlib.sha256()
     for mod in (serd.features, serd.gate, serd.windows):
+        assert mod.__file__ is not None  # plain modules, never namespace packages
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()
 

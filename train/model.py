@@ -137,7 +137,7 @@ class EvalSet:
 def spec_augment(x: npt.NDArray[np.float32], cfg: TrainingConfig,
                  rng: np.random.Generator) -> None:
     """In-place time and coefficient masks (masked values set to 0 = the window mean)."""
-    n, t, d = x.shape
+    n, t, d = map(int, x.shape)
     for _ in range(cfg.time_masks):
         w = rng.integers(0, cfg.time_mask_frames + 1, size=n)
         s = rng.integers(0, t, size=n)

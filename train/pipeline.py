@@ -7,7 +7,7 @@ import logging
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -186,14 +186,8 @@ class Runner:
         tcfg = tcfg or self.cfg.training
         from train.model import EvalSet, TrainPool, train_model  # noqa: PLC0415
 
-        tr = set(fold.train)
-        es = set(fold.early_stop)
-        tr_idx = [i for i, it in enumerate(items)
-                  if it.speaker in tr and tax.train_label(it) is not None]
-        tr_lab = [tax.train_label(items[i]) for i in tr_idx]
-        es_idx = [i for i, it in enumerate(items)
-                  if it.speaker in es and tax.eval_label(it) is not None]
-        es_lab = [tax.eval_label(items[i]) for i in es_idx]
+        tr_idx, tr_lab = _labelled(items, fold.train, tax.train_label)
+        es_idx, es_lab = _labelled(items, fold.early_stop, tax.eval_label)
 
         parts = [self.select(self.window_set(items, v), tr_idx, tr_lab)
                  for v in self.train_variants()]
@@ -334,10 +328,8 @@ class Runner:
         t0 = time.time()
         trained = self.train_one(items, tax, fold,
                                  f"{protocol} fold {fold.index + 1}/{len(folds)}", tcfg)
+        test_idx, test_lab = _labelled(items, fold.test, tax.eval_label)
         te = set(fold.test)
-        test_idx = [i for i, it in enumerate(items)
-                    if it.speaker in te and tax.eval_label(it) is not None]
-        test_lab = [tax.eval_label(items[i]) for i in test_idx]
         other_idx = [i for i, it in enumerate(items)
                      if it.speaker in te and tax.eval_label(it) is None]
         with tempfile.TemporaryDirectory() as td:
@@ -486,6 +478,21 @@ class Runner:
 def protocol_corpora(p: ProtocolConfig) -> list[str]:
     """Every corpus a CV protocol reads: the tested ones, then any training-only extras."""
     return p.all_corpora
+
+
+def _labelled(items: Sequence[Item], speakers: Iterable[str],
+              label: Callable[[Item], int | None]) -> tuple[list[int], list[int]]:
+    """The indices of the items of ``speakers`` that ``label`` gives a class (the others
+    are not used), and those classes."""
+    wanted = set(speakers)
+    idx: list[int] = []
+    labels: list[int] = []
+    for i, it in enumerate(items):
+        y = label(it) if it.speaker in wanted else None
+        if y is not None:
+            idx.append(i)
+            labels.append(y)
+    return idx, labels
 
 
 def _log_fold(protocol: str, res: dict[str, Any]) -> None:
