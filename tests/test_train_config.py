@@ -37,6 +37,9 @@ def test_defaults_load_as_frozen_dataclasses() -> None:
     assert cfg.normalisation.window_centred == ("c0", "log_f0")
     assert isinstance(cfg.augment.params, AugmentParams)
     assert cfg.augment.params == AugmentParams.from_dict(DEFAULTS["augment"]["params"])
+    # Code that builds windows without a configuration (train.dataset.build(aug=None))
+    # gets the same recipe as serd-train.
+    assert AugmentParams() == cfg.augment.params
     assert list(cfg.protocols) == list(DEFAULTS["protocols"])
     assert cfg.taxonomies["six"].taxonomy("six").labels == tuple(DEFAULTS["taxonomies"]["six"]
                                                                    ["labels"])

@@ -28,7 +28,8 @@ F32 = npt.NDArray[np.float32]
 class AugmentParams:
     """Probabilities and ranges for one augmented copy of a clip (``augment.params`` of
     ``train/config.yaml``).  Each ``p_*`` is the probability (0..1) that a copy gets that
-    treatment; each ``*_range`` is (low, high) of a uniform draw."""
+    treatment; each ``*_range`` is (low, high) of a uniform draw.  The defaults are those
+    of ``train/config.yaml`` (a test keeps them equal), i.e. the shipped model's recipe."""
 
     p_speed: float = 0.7
     speed_range: tuple[float, float] = (0.88, 1.12)
@@ -41,10 +42,10 @@ class AugmentParams:
     """Largest time shift either way (zeros fill the gap)."""
     p_telephone: float = 0.3
     """The telephone channel: 300-3400 Hz band-pass, 8 kHz mu-law round trip."""
-    p_noise: float = 0.7
-    snr_db_range: tuple[float, float] = (3.0, 30.0)
+    p_noise: float = 0.6
+    snr_db_range: tuple[float, float] = (8.0, 35.0)
     """Signal-to-noise ratio of the added noise, dB."""
-    p_reverb: float = 0.0
+    p_reverb: float = 0.2
     """Synthetic room (exponentially decaying noise impulse response)."""
     rt60_range: tuple[float, float] = (0.15, 0.6)
     """Reverberation time of the synthetic room, seconds."""

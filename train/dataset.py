@@ -139,15 +139,19 @@ def cache_path(items: Sequence[Item], variant: Variant, cache_dir: Path, *,
     return cache_dir / f"windows-{variant.name}-{key[:20]}.npz"
 
 
+def _defaults(aug: AugmentParams | None, features: FeatureParams | None,
+              vad: VadSettings | None) -> tuple[AugmentParams, FeatureParams, VadSettings]:
+    """The training recipe's augmentation, the daemon's front-end and VAD where not given."""
+    return aug or AugmentParams(), features or FeatureParams(), vad or VadSettings()
+
+
 def ensure_cached(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None = None,
                   seed: int = 0, cache_dir: Path = DEFAULT_CACHE, jobs: int = 2,
                   features: FeatureParams | None = None, vad: VadSettings | None = None,
                   progress: bool = True) -> Path:
     """Extract into the cache unless it is there already, without loading it: for a process
     that hands the training to workers, which load the windows themselves."""
-    features = features or FeatureParams()
-    vad = vad or VadSettings()
-    aug = aug or AugmentParams()
+    aug, features, vad = _defaults(aug, features, vad)
     path = cache_path(items, variant, Path(cache_dir), aug=aug, seed=seed, features=features,
                       vad=vad)
     if not path.is_file():
@@ -161,9 +165,7 @@ def build(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None 
           features: FeatureParams | None = None, vad: VadSettings | None = None,
           progress: bool = True) -> WindowSet:
     """Windows of ``items`` for ``variant``, from the cache when present."""
-    features = features or FeatureParams()
-    vad = vad or VadSettings()
-    aug = aug or AugmentParams()
+    aug, features, vad = _defaults(aug, features, vad)
     items = list(items)
     path = None
     if cache_dir is not None:
