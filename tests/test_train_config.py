@@ -265,3 +265,23 @@ def test_json_written_is_the_merged_mapping(sets: list[str]) -> None:
         json.dumps({k: old_final[k] for k in sorted(old_final)})
     assert json.dumps(dataclasses.asdict(cfg.windows)["train_vad"]) == \
         json.dumps(raw["windows"].get("train_vad"))
+
+
+def test_serd_train_without_the_train_extra_is_one_line() -> None:
+    """A device install (no `train` extra) gets one line saying what to install, not an
+    ImportError traceback."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = ("import sys\n"
+            "for m in ('scipy', 'tensorflow', 'keras', 'librosa'):\n"
+            "    sys.modules[m] = None  # as if not installed\n"
+            "from train.__main__ import main\n"
+            "raise SystemExit(main(['cv', '--protocol', 'six']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("serd-train: error: the training dependencies are not installed")
+    assert "pip install -e '.[train]'" in lines[0]

@@ -19,10 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from train.config import load_config, resolve
 from train.corpora import CorpusError
 
 _LOGGER = logging.getLogger("train")
+
+# What the ``train`` extra installs (pyproject.toml); a device install has none of them.
+_TRAIN_DEPS = frozenset({"tensorflow", "keras", "librosa", "scipy", "sklearn", "matplotlib",
+                         "tqdm"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,10 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     except CorpusError as exc:
         print(f"serd-train: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _TRAIN_DEPS:
+            raise
+        # The base install is what a device needs; training needs the `train` extra.
+        print(f"serd-train: error: the training dependencies are not installed ({exc.name} "
+              "is missing); install them with: .venv/bin/pip install -e '.[train]'",
+              file=sys.stderr)
+        return 2
 
 
 def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from train.config import load_config, resolve  # noqa: PLC0415  (needs the train extra)
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
