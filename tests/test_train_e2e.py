@@ -153,3 +153,25 @@ def test_ensure_cached_writes_once_and_build_reads_it(fake_corpus: Path, tmp_pat
     ws = build(items, v, cache_dir=tmp_path, jobs=1, progress=False)
     assert path.stat().st_mtime_ns == mtime  # neither call extracted again
     assert len(ws) > 0
+
+
+def test_cache_prune_deletes_only_stale_window_files(fake_corpus: Path, tmp_path: Path) -> None:
+    """``serd-train cache --prune``: after a corpus or setting change the old window files
+    (about 1 GB per configuration on the real corpora) would otherwise stay for ever."""
+    from train.__main__ import main  # noqa: PLC0415
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / "windows-clean-h0.5-0123456789abcdef0123.npz"
+    stale.write_bytes(b"old")
+    other = cache / "notes.txt"  # not a window file: never touched
+    other.write_text("mine")
+    args = ["--quiet", "--corpora", str(fake_corpus), "--cache", str(cache), "--jobs", "1",
+            "--set", "protocols={tiny: {corpora: [ravdess], taxonomy: six, folds: 2}}",
+            "--set", "augment.copies=1"]
+    assert main([*args, "cache"]) == 0
+    current = set(cache.glob("windows-*.npz")) - {stale}
+    assert len(current) == 4  # clean + 1 augmented (training), clean + telephone (evaluation)
+    assert main([*args, "cache", "--prune"]) == 0
+    assert set(cache.glob("windows-*.npz")) == current
+    assert other.read_text() == "mine"

@@ -1,6 +1,7 @@
 """``serd-train`` / ``python -m train``: cross-validate, train and export serd's model.
 
     serd-train cache                     # extract (or check) the feature cache
+    serd-train cache --prune             # ...and delete the window files nothing uses now
     serd-train cv --protocol ravdess8    # RAVDESS 8 emotions, leave-4-actors-out, 6 folds
     serd-train cv --protocol six         # 6 emotions over RAVDESS + CREMA-D, speaker folds
     serd-train cv --protocol cross_corpus  # 6 emotions, trained on one corpus, tested on the other
@@ -43,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="models", help="output directory (default models/)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("cache", help="extract the feature cache for every protocol")
+    cache = sub.add_parser("cache", help="extract the feature cache for every protocol")
+    cache.add_argument("--prune", action="store_true",
+                       help="then delete the cache's other window files (older corpus files, "
+                            "front-ends or settings; also those of other configurations)")
     cv = sub.add_parser("cv", help="speaker-disjoint cross-validation")
     cv.add_argument("--protocol", required=True, help="ravdess8, six or cross_corpus (see config)")
     cv.add_argument("--folds", help="only these folds, e.g. 0,3 (quick experiments)")
@@ -108,10 +112,15 @@ def _main(argv: list[str] | None = None) -> int:
     runner = Runner(cfg, progress=not args.quiet)
     t0 = time.time()
     if args.cmd == "cache":
-        for name, p in cfg.protocols.items():
-            secs = runner.prepare(protocol_corpora(p))
+        sets = [protocol_corpora(p) for p in cfg.protocols.values()] + [cfg.final.corpora]
+        for name, corpora in zip([*cfg.protocols, "final"], sets, strict=True):
+            secs = runner.prepare(corpora)
             _LOGGER.info("features for %s ready (%.0f s)", name, secs)
-        runner.prepare(cfg.final.corpora)
+        if args.prune:
+            keep = set().union(*(runner.cache_paths(c) for c in sets))
+            n, size = runner.prune_cache(keep)
+            _LOGGER.info("pruned %d stale cache files (%.1f MB) from %s; kept %d",
+                         n, size / 1e6, runner.cache, len(keep))
         return 0
     if args.cmd == "cv":
         only = [int(f) for f in args.folds.split(",")] if args.folds else None

@@ -27,7 +27,14 @@ from serd.normalise import (
 )
 from train.config import ProtocolConfig, TrainConfig, TrainingConfig, resolve
 from train.corpora import CorpusError, Item, load_corpora
-from train.dataset import DEFAULT_CACHE, Variant, WindowSet, build, ensure_cached
+from train.dataset import (
+    DEFAULT_CACHE,
+    Variant,
+    WindowSet,
+    build,
+    cache_path,
+    ensure_cached,
+)
 from train.evaluate import file_probs, int8_window_probs, scores, summarise
 from train.splits import Fold, corpus_folds, cv_folds, final_split
 from train.taxonomy import Taxonomy
@@ -170,6 +177,26 @@ class Runner:
                               cache_dir=self.cache, jobs=self.jobs, features=self.features,
                               vad=self._vad(v), progress=self.progress)
         return time.time() - t0
+
+    def cache_paths(self, corpora: Sequence[str] | None) -> set[Path]:
+        """The cache files that :meth:`prepare` reads or writes for these corpora, with this
+        configuration (one per variant and corpus)."""
+        items = self.corpus_items(corpora)
+        return {cache_path(self._corpus_items(corpus), v, self.cache, aug=self.aug,
+                           seed=self.seed, features=self.features, vad=self._vad(v))
+                for v in self.train_variants() + self.eval_variants()
+                for corpus in sorted({it.corpus for it in items})}
+
+    def prune_cache(self, keep: set[Path]) -> tuple[int, int]:
+        """Delete the cache's window files other than ``keep``: those of older corpus files,
+        front-ends or augmentation settings.  Returns (files, bytes) deleted."""
+        n = size = 0
+        for f in sorted(self.cache.glob("windows-*.npz")):
+            if f not in keep:
+                size += f.stat().st_size
+                f.unlink()
+                n += 1
+        return n, size
 
     # -- one training run ------------------------------------------------------------
 
