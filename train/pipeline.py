@@ -167,25 +167,30 @@ class Runner:
         returns seconds.  Without ``load`` only missing cache files are written: for CV
         folds in worker processes, which load what they need themselves."""
         t0 = time.time()
-        items = self.corpus_items(corpora)
-        for v in self.train_variants() + self.eval_variants():
-            if load:
+        if load:
+            items = self.corpus_items(corpora)
+            for v in self.train_variants() + self.eval_variants():
                 self.window_set(items, v)
-                continue
-            for corpus in sorted({it.corpus for it in items}):
-                ensure_cached(self._corpus_items(corpus), v, aug=self.aug, seed=self.seed,
-                              cache_dir=self.cache, jobs=self.jobs, features=self.features,
-                              vad=self._vad(v), progress=self.progress)
+        else:
+            for part, v in self._cache_units(corpora):
+                ensure_cached(part, v, aug=self.aug, seed=self.seed, cache_dir=self.cache,
+                              jobs=self.jobs, features=self.features, vad=self._vad(v),
+                              progress=self.progress)
         return time.time() - t0
+
+    def _cache_units(self, corpora: Sequence[str] | None) -> list[tuple[list[Item], Variant]]:
+        """(one corpus's items, variant): the unit of one cache file."""
+        items = self.corpus_items(corpora)
+        return [(self._corpus_items(corpus), v)
+                for v in self.train_variants() + self.eval_variants()
+                for corpus in sorted({it.corpus for it in items})]
 
     def cache_paths(self, corpora: Sequence[str] | None) -> set[Path]:
         """The cache files that :meth:`prepare` reads or writes for these corpora, with this
         configuration (one per variant and corpus)."""
-        items = self.corpus_items(corpora)
-        return {cache_path(self._corpus_items(corpus), v, self.cache, aug=self.aug,
-                           seed=self.seed, features=self.features, vad=self._vad(v))
-                for v in self.train_variants() + self.eval_variants()
-                for corpus in sorted({it.corpus for it in items})}
+        return {cache_path(part, v, self.cache, aug=self.aug, seed=self.seed,
+                           features=self.features, vad=self._vad(v))
+                for part, v in self._cache_units(corpora)}
 
     def prune_cache(self, keep: set[Path]) -> tuple[int, int]:
         """Delete the cache's window files other than ``keep``: those of older corpus files,
