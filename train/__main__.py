@@ -101,7 +101,7 @@ def _main(argv: list[str] | None = None) -> int:
     command = "serd-train " + " ".join(shlex.quote(a) for a in argv_used)
 
     from train import report  # noqa: PLC0415
-    from train.pipeline import Runner, protocol_corpora  # noqa: PLC0415
+    from train.pipeline import Runner  # noqa: PLC0415
 
     if args.cmd == "report":
         report.render(out, cfg, args.name or cfg.final.name)
@@ -112,7 +112,7 @@ def _main(argv: list[str] | None = None) -> int:
     runner = Runner(cfg, progress=not args.quiet)
     t0 = time.time()
     if args.cmd == "cache":
-        sets = [protocol_corpora(p) for p in cfg.protocols.values()] + [cfg.final.corpora]
+        sets = [p.all_corpora for p in cfg.protocols.values()] + [cfg.final.corpora]
         for name, corpora in zip([*cfg.protocols, "final"], sets, strict=True):
             secs = runner.prepare(corpora)
             _LOGGER.info("features for %s ready (%.0f s)", name, secs)

@@ -25,7 +25,7 @@ from serd.normalise import (
     fit_normalisation,
     normalise_windows,
 )
-from train.config import ProtocolConfig, TrainConfig, TrainingConfig, resolve
+from train.config import TrainConfig, TrainingConfig, resolve
 from train.corpora import CorpusError, Item, load_corpora
 from train.dataset import (
     DEFAULT_CACHE,
@@ -335,7 +335,7 @@ class Runner:
         p = self.cfg.protocols[protocol]
         tax = self.taxonomy(p.taxonomy)
         extra = list(p.extra_train_corpora)
-        items = self.corpus_items(protocol_corpora(p))
+        items = self.corpus_items(p.all_corpora)
         tcfg = p.training
         main = [it for it in items if it.corpus in p.corpora]
         split = p.split
@@ -392,7 +392,7 @@ class Runner:
         todo = [f.index for f in folds if only_folds is None or f.index in only_folds]
         parallel = self.cfg.parallel_folds
         in_workers = parallel > 1 and bool(todo)
-        prep = self.prepare(protocol_corpora(p), load=not in_workers)
+        prep = self.prepare(p.all_corpora, load=not in_workers)
         if in_workers:
             # Even a single fold goes to a worker, with the same thread count as in a full
             # run: the number of threads changes the order of floating-point sums, so this
@@ -505,11 +505,6 @@ class Runner:
                            training=training, metrics=metrics)
         _LOGGER.info("final model: %s, %.0f s", out_dir / f"{name}.tflite", time.time() - t0)
         return card
-
-
-def protocol_corpora(p: ProtocolConfig) -> list[str]:
-    """Every corpus a CV protocol reads: the tested ones, then any training-only extras."""
-    return p.all_corpora
 
 
 def _labelled(items: Sequence[Item], speakers: Iterable[str],
