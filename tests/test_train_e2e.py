@@ -137,6 +137,38 @@ def test_feature_cache_is_reused(fake_corpus: Path, tmp_path: Path) -> None:
     assert c.x.shape != a.x.shape or not np.array_equal(c.x, a.x)
 
 
+def test_cache_key_follows_content_not_mtime(fake_corpus: Path, tmp_path: Path) -> None:
+    """A corpus restored or re-mounted in place (new mtimes, same bytes) keeps its cache;
+    a changed file does not."""
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from serd.features import FeatureParams  # noqa: PLC0415
+    from serd.gate import VadSettings  # noqa: PLC0415
+    from train.augment import AugmentParams  # noqa: PLC0415
+    from train.corpora import scan  # noqa: PLC0415
+    from train.dataset import Variant, cache_key  # noqa: PLC0415
+
+    root = tmp_path / "corpus"
+    shutil.copytree(fake_corpus, root)
+    items = scan([root])[:3]
+
+    def key() -> str:
+        return cache_key(items, Variant("clean"), aug=AugmentParams(), seed=1,
+                         features=FeatureParams(), vad=VadSettings())
+
+    before = key()
+    for it in items:
+        st = os.stat(it.path)
+        os.utime(it.path, ns=(st.st_atime_ns, st.st_mtime_ns + 3_600_000_000_000))
+    assert key() == before
+    path = Path(items[0].path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, new content
+    path.write_bytes(bytes(data))
+    assert key() != before
+
+
 def test_ensure_cached_writes_once_and_build_reads_it(fake_corpus: Path, tmp_path: Path) -> None:
     """CV folds in worker processes: the parent only makes sure the cache is complete."""
     from serd.features import WindowParams  # noqa: PLC0415

@@ -7,9 +7,10 @@ given :class:`~serd.features.WindowParams`.  Windows come only from
 :func:`serd.windows.windows_of` -- exactly the segments and windows the daemon classifies.
 
 Each (variant, corpus) is one ``.npz`` in the cache directory, keyed by a hash of
-everything that determines its content: the file list (path, size, mtime), the variant,
-the augmentation parameters and seed, the front-end parameters and the source of the
-front-end modules.  A second run finds the file and skips extraction.
+everything that determines its content: the file list (path, size, content digest), the
+variant, the augmentation parameters and seed, the front-end parameters and the source of
+the front-end modules.  A second run finds the file and skips extraction, also when the
+corpus files have been touched or restored in place (new mtimes, same bytes).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from serd.gate import VadSettings
 from serd.model import FRONTEND_VERSION
 from serd.windows import windows_of
 from train.augment import AugmentParams, augment_copy, telephone
-from train.corpora import Item, load_audio
+from train.corpora import Item, content_digest, load_audio
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -87,12 +88,10 @@ def _frontend_source_hash() -> str:
 
 def cache_key(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, seed: int,
               features: FeatureParams, vad: VadSettings) -> str:
-    files = []
-    for it in items:
-        st = os.stat(it.path)
-        files.append([it.path, st.st_size, int(st.st_mtime)])
+    # By content, not mtime: corpora touched or restored in place keep their cache.
+    files = [[it.path, os.stat(it.path).st_size, content_digest(it.path)] for it in items]
     blob = {
-        "format": 1,
+        "format": 2,
         "files": files,
         "variant": [variant.kind, variant.copy, variant.windows.to_dict(), variant.dtype],
         "aug": aug.to_dict() if variant.kind == "augment" else None,
