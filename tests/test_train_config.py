@@ -113,6 +113,19 @@ def test_integers_in_float_keys_are_kept_as_written() -> None:
     assert type(cfg.windows.train_vad_settings().threshold_db) is int
 
 
+def test_window_length_is_configurable_and_reaches_both_window_kinds() -> None:
+    """The card's window (evaluation, daemon) and the training windows share the length;
+    a YAML integer gives the same windows as its float (both enter the cache keys)."""
+    from serd.features import WindowParams  # noqa: PLC0415
+
+    default = load_config(None, []).windows
+    assert default.windows() == WindowParams()
+    assert default.train_windows() == WindowParams(hop_seconds=0.25)
+    three = load_config(None, ["windows.window_seconds=3"]).windows
+    assert three.windows().to_dict() == {"window_seconds": 3.0, "hop_seconds": 0.5}
+    assert three.train_windows().to_dict() == {"window_seconds": 3.0, "hop_seconds": 0.25}
+
+
 @pytest.mark.parametrize(("sets", "message"), [
     (["training.epoch=30"], "training.epoch: unknown key; allowed here: batch_size, "
                             "class_weighting, "),
@@ -141,6 +154,9 @@ def test_integers_in_float_keys_are_kept_as_written() -> None:
                                            "2 numbers"),
     (["augment.params.p_nois=1"], "augment.params.p_nois: unknown key"),
     (["windows.train_hop_seconds=0"], "windows.train_hop_seconds: must be > 0"),
+    (["windows.train_hop_seconds=2.5"], "windows.train_hop_seconds: must be > 0 and <= "
+                                        "window_seconds (2 s)"),
+    (["windows.window_seconds=0.2"], "windows.window_seconds: must be between 0.5 and 10"),
     (["windows.train_vad.threshold=3"], "windows.train_vad.threshold: unknown key; allowed "
                                         "here: backend, "),
     (["windows.train_vad.threshold_db=-1"], "windows.train_vad.threshold_db: must be > 0 dB"),

@@ -115,6 +115,36 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     assert "serd-emotion-6" in (out / "README.md").read_text()
 
 
+def test_window_length_travels_from_config_to_card_to_daemon(fake_corpus: Path,
+                                                              tmp_path: Path) -> None:
+    """``windows.window_seconds`` sets the model's input; the card records it and serd's
+    windowing follows the card, so a 1 s model classifies 1 s windows."""
+    from serd.windows import Windower  # noqa: PLC0415
+    from train.pipeline import Runner  # noqa: PLC0415
+
+    base = _tiny_config(fake_corpus, tmp_path / "cache")
+    cfg = load_config(None, [f"corpora_roots=[{fake_corpus}]", f"cache_dir={tmp_path / 'c'}",
+                             "jobs=1", "windows.window_seconds=1", "final.cv_protocol=six",
+                             "augment.copies=0", "training.epochs=1", "training.min_epochs=1",
+                             "training.representative_windows=16",
+                             "model.filters=[8, 12]", "model.kernels=[3, 3]",
+                             "model.pool=[2, 1]"])
+    assert base.windows.window_seconds == 2.0
+    out = tmp_path / "models"
+    Runner(cfg, progress=False).run_final(out, {}, "pytest")
+    clf = load_classifier(ModelSettings(path=str(out / "serd-emotion-6.tflite")))
+    assert clf.card.windows.window_seconds == 1.0
+    assert clf.card.windows.hop_seconds == 0.5
+    windower = Windower(clf.card.features, clf.card.windows)
+    assert windower.win_frames == 100
+    from train.corpora import load_audio  # noqa: PLC0415
+
+    wins = windows_of(load_audio(str(next(fake_corpus.rglob("*.wav")))), clf.card.features,
+                      clf.card.windows)
+    assert wins and all(w.features.shape == (100, 42) for w in wins)
+    assert clf(wins[0].features).shape == (6,)
+
+
 def test_feature_cache_is_reused(fake_corpus: Path, tmp_path: Path) -> None:
     from serd.features import WindowParams  # noqa: PLC0415
     from train.corpora import scan  # noqa: PLC0415

@@ -213,6 +213,10 @@ class WindowsConfig:
     """``windows``: how training windows are cut (evaluation and the card use the daemon's
     :class:`~serd.features.WindowParams` and VAD)."""
 
+    window_seconds: float
+    """Length of the windows the model classifies, seconds: its input, recorded in the card,
+    which the daemon follows.  A longer window gives the model more context per verdict and
+    delays the first verdict of an utterance."""
     train_hop_seconds: float
     """Hop between training windows, seconds (denser than the daemon's 0.5 s)."""
     train_vad: dict[str, Any] | None
@@ -222,12 +226,26 @@ class WindowsConfig:
     since the card records exactly these keys."""
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.window_seconds <= 10.0:
+            # Below 0.5 s the daemon never cuts a window (its shortest segment); 10 s is
+            # far beyond an utterance and the model's receptive field.
+            raise ValueError("window_seconds: must be between 0.5 and 10 seconds")
         try:
-            WindowParams(hop_seconds=self.train_hop_seconds)
+            self.train_windows()
         except ValueError:
-            raise ValueError(f"train_hop_seconds: must be > 0 and <= the window "
-                             f"({WindowParams().window_seconds:g} s)") from None
+            raise ValueError(f"train_hop_seconds: must be > 0 and <= window_seconds "
+                             f"({self.window_seconds:g} s)") from None
         self.train_vad_settings()
+
+    def windows(self) -> WindowParams:
+        """The daemon's windows for this model: evaluation and the card (hop: serd's default)."""
+        return WindowParams(window_seconds=float(self.window_seconds))
+
+    def train_windows(self) -> WindowParams:
+        """Training windows: the same length, the denser training hop.  (float(): a YAML
+        integer such as ``3`` must give the same cache key as ``3.0``.)"""
+        return WindowParams(window_seconds=float(self.window_seconds),
+                            hop_seconds=float(self.train_hop_seconds))
 
     def train_vad_settings(self) -> VadSettings:
         """The training VAD (values exactly as configured: they enter the cache keys)."""

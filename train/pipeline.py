@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serd.features import FeatureParams, WindowParams
+from serd.features import FeatureParams
 from serd.gate import VadSettings
 from serd.model import ModelCard, frontend_fingerprint
 from serd.normalise import (
@@ -84,8 +84,8 @@ class Runner:
         self.roots = [resolve(r) for r in cfg.corpora_roots]
         self.cache = resolve(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE
         self.features = FeatureParams()
-        self.windows = WindowParams()  # what the daemon uses: evaluation and the card
-        self.train_windows = WindowParams(hop_seconds=float(cfg.windows.train_hop_seconds))
+        self.windows = cfg.windows.windows()  # what the daemon uses: evaluation and the card
+        self.train_windows = cfg.windows.train_windows()
         self.train_vad = cfg.windows.train_vad_settings()
         self.eval_vad = VadSettings()
         self.aug = cfg.augment.params
