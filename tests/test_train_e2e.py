@@ -50,7 +50,11 @@ def fake_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiny_config(root: Path, cache: Path) -> TrainConfig:
-    return load_config(None, [
+    return load_config(None, _tiny_sets(root, cache))
+
+
+def _tiny_sets(root: Path, cache: Path) -> list[str]:
+    return [
         f"corpora_roots=[{root}]", f"cache_dir={cache}", "jobs=1",
         "protocols={tiny: {corpora: [ravdess], taxonomy: six, folds: 2}}",
         "final.cv_protocol=tiny",
@@ -58,7 +62,7 @@ def _tiny_config(root: Path, cache: Path) -> TrainConfig:
         "training.batch_size=16", "training.early_stop_fraction=0.25",
         "training.representative_windows=64", "training.learning_rate=0.01",
         "model.filters=[8, 12]", "model.kernels=[3, 3]", "model.pool=[2, 1]",
-    ])
+    ]
 
 
 def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
@@ -79,6 +83,20 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     assert 0.0 <= s["clean.int8.file.balanced_accuracy"]["mean"] <= 1.0
     report.confusion_png(cv, out / "confusion-tiny.png")
     assert (out / "confusion-tiny.png").stat().st_size > 1000
+
+    # Each fold's result was recorded in the cache: the same CV again (an interrupted
+    # `serd-train all` run again) reuses them instead of training, with the same figures.
+    assert cv["folds_reused"] == []
+    assert len(list((tmp_path / "cache" / "folds").glob("tiny-fold*.json"))) == 2
+    resumed = Runner(cfg, progress=False).run_cv("tiny", None, None)
+    assert resumed["folds_reused"] == [0, 1]
+    assert resumed["per_fold"] == json.loads(json.dumps(cv["per_fold"]))
+    assert resumed["summary"] == json.loads(json.dumps(cv["summary"]))
+    # Another setting is another fold: nothing is reused.
+    other = Runner(load_config(None, [*_tiny_sets(fake_corpus, tmp_path / "cache"),
+                                      "training.epochs=3"]), progress=False)
+    assert other.fold_record("tiny", 0) != runner.fold_record("tiny", 0)
+    assert not other.fold_record("tiny", 0).exists()
 
     # The folds above ran in two worker processes (parallel_folds: 2); a fold run in
     # this process gives the same model and the same scores.
@@ -228,6 +246,9 @@ def test_cache_prune_deletes_only_stale_window_files(fake_corpus: Path, tmp_path
     stale.write_bytes(b"old")
     other = cache / "notes.txt"  # not a window file: never touched
     other.write_text("mine")
+    (cache / "folds").mkdir()
+    old_fold = cache / "folds" / "tiny-fold0-0123456789abcdef01234567.json"
+    old_fold.write_text("{}")
     args = ["--quiet", "--corpora", str(fake_corpus), "--cache", str(cache), "--jobs", "1",
             "--set", "protocols={tiny: {corpora: [ravdess], taxonomy: six, folds: 2}}",
             "--set", "augment.copies=1"]
@@ -236,4 +257,5 @@ def test_cache_prune_deletes_only_stale_window_files(fake_corpus: Path, tmp_path
     assert len(current) == 4  # clean + 1 augmented (training), clean + telephone (evaluation)
     assert main([*args, "cache", "--prune"]) == 0
     assert set(cache.glob("windows-*.npz")) == current
+    assert not old_fold.exists()
     assert other.read_text() == "mine"

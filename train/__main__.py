@@ -7,6 +7,10 @@
     serd-train cv --protocol cross_corpus  # 6 emotions, trained on one corpus, tested on the other
     serd-train fit                       # train the shipped model on all data -> models/
     serd-train all                       # every CV, then the final model (the README's numbers)
+
+Every CV fold's result is kept in the cache directory (``folds/``); a fold already trained
+with the same settings, data and code is not trained again (``--fresh`` forces it), so an
+interrupted ``all`` resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -43,11 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, help="worker processes / TensorFlow threads")
     ap.add_argument("--out", default="models", help="output directory (default models/)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--fresh", action="store_true",
+                    help="train every CV fold again, even those already trained with the same "
+                         "settings, data and code (whose results are otherwise reused)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     cache = sub.add_parser("cache", help="extract the feature cache for every protocol")
     cache.add_argument("--prune", action="store_true",
-                       help="then delete the cache's other window files (older corpus files, "
-                            "front-ends or settings; also those of other configurations)")
+                       help="then delete the cache's other window files and CV fold records "
+                            "(older corpus files, front-ends, settings or code; also those of "
+                            "other configurations)")
     cv = sub.add_parser("cv", help="speaker-disjoint cross-validation")
     cv.add_argument("--protocol", required=True, help="ravdess8, six or cross_corpus (see config)")
     cv.add_argument("--folds", help="only these folds, e.g. 0,3 (quick experiments)")
@@ -109,7 +117,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.cmd == "cv" and args.protocol not in cfg.protocols:
         raise CorpusError(f"unknown protocol {args.protocol!r}; train/config.yaml has "
                           f"{', '.join(cfg.protocols)}")
-    runner = Runner(cfg, progress=not args.quiet)
+    runner = Runner(cfg, progress=not args.quiet, resume=not args.fresh)
     t0 = time.time()
     if args.cmd == "cache":
         sets = [p.all_corpora for p in cfg.protocols.values()] + [cfg.final.corpora]
@@ -117,7 +125,7 @@ def _main(argv: list[str] | None = None) -> int:
             secs = runner.prepare(corpora)
             _LOGGER.info("features for %s ready (%.0f s)", name, secs)
         if args.prune:
-            keep = set().union(*(runner.cache_paths(c) for c in sets))
+            keep = set().union(*(runner.cache_paths(c) for c in sets), runner.fold_records())
             n, size = runner.prune_cache(keep)
             _LOGGER.info("pruned %d stale cache files (%.1f MB) from %s; kept %d",
                          n, size / 1e6, runner.cache, len(keep))
@@ -146,6 +154,9 @@ def _main(argv: list[str] | None = None) -> int:
     if args.cmd == "all":
         (out / "timings.json").write_text(json.dumps(
             {"all_seconds": round(total, 1), "command": command,
+             # Folds reused from an earlier run cost no time here: a timing is only a full
+             # run's when this is 0 (use --fresh to measure one).
+             "folds_reused": sum(len(v.get("folds_reused", [])) for v in cv_results.values()),
              **{f"cv_{k}_seconds": v["seconds"] for k, v in cv_results.items()},
              "fit_seconds": round(card.training.get("train_seconds", 0.0), 1)}, indent=1) + "\n")
     report.render(out, cfg, card.name)

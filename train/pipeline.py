@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import logging
 import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -74,11 +77,15 @@ class Runner:
     """Holds the configuration, the corpus items and the in-memory window sets."""
 
     def __init__(self, cfg: TrainConfig, progress: bool = True, *,
-                 scan: tuple[list[Item], list[tuple[str, str]]] | None = None) -> None:
+                 scan: tuple[list[Item], list[tuple[str, str]]] | None = None,
+                 resume: bool = True) -> None:
         """``scan``: the corpus items and dropped duplicates of an earlier scan of the same
-        roots (a CV fold worker gets its parent's), instead of scanning them again."""
+        roots (a CV fold worker gets its parent's), instead of scanning them again.
+        ``resume``: reuse CV folds already trained with the same settings, data and code
+        (see :meth:`fold_key`); False retrains them (their records are still written)."""
         self.cfg = cfg
         self.progress = progress
+        self.resume = resume
         self.seed = cfg.seed
         self.jobs = cfg.jobs
         self.roots = [resolve(r) for r in cfg.corpora_roots]
@@ -192,11 +199,17 @@ class Runner:
                            features=self.features, vad=self._vad(v))
                 for part, v in self._cache_units(corpora)}
 
+    def fold_records(self) -> set[Path]:
+        """The fold records that every CV protocol of this configuration would reuse."""
+        return {self.fold_record(name, f.index)
+                for name in self.cfg.protocols for f in self.cv_plan(name).folds}
+
     def prune_cache(self, keep: set[Path]) -> tuple[int, int]:
-        """Delete the cache's window files other than ``keep``: those of older corpus files,
-        front-ends or augmentation settings.  Returns (files, bytes) deleted."""
+        """Delete the cache's window files and fold records other than ``keep``: those of
+        older corpus files, front-ends, settings or code.  Returns (files, bytes) deleted."""
         n = size = 0
-        for f in sorted(self.cache.glob("windows-*.npz")):
+        stale = [*self.cache.glob("windows-*.npz"), *self.cache.glob("folds/*.json")]
+        for f in sorted(stale):
             if f not in keep:
                 size += f.stat().st_size
                 f.unlink()
@@ -383,6 +396,52 @@ class Runner:
             **ev, "seconds": round(time.time() - t0, 1),
         }
 
+    # -- fold records: an interrupted or repeated CV resumes ---------------------------
+
+    def fold_key(self, protocol: str, index: int) -> str:
+        """Everything a fold's result depends on: every setting (seed, and ``jobs`` and
+        ``parallel_folds``, which set the thread count and with it the order of sums), the
+        files' labels and speakers, the cache keys of its data (file contents, front-end,
+        augmentation), the source of
+        ``serd/`` and ``train/``, and the library versions.  Runs repeat exactly, so a fold
+        with the same key has the same result."""
+        corpora = self.cfg.protocols[protocol].all_corpora
+        blob = {
+            "format": 1, "protocol": protocol, "fold": index,
+            "config": asdict(self.cfg),
+            # The files' labels, speakers and genders (a manifest can change them without
+            # changing a byte of audio), then the cache keys: contents, front-end, renderings.
+            "items": hashlib.sha256(json.dumps([it.to_dict() for it in
+                                                self.corpus_items(corpora)]).encode()).hexdigest(),
+            "data": sorted(path.name for path in self.cache_paths(corpora)),
+            "code": _code_hash(), "versions": _versions(),
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+    def fold_record(self, protocol: str, index: int) -> Path:
+        """Where a fold's result is kept (in the cache directory, outside the repo)."""
+        key = self.fold_key(protocol, index)
+        return self.cache / "folds" / f"{protocol}-fold{index}-{key[:24]}.json"
+
+    def _load_fold(self, protocol: str, index: int) -> dict[str, Any] | None:
+        path = self.fold_record(protocol, index)
+        try:
+            res: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            _LOGGER.warning("%s: unreadable fold record, training the fold again (%s)",
+                            path, exc)
+            return None
+        return res
+
+    def _save_fold(self, protocol: str, res: dict[str, Any]) -> None:
+        path = self.fold_record(protocol, int(res["fold"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(res) + "\n")
+        tmp.replace(path)  # atomic: an interrupted run leaves no half record
+
     def run_cv(self, protocol: str, only_folds: list[int] | None = None,
                out_dir: Path | None = None) -> dict[str, Any]:
         p = self.cfg.protocols[protocol]
@@ -390,9 +449,18 @@ class Runner:
         plan = self.cv_plan(protocol)
         tax, main, folds = plan.tax, plan.main, plan.folds
         todo = [f.index for f in folds if only_folds is None or f.index in only_folds]
+        reused: list[dict[str, Any]] = []
+        if self.resume:
+            reused = [r for i in todo if (r := self._load_fold(protocol, i)) is not None]
+        if reused:
+            _LOGGER.info("%s: folds %s already trained with these settings, data and code: "
+                         "results reused from %s (--fresh trains them again)", protocol,
+                         ",".join(str(r["fold"]) for r in reused), self.cache / "folds")
+        done = {int(r["fold"]) for r in reused}
+        todo = [i for i in todo if i not in done]
         parallel = self.cfg.parallel_folds
         in_workers = parallel > 1 and bool(todo)
-        prep = self.prepare(p.all_corpora, load=not in_workers)
+        prep = self.prepare(p.all_corpora, load=not in_workers) if todo else 0.0
         if in_workers:
             # Even a single fold goes to a worker, with the same thread count as in a full
             # run: the number of threads changes the order of floating-point sums, so this
@@ -402,11 +470,14 @@ class Runner:
             results = []
             for i in todo:
                 results.append(self.run_fold(protocol, i))
+                self._save_fold(protocol, results[-1])
                 _log_fold(protocol, results[-1])
+        results = sorted(reused + results, key=lambda r: int(r["fold"]))
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": list(p.corpora),
             "extra_train_corpora": plan.extra, "split": plan.split,
             "folds": len(folds), "folds_run": [r["fold"] for r in results],
+            "folds_reused": sorted(done),
             "n_files": len(main), "n_speakers": len({it.speaker for it in main}),
             "seed": self.seed, "feature_seconds": round(prep, 1),
             "seconds": round(time.time() - t_start, 1),
@@ -445,6 +516,7 @@ class Runner:
             for future in as_completed([pool.submit(_fold_worker, cfg, protocol, i, items,
                                                     dropped) for i in todo]):
                 results.append(future.result())
+                self._save_fold(protocol, results[-1])  # kept even if a later fold fails
                 _log_fold(protocol, results[-1])
         return sorted(results, key=lambda r: int(r["fold"]))
 
@@ -520,6 +592,27 @@ def _labelled(items: Sequence[Item], speakers: Iterable[str],
             idx.append(i)
             labels.append(y)
     return idx, labels
+
+
+def _code_hash() -> str:
+    """SHA-256 of every module of ``serd`` and ``train``: any code change retrains."""
+    import serd  # noqa: PLC0415
+
+    h = hashlib.sha256()
+    for pkg in (Path(serd.__file__).parent, Path(__file__).parent):
+        for f in sorted(pkg.glob("*.py")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "ai-edge-litert"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 def _log_fold(protocol: str, res: dict[str, Any]) -> None:
