@@ -86,6 +86,7 @@ class Runner:
         self.cfg = cfg
         self.progress = progress
         self.resume = resume
+        self._protocol_keys: dict[str, str] = {}  # protocol -> fold-key base (see fold_key)
         self.seed = cfg.seed
         self.jobs = cfg.jobs
         self.roots = [resolve(r) for r in cfg.corpora_roots]
@@ -399,24 +400,27 @@ class Runner:
     # -- fold records: an interrupted or repeated CV resumes ---------------------------
 
     def fold_key(self, protocol: str, index: int) -> str:
-        """Everything a fold's result depends on: every setting (seed, and ``jobs`` and
+        """Everything a fold's result depends on: every setting (the seed, and ``jobs`` and
         ``parallel_folds``, which set the thread count and with it the order of sums), the
         files' labels and speakers, the cache keys of its data (file contents, front-end,
-        augmentation), the source of
-        ``serd/`` and ``train/``, and the library versions.  Runs repeat exactly, so a fold
-        with the same key has the same result."""
-        corpora = self.cfg.protocols[protocol].all_corpora
-        blob = {
-            "format": 1, "protocol": protocol, "fold": index,
-            "config": asdict(self.cfg),
-            # The files' labels, speakers and genders (a manifest can change them without
-            # changing a byte of audio), then the cache keys: contents, front-end, renderings.
-            "items": hashlib.sha256(json.dumps([it.to_dict() for it in
-                                                self.corpus_items(corpora)]).encode()).hexdigest(),
-            "data": sorted(path.name for path in self.cache_paths(corpora)),
-            "code": _code_hash(), "versions": _versions(),
-        }
-        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+        renderings), the source of ``serd/`` and ``train/``, and the library versions.
+        Runs repeat exactly, so a fold with the same key has the same result."""
+        base = self._protocol_keys.get(protocol)
+        if base is None:
+            corpora = self.cfg.protocols[protocol].all_corpora
+            items = [it.to_dict() for it in self.corpus_items(corpora)]
+            blob = {
+                "format": 1, "protocol": protocol, "config": asdict(self.cfg),
+                # Labels, speakers and genders: a manifest can change them without changing
+                # a byte of audio.  Then the cache keys: contents, front-end, renderings.
+                "items": hashlib.sha256(json.dumps(items).encode()).hexdigest(),
+                "data": sorted(path.name for path in self.cache_paths(corpora)),
+                "code": _code_hash(), "versions": _versions(),
+            }
+            base = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode())\
+                .hexdigest()
+            self._protocol_keys[protocol] = base
+        return hashlib.sha256(f"{base}:{index}".encode()).hexdigest()
 
     def fold_record(self, protocol: str, index: int) -> Path:
         """Where a fold's result is kept (in the cache directory, outside the repo)."""
@@ -437,10 +441,15 @@ class Runner:
 
     def _save_fold(self, protocol: str, res: dict[str, Any]) -> None:
         path = self.fold_record(protocol, int(res["fold"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(res) + "\n")
-        tmp.replace(path)  # atomic: an interrupted run leaves no half record
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(res) + "\n")
+            tmp.replace(path)  # atomic: an interrupted run leaves no half record
+        except (OSError, TypeError, ValueError) as exc:
+            # Only resuming is lost; the CV itself goes on.
+            _LOGGER.warning("%s: could not record the fold (%s); a rerun trains it again",
+                            path, exc)
 
     def run_cv(self, protocol: str, only_folds: list[int] | None = None,
                out_dir: Path | None = None) -> dict[str, Any]:
