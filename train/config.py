@@ -210,8 +210,8 @@ class FinalConfig:
 
 @dataclass(frozen=True)
 class WindowsConfig:
-    """``windows``: how training windows are cut (evaluation and the card use the daemon's
-    :class:`~serd.features.WindowParams` and VAD)."""
+    """``windows``: the length of the classified window (the card's, which the daemon
+    follows) and how training windows are cut (evaluation uses the daemon's hop and VAD)."""
 
     window_seconds: float
     """Length of the windows the model classifies, seconds: its input, recorded in the card,
@@ -227,8 +227,8 @@ class WindowsConfig:
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.window_seconds <= 10.0:
-            # Below 0.5 s the daemon never cuts a window (its shortest segment); 10 s is
-            # far beyond an utterance and the model's receptive field.
+            # 0.5 s is the shortest segment the daemon classifies, and less is too little
+            # speech for an emotion; 10 s is far beyond an utterance.
             raise ValueError("window_seconds: must be between 0.5 and 10 seconds")
         try:
             self.train_windows()
