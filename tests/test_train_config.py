@@ -301,3 +301,15 @@ def test_serd_train_without_the_train_extra_is_one_line() -> None:
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("serd-train: error: the training dependencies are not installed")
     assert "pip install -e '.[train]'" in lines[0]
+
+
+def test_serd_train_help_shows_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from train.__main__ import main  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "serd-train all" in out
+    assert "--fresh" in out
+    assert "resumes where it stopped" in out

@@ -1,7 +1,7 @@
 """``serd-train`` / ``python -m train``: cross-validate, train and export serd's model.
 
     serd-train cache                     # extract (or check) the feature cache
-    serd-train cache --prune             # ...and delete the window files nothing uses now
+    serd-train cache --prune             # ...and delete cache files nothing current uses
     serd-train cv --protocol ravdess8    # RAVDESS 8 emotions, leave-4-actors-out, 6 folds
     serd-train cv --protocol six         # 6 emotions over RAVDESS + CREMA-D, speaker folds
     serd-train cv --protocol cross_corpus  # 6 emotions, trained on one corpus, tested on the other
@@ -34,7 +34,11 @@ _TRAIN_DEPS = frozenset({"tensorflow", "keras", "librosa", "scipy", "sklearn", "
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="serd-train", description=__doc__.split("\n")[0],
+    # The module docstring: its first line describes, the rest (commands, resuming) is the
+    # help's epilog, so `serd-train --help` shows the usual commands.
+    head, _, body = (__doc__ or "").partition("\n")
+    ap = argparse.ArgumentParser(prog="serd-train", description=head.replace("``", "`"),
+                                 epilog="examples:\n" + body.strip("\n").replace("``", "`"),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML file merged over train/config.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
