@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+import serd
 from serd.features import FeatureParams
 from serd.gate import VadSettings
 from serd.model import ModelCard, frontend_fingerprint
@@ -439,6 +440,11 @@ class Runner:
             return None
         return res
 
+    def _fold_done(self, protocol: str, res: dict[str, Any]) -> None:
+        """Record a finished fold at once (kept even if a later fold fails), then log it."""
+        self._save_fold(protocol, res)
+        _log_fold(protocol, res)
+
     def _save_fold(self, protocol: str, res: dict[str, Any]) -> None:
         path = self.fold_record(protocol, int(res["fold"]))
         try:
@@ -479,8 +485,7 @@ class Runner:
             results = []
             for i in todo:
                 results.append(self.run_fold(protocol, i))
-                self._save_fold(protocol, results[-1])
-                _log_fold(protocol, results[-1])
+                self._fold_done(protocol, results[-1])
         results = sorted(reused + results, key=lambda r: int(r["fold"]))
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": list(p.corpora),
@@ -525,8 +530,7 @@ class Runner:
             for future in as_completed([pool.submit(_fold_worker, cfg, protocol, i, items,
                                                     dropped) for i in todo]):
                 results.append(future.result())
-                self._save_fold(protocol, results[-1])  # kept even if a later fold fails
-                _log_fold(protocol, results[-1])
+                self._fold_done(protocol, results[-1])
         return sorted(results, key=lambda r: int(r["fold"]))
 
     def run_final(self, out_dir: Path, cv: dict[str, dict[str, Any]], command: str) -> ModelCard:
@@ -605,8 +609,6 @@ def _labelled(items: Sequence[Item], speakers: Iterable[str],
 
 def _code_hash() -> str:
     """SHA-256 of every module of ``serd`` and ``train``: any code change retrains."""
-    import serd  # noqa: PLC0415
-
     h = hashlib.sha256()
     for pkg in (Path(serd.__file__).parent, Path(__file__).parent):
         for f in sorted(pkg.glob("*.py")):
