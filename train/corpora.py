@@ -366,7 +366,7 @@ def content_digest(path: str) -> str:
 
 
 def audio_fingerprints(items: list[Item], cache_dir: Path | None = None) -> dict[str, list[float]]:
-    """Fingerprint per item path, cached by (path, size, content digest) in ``cache_dir``."""
+    """Fingerprint per item path, cached by (path, content digest) in ``cache_dir``."""
     cache: dict[str, list] = {}
     cpath = fingerprint_cache_path(cache_dir) if cache_dir else None
     if cpath and cpath.is_file():
@@ -377,13 +377,13 @@ def audio_fingerprints(items: list[Item], cache_dir: Path | None = None) -> dict
     out: dict[str, list[float]] = {}
     changed = False
     for it in items:
-        key = [os.stat(it.path).st_size, content_digest(it.path)]
+        digest = content_digest(it.path)
         hit = cache.get(it.path)
-        if hit and hit[:2] == key:
-            out[it.path] = hit[2]
+        if hit and hit[0] == digest:
+            out[it.path] = hit[1]
             continue
         fp = audio_fingerprint(load_audio(it.path))
-        cache[it.path] = [*key, fp]
+        cache[it.path] = [digest, fp]
         out[it.path] = fp
         changed = True
     if cpath and changed:

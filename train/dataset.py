@@ -7,7 +7,7 @@ given :class:`~serd.features.WindowParams`.  Windows come only from
 :func:`serd.windows.windows_of` -- exactly the segments and windows the daemon classifies.
 
 Each (variant, corpus) is one ``.npz`` in the cache directory, keyed by a hash of
-everything that determines its content: the file list (path, size, content digest), the
+everything that determines its content: the file list (path, content digest), the
 variant, the augmentation parameters and seed, the front-end parameters and the source of
 the front-end modules.  A second run finds the file and skips extraction, also when the
 corpus files have been touched or restored in place (new mtimes, same bytes).
@@ -88,10 +88,11 @@ def _frontend_source_hash() -> str:
 
 def cache_key(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, seed: int,
               features: FeatureParams, vad: VadSettings) -> str:
-    # By content, not mtime: corpora touched or restored in place keep their cache.
-    files = [[it.path, os.stat(it.path).st_size, content_digest(it.path)] for it in items]
+    # By content, not mtime: corpora touched or restored in place keep their cache.  (The
+    # digest covers the size too, so the size is not part of the key.)
+    files = [[it.path, content_digest(it.path)] for it in items]
     blob = {
-        "format": 2,
+        "format": 3,
         "files": files,
         "variant": [variant.kind, variant.copy, variant.windows.to_dict(), variant.dtype],
         "aug": aug.to_dict() if variant.kind == "augment" else None,
