@@ -371,7 +371,7 @@ def _print_timeline(result: FileResult, out: TextIO) -> None:
               f"{d.confidence:4.2f} {_bar(d.confidence)}\n")
         else:
             w(f"  {d.start_s:7.2f}-{d.end_s:7.2f} s  utterance  {label:<9} "
-              f"{d.confidence:4.2f}  ({d.windows} windows)\n")
+              f"{d.confidence:4.2f}  ({d.windows} window{'' if d.windows == 1 else 's'})\n")
     s = result.summary
     if s is None:
         w("  verdict: no speech found\n\n")

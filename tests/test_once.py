@@ -59,6 +59,8 @@ def test_timeline_on_a_terminal_is_readable(data_dir: Path, model_path: Path) ->
     assert r.returncode == 0, r.stderr
     assert "verdict:" in r.stdout
     assert "utterance" in r.stdout
+    # A 2.2 s clip is one window, and the count reads as English.
+    assert "(1 window)" in r.stdout
 
 
 def test_bad_files_one_line_each_good_files_still_processed(
