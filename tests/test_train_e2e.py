@@ -11,7 +11,7 @@ import soundfile as sf
 
 pytest.importorskip("tensorflow")
 
-from serd.model import ModelSettings, load_classifier
+from serd.model import ModelSettings, load_classifier, sha256_of
 from serd.windows import windows_of
 from train.config import TrainConfig, load_config
 from train.taxonomy import SIX
@@ -98,9 +98,9 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     assert other.fold_record("tiny", 0) != runner.fold_record("tiny", 0)
     assert not other.fold_record("tiny", 0).exists()
 
-    # The folds above ran in two worker processes (parallel_folds: 2); a fold run in
-    # this process gives the same model and the same scores.
-    assert cfg.parallel_folds == 2
+    # The folds above ran in worker processes (parallel_folds: 3, one thread each); a
+    # fold run in this process gives the same model and the same scores.
+    assert cfg.parallel_folds == 3
     again = runner.run_fold("tiny", 1)
     first = cv["per_fold"][1]
     assert again["history"] == first["history"]
@@ -131,6 +131,43 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
 
     report.render(out, cfg, "serd-emotion-6")
     assert "serd-emotion-6" in (out / "README.md").read_text()
+
+
+def test_all_runs_every_fold_and_the_model_side_by_side(fake_corpus: Path,
+                                                         tmp_path: Path) -> None:
+    """``serd-train all``: the folds of every protocol share one pool of workers and the
+    shipped model trains in a process of its own; the results are those of the steps run
+    one at a time (the same thread counts), and the card gets every protocol's metrics."""
+    from train.__main__ import main  # noqa: PLC0415
+    from train.pipeline import Runner  # noqa: PLC0415
+
+    cache, out = tmp_path / "cache", tmp_path / "models"
+    protocols = ("protocols={a: {corpora: [ravdess], taxonomy: six, folds: 2}, "
+                 "b: {corpora: [ravdess], taxonomy: six, folds: 2, training: {epochs: 3}}}")
+    sets = [s for s in _tiny_sets(fake_corpus, cache) if not s.startswith("protocols=")]
+    sets = [*sets, protocols, "final.cv_protocol=a"]
+    args = ["--quiet", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    assert main([*args, "all"]) == 0
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["folds_reused"] == 0
+    card = json.loads((out / "serd-emotion-6.card.json").read_text())
+    assert set(card["metrics"]) == {"a", "b"}
+    assert card["model_file"]["sha256"] == sha256_of(out / "serd-emotion-6.tflite")
+    for name in ("a", "b"):
+        cv = json.loads((out / f"cv-{name}.json").read_text())
+        assert cv["folds_run"] == [0, 1]
+        assert card["metrics"][name]["protocol"] == name
+        assert card["metrics"][name]["fold_test_speakers"] == [
+            f["test_speakers"] for f in cv["per_fold"]]
+        assert (out / f"confusion-{name}.png").is_file()
+    # The model trained alongside the folds is the one `serd-train fit` trains alone.
+    cfg = load_config(None, sets)
+    alone = Runner(cfg, progress=False).run_final(tmp_path / "alone", {}, "pytest")
+    assert alone.sha256 == card["model_file"]["sha256"]
+    # Each fold is the one `serd-train cv` gives: its record is reused as it stands.
+    again = Runner(cfg, progress=False).run_cv("b", None, None)
+    assert again["folds_reused"] == [0, 1]
+    assert again["per_fold"] == json.loads((out / "cv-b.json").read_text())["per_fold"]
 
 
 def test_window_length_travels_from_config_to_card_to_daemon(fake_corpus: Path,
@@ -183,6 +220,33 @@ def test_feature_cache_is_reused(fake_corpus: Path, tmp_path: Path) -> None:
     c = build(items, v, seed=2, cache_dir=tmp_path, jobs=1, progress=False)  # new seed: new set
     assert len(list(tmp_path.glob("windows-*.npz"))) == 2
     assert c.x.shape != a.x.shape or not np.array_equal(c.x, a.x)
+
+
+def _blas_threads(_: int) -> int:
+    from threadpoolctl import threadpool_info  # noqa: PLC0415
+
+    return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"),
+               default=1)
+
+
+def test_extraction_workers_use_one_blas_thread(fake_corpus: Path) -> None:
+    """Two workers with a BLAS thread per core each ran extraction 3.6x slower on 2 cores
+    (train/dataset.py); with one each, the pool and a single process give the same bits."""
+    import multiprocessing as mp  # noqa: PLC0415
+
+    from serd.features import WindowParams  # noqa: PLC0415
+    from train.corpora import scan  # noqa: PLC0415
+    from train.dataset import Variant, _one_blas_thread, build  # noqa: PLC0415
+
+    with mp.get_context("fork").Pool(2, initializer=_one_blas_thread) as pool:
+        assert pool.map(_blas_threads, range(4)) == [1, 1, 1, 1]
+    items = scan([fake_corpus])[:40]  # more than 32 files: build() uses its pool
+    v = Variant("augment", 1, WindowParams(hop_seconds=0.25), "float16")
+    pooled = build(items, v, seed=1, cache_dir=None, jobs=2, progress=False)
+    serial = build(items, v, seed=1, cache_dir=None, jobs=1, progress=False)
+    assert len(pooled) > 0
+    assert np.array_equal(pooled.x, serial.x)
+    assert np.array_equal(pooled.file, serial.file)
 
 
 def test_cache_key_follows_content_not_mtime(fake_corpus: Path, tmp_path: Path) -> None:

@@ -141,19 +141,18 @@ def _main(argv: list[str] | None = None) -> int:
         if only is None:
             report.confusion_png(res, out / f"confusion-{args.protocol}.png")
         return 0
-    cv_results = {}
     if args.cmd == "all":
-        for name in cfg.protocols:
-            res = runner.run_cv(name, None, out)
+        cv_results, card = runner.run_all(out, command)
+        for name, res in cv_results.items():
             report.log_cv(res)
             report.confusion_png(res, out / f"confusion-{name}.png")
-            cv_results[name] = res
     else:
+        cv_results = {}
         for name in cfg.protocols:
             path = out / f"cv-{name}.json"
             if path.is_file():
                 cv_results[name] = json.loads(path.read_text())
-    card = runner.run_final(out, cv_results, command)
+        card = runner.run_final(out, cv_results, command)
     total = time.time() - t0
     if args.cmd == "all":
         (out / "timings.json").write_text(json.dumps(

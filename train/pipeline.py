@@ -103,6 +103,7 @@ class Runner:
         self._items: list[Item] | None = scan[0] if scan else None
         self.dropped: list[tuple[str, str]] = scan[1] if scan else []
         self._sets: dict[tuple[str, str], WindowSet] = {}
+        self._finished: dict[str, float] = {}  # protocol -> when its last fold ended
         self._set_tf_threads()
 
     def _set_tf_threads(self) -> None:
@@ -461,8 +462,28 @@ class Runner:
                out_dir: Path | None = None) -> dict[str, Any]:
         p = self.cfg.protocols[protocol]
         t_start = time.time()
-        plan = self.cv_plan(protocol)
-        tax, main, folds = plan.tax, plan.main, plan.folds
+        todo, reused = self._cv_todo(protocol, only_folds)
+        parallel = self.cfg.parallel_folds
+        in_workers = parallel > 1 and bool(todo)
+        prep = self.prepare(p.all_corpora, load=not in_workers) if todo else 0.0
+        if in_workers:
+            # Even a single fold goes to a worker, with the same thread count as in a full
+            # run: the number of threads changes the order of floating-point sums, so this
+            # keeps `cv --folds k` equal to fold k of `serd-train all`.
+            results = self._folds_in_processes([(protocol, i) for i in todo],
+                                               parallel)[protocol]
+        else:
+            results = []
+            for i in todo:
+                results.append(self.run_fold(protocol, i))
+                self._fold_done(protocol, results[-1])
+        return self._cv_summary(protocol, reused + results, reused, prep,
+                                time.time() - t_start, out_dir)
+
+    def _cv_todo(self, protocol: str, only_folds: list[int] | None
+                 ) -> tuple[list[int], list[dict[str, Any]]]:
+        """(folds still to train, results of folds reused from their records)."""
+        folds = self.cv_plan(protocol).folds
         todo = [f.index for f in folds if only_folds is None or f.index in only_folds]
         reused: list[dict[str, Any]] = []
         if self.resume:
@@ -472,29 +493,25 @@ class Runner:
                          "results reused from %s (--fresh trains them again)", protocol,
                          ",".join(str(r["fold"]) for r in reused), self.cache / "folds")
         done = {int(r["fold"]) for r in reused}
-        todo = [i for i in todo if i not in done]
-        parallel = self.cfg.parallel_folds
-        in_workers = parallel > 1 and bool(todo)
-        prep = self.prepare(p.all_corpora, load=not in_workers) if todo else 0.0
-        if in_workers:
-            # Even a single fold goes to a worker, with the same thread count as in a full
-            # run: the number of threads changes the order of floating-point sums, so this
-            # keeps `cv --folds k` equal to fold k of `serd-train all`.
-            results = self._folds_in_processes(protocol, todo, parallel)
-        else:
-            results = []
-            for i in todo:
-                results.append(self.run_fold(protocol, i))
-                self._fold_done(protocol, results[-1])
-        results = sorted(reused + results, key=lambda r: int(r["fold"]))
+        return [i for i in todo if i not in done], reused
+
+    def _cv_summary(self, protocol: str, results: list[dict[str, Any]],
+                    reused: list[dict[str, Any]], prep: float, seconds: float,
+                    out_dir: Path | None) -> dict[str, Any]:
+        """The CV's JSON (``cv-<protocol>.json`` in ``out_dir``): folds, mean ± std,
+        pooled confusion matrices, and the settings they ran with."""
+        p = self.cfg.protocols[protocol]
+        plan = self.cv_plan(protocol)
+        tax, main, folds = plan.tax, plan.main, plan.folds
+        results = sorted(results, key=lambda r: int(r["fold"]))
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": list(p.corpora),
             "extra_train_corpora": plan.extra, "split": plan.split,
             "folds": len(folds), "folds_run": [r["fold"] for r in results],
-            "folds_reused": sorted(done),
+            "folds_reused": sorted(int(r["fold"]) for r in reused),
             "n_files": len(main), "n_speakers": len({it.speaker for it in main}),
             "seed": self.seed, "feature_seconds": round(prep, 1),
-            "seconds": round(time.time() - t_start, 1),
+            "seconds": round(seconds, 1),
             "summary": aggregate(results, len(tax.labels)),
             "per_fold": results,
             "config": {**{k: asdict(getattr(self.cfg, k))
@@ -506,32 +523,103 @@ class Runner:
             (out_dir / f"cv-{protocol}.json").write_text(json.dumps(summary, indent=1) + "\n")
         return summary
 
-    def _folds_in_processes(self, protocol: str, todo: list[int],
-                            workers: int) -> list[dict[str, Any]]:
-        """Run folds in ``workers`` fresh processes, each with its share of the threads.
+    def _fold_cost(self, protocol: str, index: int) -> int:
+        """A fold's training work, for ordering: its training files times its epochs."""
+        plan = self.cv_plan(protocol)
+        train = set(plan.folds[index].train)
+        return sum(it.speaker in train for it in plan.items) * int(plan.training.epochs)
+
+    def _folds_in_processes(self, todo: list[tuple[str, int]],
+                            workers: int) -> dict[str, list[dict[str, Any]]]:
+        """Run (protocol, fold) jobs in ``workers`` fresh processes, each with its share of
+        the threads; returns each protocol's results.
 
         TensorFlow keeps two cores only about 60 % busy on these small models, so two
         folds side by side, one thread each, get through a CV about 1.5 times as fast
-        (six classes: 15.6 instead of 24.3 min).  Each worker loads the window sets from
-        the cache (extracted above, in this process, but not loaded there); this process
-        drops any copies it holds, so memory is the workers' only.  Workers show no
+        (six classes: 15.6 instead of 24.3 min), and three about 8 % faster again (ravdess8
+        on a 2-core VM: 322 instead of 349 s of folds).  Each worker loads the window sets
+        from the cache (extracted beforehand, in this process, but not loaded there); this
+        process drops any copies it holds, so memory is the workers' only.  Workers show no
         progress bars (two would garble one terminal); each fold is logged as it finishes.
         """
         self._sets.clear()
         cfg = replace(self.cfg, jobs=max(1, self.jobs // workers), parallel_folds=1)
         ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-        _LOGGER.info("%s: %d folds, %d at a time in worker processes", protocol, len(todo),
-                     min(workers, len(todo)))
-        results = []
+        for protocol in dict.fromkeys(p for p, _ in todo):
+            n = sum(p == protocol for p, _ in todo)
+            _LOGGER.info("%s: %d folds, %d at a time in worker processes", protocol, n,
+                         min(workers, len(todo)))
+        results: dict[str, list[dict[str, Any]]] = {p: [] for p, _ in todo}
         # The workers get this process's corpus scan (files, labels, de-duplication) rather
         # than walking and fingerprinting the corpora again, once per fold.
         items, dropped = self.items, self.dropped
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-            for future in as_completed([pool.submit(_fold_worker, cfg, protocol, i, items,
-                                                    dropped) for i in todo]):
-                results.append(future.result())
-                self._fold_done(protocol, results[-1])
-        return sorted(results, key=lambda r: int(r["fold"]))
+            futures = {pool.submit(_fold_worker, cfg, protocol, i, items, dropped): protocol
+                       for protocol, i in todo}
+            for future in as_completed(futures):
+                protocol = futures[future]
+                results[protocol].append(future.result())
+                self._fold_done(protocol, results[protocol][-1])
+                self._finished[protocol] = time.time()
+        return {p: sorted(r, key=lambda r: int(r["fold"])) for p, r in results.items()}
+
+    def run_all(self, out_dir: Path, command: str
+                ) -> tuple[dict[str, dict[str, Any]], ModelCard]:
+        """Every CV protocol, then the shipped model (``serd-train all``); returns the CVs
+        and the shipped model's card.
+
+        With ``parallel_folds`` > 1 nothing waits for anything it does not need:
+
+        * the folds of every protocol share one pool of workers, the largest first, so no
+          worker idles at the end of a protocol while another finishes its last fold
+          (cross_corpus's two folds differ twofold in size);
+        * the shipped model trains alongside them, in a process of its own with ``jobs``
+          threads, as when ``serd-train fit`` trains it alone: the same threads, so the
+          same model.  Its card gets the CV metrics once the folds are done.
+
+        On a 2-core VM this took ``all`` from 55.1 to XX min (docs/training.md, Timings).
+        """
+        protocols = list(self.cfg.protocols)
+        if self.cfg.parallel_folds <= 1:
+            cv = {name: self.run_cv(name, None, out_dir) for name in protocols}
+            return cv, self.run_final(out_dir, cv, command)
+        t0 = time.time()
+        prep = {name: self.prepare(self.cfg.protocols[name].all_corpora, load=False)
+                for name in protocols}
+        self.prepare(self.cfg.final.corpora, load=False)
+        todo = {name: self._cv_todo(name, None) for name in protocols}
+        jobs = sorted(((name, i) for name in protocols for i in todo[name][0]),
+                      key=lambda job: -self._fold_cost(*job))
+        t_folds = time.time()
+        self._finished = dict.fromkeys(protocols, t_folds)
+        self._sets.clear()
+        fit_pool = multiprocessing.get_context("spawn").Pool(1)
+        try:
+            fit = fit_pool.apply_async(_final_worker, (self.cfg, out_dir, command, self.items,
+                                                       self.dropped))
+            _LOGGER.info("shipped model: training in its own process, alongside the folds")
+            results = self._folds_in_processes(jobs, self.cfg.parallel_folds) if jobs else {}
+            card: ModelCard = fit.get()
+            fit_pool.close()
+        finally:
+            # After a failed fold (or Ctrl-C) stop the model's training too, rather than
+            # wait the quarter of an hour it takes before reporting the error.
+            fit_pool.terminate()
+            fit_pool.join()
+        cv = {}
+        for name in protocols:
+            run, reused = results.get(name, []), todo[name][1]
+            # Wall time until the protocol's last fold was done (the folds of all
+            # protocols share the workers), plus its own feature extraction.
+            secs = prep[name] + self._finished[name] - t_folds
+            cv[name] = self._cv_summary(name, reused + run, reused, prep[name], secs,
+                                        out_dir)
+        card = replace(card, metrics={name: cv_card_metrics(res) for name, res in cv.items()})
+        from serd.model import card_path_for  # noqa: PLC0415
+
+        card.save(card_path_for(out_dir / f"{card.name}.tflite"))
+        _LOGGER.info("every CV and the shipped model: %.0f s", time.time() - t0)
+        return cv, card
 
     def run_final(self, out_dir: Path, cv: dict[str, dict[str, Any]], command: str) -> ModelCard:
         f = self.cfg.final
@@ -642,6 +730,14 @@ def _fold_worker(cfg: TrainConfig, protocol: str, index: int, items: list[Item],
     """One CV fold in a worker process (see Runner._folds_in_processes)."""
     logging.basicConfig(level=logging.WARNING)
     return Runner(cfg, progress=False, scan=(items, dropped)).run_fold(protocol, index)
+
+
+def _final_worker(cfg: TrainConfig, out_dir: Path, command: str, items: list[Item],
+                  dropped: list[tuple[str, str]]) -> ModelCard:
+    """The shipped model in a process of its own (see Runner.run_all), its card still
+    without CV metrics."""
+    logging.basicConfig(level=logging.WARNING)
+    return Runner(cfg, progress=False, scan=(items, dropped)).run_final(out_dir, {}, command)
 
 
 def _normalise_f16(x: npt.NDArray[np.floating], norm: Normalisation,
