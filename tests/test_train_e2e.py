@@ -150,6 +150,7 @@ def test_all_runs_every_fold_and_the_model_side_by_side(fake_corpus: Path,
     assert main([*args, "all"]) == 0
     timings = json.loads((out / "timings.json").read_text())
     assert timings["folds_reused"] == 0
+    assert "one pool" in timings["schedule"]
     card = json.loads((out / "serd-emotion-6.card.json").read_text())
     assert set(card["metrics"]) == {"a", "b"}
     assert card["model_file"]["sha256"] == sha256_of(out / "serd-emotion-6.tflite")

@@ -160,6 +160,12 @@ def _main(argv: list[str] | None = None) -> int:
              # Folds reused from an earlier run cost no time here: a timing is only a full
              # run's when this is 0 (use --fresh to measure one).
              "folds_reused": sum(len(v.get("folds_reused", [])) for v in cv_results.values()),
+             "schedule": (f"{cfg.parallel_folds} folds at a time, every protocol's in one "
+                          "pool, the shipped model trained beside them; "
+                          "cv_<protocol>_seconds: wall time until that protocol's last fold "
+                          "ended (they overlap)" if cfg.parallel_folds > 1 else
+                          "one fold at a time, one protocol after another, then the shipped "
+                          "model"),
              **{f"cv_{k}_seconds": v["seconds"] for k, v in cv_results.items()},
              "fit_seconds": round(card.training.get("train_seconds", 0.0), 1)}, indent=1) + "\n")
     report.render(out, cfg, card.name)
