@@ -103,7 +103,6 @@ class Runner:
         self._items: list[Item] | None = scan[0] if scan else None
         self.dropped: list[tuple[str, str]] = scan[1] if scan else []
         self._sets: dict[tuple[str, str], WindowSet] = {}
-        self._finished: dict[str, float] = {}  # protocol -> when its last fold ended
         self._set_tf_threads()
 
     def _set_tf_threads(self) -> None:
@@ -471,7 +470,7 @@ class Runner:
             # run: the number of threads changes the order of floating-point sums, so this
             # keeps `cv --folds k` equal to fold k of `serd-train all`.
             results = self._folds_in_processes([(protocol, i) for i in todo],
-                                               parallel)[protocol]
+                                               parallel)[0][protocol]
         else:
             results = []
             for i in todo:
@@ -529,10 +528,10 @@ class Runner:
         train = set(plan.folds[index].train)
         return sum(it.speaker in train for it in plan.items) * int(plan.training.epochs)
 
-    def _folds_in_processes(self, todo: list[tuple[str, int]],
-                            workers: int) -> dict[str, list[dict[str, Any]]]:
+    def _folds_in_processes(self, todo: list[tuple[str, int]], workers: int
+                            ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
         """Run (protocol, fold) jobs in ``workers`` fresh processes, each with its share of
-        the threads; returns each protocol's results.
+        the threads; returns each protocol's results and when its last fold ended.
 
         TensorFlow keeps two cores only about 60 % busy on these small models, so two
         folds side by side, one thread each, get through a CV about 1.5 times as fast
@@ -550,6 +549,7 @@ class Runner:
             _LOGGER.info("%s: %d folds, %d at a time in worker processes", protocol, n,
                          min(workers, len(todo)))
         results: dict[str, list[dict[str, Any]]] = {p: [] for p, _ in todo}
+        finished: dict[str, float] = {}
         # The workers get this process's corpus scan (files, labels, de-duplication) rather
         # than walking and fingerprinting the corpora again, once per fold.
         items, dropped = self.items, self.dropped
@@ -560,8 +560,8 @@ class Runner:
                 protocol = futures[future]
                 results[protocol].append(future.result())
                 self._fold_done(protocol, results[protocol][-1])
-                self._finished[protocol] = time.time()
-        return {p: sorted(r, key=lambda r: int(r["fold"])) for p, r in results.items()}
+                finished[protocol] = time.time()
+        return {p: sorted(r, key=lambda r: int(r["fold"])) for p, r in results.items()}, finished
 
     def run_all(self, out_dir: Path, command: str
                 ) -> tuple[dict[str, dict[str, Any]], ModelCard]:
@@ -592,14 +592,15 @@ class Runner:
         jobs = sorted(((name, i) for name in protocols for i in todo[name][0]),
                       key=lambda job: -self._fold_cost(*job))
         t_folds = time.time()
-        self._finished = dict.fromkeys(protocols, t_folds)
-        self._sets.clear()
+        results: dict[str, list[dict[str, Any]]] = {}
+        finished: dict[str, float] = {}
         fit_pool = multiprocessing.get_context("spawn").Pool(1)
         try:
             fit = fit_pool.apply_async(_final_worker, (self.cfg, out_dir, command, self.items,
                                                        self.dropped))
             _LOGGER.info("shipped model: training in its own process, alongside the folds")
-            results = self._folds_in_processes(jobs, self.cfg.parallel_folds) if jobs else {}
+            if jobs:
+                results, finished = self._folds_in_processes(jobs, self.cfg.parallel_folds)
             card: ModelCard = fit.get()
             fit_pool.close()
         finally:
@@ -612,7 +613,7 @@ class Runner:
             run, reused = results.get(name, []), todo[name][1]
             # Wall time until the protocol's last fold was done (the folds of all
             # protocols share the workers), plus its own feature extraction.
-            secs = prep[name] + self._finished[name] - t_folds
+            secs = prep[name] + finished.get(name, t_folds) - t_folds
             cv[name] = self._cv_summary(name, reused + run, reused, prep[name], secs,
                                         out_dir)
         card = replace(card, metrics={name: cv_card_metrics(res) for name, res in cv.items()})
