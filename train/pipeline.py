@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -476,8 +477,8 @@ class Runner:
             for i in todo:
                 results.append(self.run_fold(protocol, i))
                 self._fold_done(protocol, results[-1])
-        return self._cv_summary(protocol, reused + results, reused, prep,
-                                time.time() - t_start, out_dir)
+        return self._cv_summary(protocol, results, reused, prep, time.time() - t_start,
+                                out_dir)
 
     def _cv_todo(self, protocol: str, only_folds: list[int] | None
                  ) -> tuple[list[int], list[dict[str, Any]]]:
@@ -494,15 +495,16 @@ class Runner:
         done = {int(r["fold"]) for r in reused}
         return [i for i in todo if i not in done], reused
 
-    def _cv_summary(self, protocol: str, results: list[dict[str, Any]],
+    def _cv_summary(self, protocol: str, run: list[dict[str, Any]],
                     reused: list[dict[str, Any]], prep: float, seconds: float,
                     out_dir: Path | None) -> dict[str, Any]:
-        """The CV's JSON (``cv-<protocol>.json`` in ``out_dir``): folds, mean ± std,
-        pooled confusion matrices, and the settings they ran with."""
+        """The CV's JSON (``cv-<protocol>.json`` in ``out_dir``) from the folds trained now
+        and those reused: folds, mean ± std, pooled confusion matrices, and the settings
+        they ran with."""
         p = self.cfg.protocols[protocol]
         plan = self.cv_plan(protocol)
         tax, main, folds = plan.tax, plan.main, plan.folds
-        results = sorted(results, key=lambda r: int(r["fold"]))
+        results = sorted(run + reused, key=lambda r: int(r["fold"]))
         summary = {
             "protocol": protocol, "taxonomy": tax.to_dict(), "corpora": list(p.corpora),
             "extra_train_corpora": plan.extra, "split": plan.split,
@@ -575,7 +577,8 @@ class Runner:
           (cross_corpus's two folds differ twofold in size);
         * the shipped model trains alongside them, in a process of its own with ``jobs``
           threads, as when ``serd-train fit`` trains it alone: the same threads, so the
-          same model.  Its card gets the CV metrics once the folds are done.
+          same model.  Its card gets the CV metrics once the folds are done, and only then
+          do model and card move from a staging folder into ``out_dir``.
 
         With one BLAS thread per extraction worker and three folds at a time, this took
         ``all`` on a 2-core VM from 55.1 to 39.1 min (docs/training.md, Timings).
@@ -594,32 +597,41 @@ class Runner:
         t_folds = time.time()
         results: dict[str, list[dict[str, Any]]] = {}
         finished: dict[str, float] = {}
-        fit_pool = multiprocessing.get_context("spawn").Pool(1)
-        try:
-            fit = fit_pool.apply_async(_final_worker, (self.cfg, out_dir, command, self.items,
-                                                       self.dropped))
-            _LOGGER.info("shipped model: training in its own process, alongside the folds")
-            if jobs:
-                results, finished = self._folds_in_processes(jobs, self.cfg.parallel_folds)
-            card: ModelCard = fit.get()
-            fit_pool.close()
-        finally:
-            # After a failed fold (or Ctrl-C) stop the model's training too, rather than
-            # wait the quarter of an hour it takes before reporting the error.
-            fit_pool.terminate()
-            fit_pool.join()
-        cv = {}
-        for name in protocols:
-            run, reused = results.get(name, []), todo[name][1]
-            # Wall time until the protocol's last fold was done (the folds of all
-            # protocols share the workers), plus its own feature extraction.
-            secs = prep[name] + finished.get(name, t_folds) - t_folds
-            cv[name] = self._cv_summary(name, reused + run, reused, prep[name], secs,
-                                        out_dir)
-        card = replace(card, metrics={name: cv_card_metrics(res) for name, res in cv.items()})
-        from serd.model import card_path_for  # noqa: PLC0415
+        # The model is written to a staging folder and moved into out_dir (models/ by
+        # default) with its complete card at the end: an interrupted run never leaves a
+        # new model there beside the old CV files, or a card without metrics.
+        with tempfile.TemporaryDirectory(prefix="serd-final-") as tmp:
+            staging = Path(tmp)
+            fit_pool = multiprocessing.get_context("spawn").Pool(1)
+            try:
+                fit = fit_pool.apply_async(_final_worker, (self.cfg, staging, command,
+                                                           self.items, self.dropped))
+                _LOGGER.info("shipped model: training in its own process, beside the folds")
+                if jobs:
+                    results, finished = self._folds_in_processes(jobs,
+                                                                 self.cfg.parallel_folds)
+                card: ModelCard = fit.get()
+                fit_pool.close()
+            finally:
+                # After a failed fold (or Ctrl-C) stop the model's training too, rather
+                # than wait the quarter of an hour it takes before reporting the error.
+                fit_pool.terminate()
+                fit_pool.join()
+            cv = {}
+            for name in protocols:
+                # Wall time until the protocol's last fold was done (the folds of all
+                # protocols share the workers), plus its own feature extraction.
+                secs = prep[name] + finished.get(name, t_folds) - t_folds
+                cv[name] = self._cv_summary(name, results.get(name, []), todo[name][1],
+                                            prep[name], secs, out_dir)
+            card = replace(card, metrics={name: cv_card_metrics(res)
+                                          for name, res in cv.items()})
+            from serd.model import card_path_for  # noqa: PLC0415
 
-        card.save(card_path_for(out_dir / f"{card.name}.tflite"))
+            model = out_dir / f"{card.name}.tflite"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(staging / model.name, model)
+            card.save(card_path_for(model))
         _LOGGER.info("every CV and the shipped model: %.0f s", time.time() - t0)
         return cv, card
 
