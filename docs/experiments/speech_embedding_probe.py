@@ -28,7 +28,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
-from serd.features import mfcc
+from serd.features import FeatureParams, mfcc
+from serd.gate import VadSettings
+from serd.windows import windows_of
 from train.augment import telephone
 from train.config import load_config
 from train.corpora import load_audio
@@ -140,6 +142,113 @@ def channel(args: argparse.Namespace) -> None:
         print(f"{name:17s} clean {c:.1f}, telephone {t:.1f} (drop {c - t:.1f})")
 
 
+def windows(args: argparse.Namespace) -> None:
+    """The probe on the daemon's windows: embedding statistics over each 2 s window that
+    the daemon classifies (default VAD, the card's window and hop), a regression on the
+    training speakers' windows, its window probabilities averaged per file as the daemon
+    averages the CNN's, then multiplied with the CNN's file probabilities."""
+    cfg = load_config(overrides={"corpora_roots": [args.corpora], "cache_dir": args.cache,
+                                 "jobs": 1})
+    runner = Runner(cfg, progress=False)
+    plan = runner.cv_plan(args.protocol)
+    items = _items(plan)
+    model = SpeechEmbedding(Path(args.models))
+    hop = 8 * 160  # samples between embeddings; each is centred 38 mel frames in
+    stats, owner = [], []
+    for n, it in enumerate(items):
+        audio = load_audio(it.path)
+        emb = model(audio)
+        centre = np.arange(len(emb)) * hop + 38 * 160
+        for w in windows_of(audio, FeatureParams(), runner.windows, VadSettings()):
+            inside = (centre >= w.start_sample) & (centre < w.end_sample)
+            e = emb[inside] if inside.any() else emb[[int(np.argmin(np.abs(
+                centre - (w.start_sample + w.end_sample) // 2)))]]
+            stats.append(np.concatenate([e.mean(0), e.std(0)]))
+            owner.append(n)
+    x, own = np.array(stats), np.array(owner)
+    labels = np.array([plan.tax.eval_label(it) for it in items])
+    speakers = np.array([it.speaker for it in items])
+    row = {it.path: i for i, it in enumerate(items)}
+    res: dict[float, list[float]] = {}
+    for fold in plan.folds:
+        dump = np.load(Path(args.dumps) / f"{args.protocol}-fold{fold.index}.npz")
+        has = dump["has"]
+        idx = np.array([row[str(p)] for p in dump["paths"]])[has]
+        cnn, y = dump["probs"][has], dump["y"][has]
+        train = np.isin(speakers[own], list(fold.train) + list(fold.early_stop))
+        sc = StandardScaler().fit(x[train])
+        lr = LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000)
+        lr.fit(sc.transform(x[train]), labels[own][train])
+        pw = lr.predict_proba(sc.transform(x))
+        p = np.stack([pw[own == i].mean(0) for i in idx])
+        for w in (0.0, 0.3, 0.5, 0.7, 1.0):
+            logp = w * np.log(np.clip(cnn, 1e-6, 1)) + (1 - w) * np.log(np.clip(p, 1e-6, 1))
+            res.setdefault(w, []).append(balanced_accuracy_score(y, logp.argmax(1)))
+    print(f"{len(x)} windows of {len(set(own.tolist()))} files")
+    for w, v in res.items():
+        print(f"windows: CNN weight {w}: {100 * np.mean(v):.1f} ± {100 * np.std(v):.1f} "
+              f"folds {np.round(100 * np.array(v), 1).tolist()}")
+
+
+def sentences(args: argparse.Namespace) -> None:
+    """Does a regression lean on which sentence is spoken?  Each corpus's sentences are
+    split into two halves; per speaker fold and half, a regression trained on the training
+    speakers' files of that half is tested on the test speakers' files of the same half
+    (seen sentences) and of the other half (unseen sentences)."""
+    plan = _plan(args)
+    items = _items(plan)
+    d = np.load(args.feats)
+    labels, speakers = d["Y"], d["SPK"]
+    text = np.array([f"{it.corpus}:{it.text}" for it in items])
+    half = np.zeros(len(items), int)
+    for corpus in sorted({it.corpus for it in items}):
+        codes = sorted({t for t in text if t.startswith(corpus + ":")})
+        for j, code in enumerate(codes):
+            half[text == code] = j % 2
+    for name, keys in (("serd", ["S"]), ("embedding", ["E"]), ("serd + embedding", ["S", "E"])):
+        x = np.hstack([d[k] for k in keys])
+        seen, unseen = [], []
+        for fold in plan.folds:
+            test_spk = np.isin(speakers, list(fold.test))
+            train_spk = np.isin(speakers, list(fold.train) + list(fold.early_stop))
+            for h in (0, 1):
+                train = train_spk & (half == h)
+                sc = StandardScaler().fit(x[train])
+                lr = LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000)
+                lr.fit(sc.transform(x[train]), labels[train])
+                for out, sel in ((seen, test_spk & (half == h)), (unseen, test_spk & (half != h))):
+                    pred = lr.predict(sc.transform(x[sel]))
+                    out.append(balanced_accuracy_score(labels[sel], pred))
+        a, b = 100 * np.mean(seen), 100 * np.mean(unseen)
+        print(f"{name:17s} seen sentences {a:.1f}, unseen sentences {b:.1f} (drop {a - b:.1f})")
+
+
+def cnn_sentences(args: argparse.Namespace) -> None:
+    """The CNN's int8 file verdicts on the test speakers' files of sentence half 0 and 1:
+    from a CV run trained on half 0 only (``--dumps``: the patched run with
+    ``SERD_SENTENCE_HALF=0``) and, as the control for how hard each half is, from the
+    normal run trained on every sentence (``--all-dumps``)."""
+    plan = _plan(args)
+    items = {it.path: it for it in _items(plan)}
+    half: dict[str, int] = {}
+    for corpus in sorted({it.corpus for it in items.values()}):
+        codes = sorted({it.text for it in items.values() if it.corpus == corpus})
+        half.update({f"{corpus}:{c}": j % 2 for j, c in enumerate(codes)})
+    for tag, folder in (("trained on half 0", args.dumps), ("trained on all", args.all_dumps)):
+        accs: dict[int, list[float]] = {0: [], 1: []}
+        for fold in plan.folds:
+            dump = np.load(Path(folder) / f"{args.protocol}-fold{fold.index}.npz")
+            has = dump["has"]
+            h = np.array([half[f"{items[str(p)].corpus}:{items[str(p)].text}"]
+                          for p in dump["paths"]])
+            for k in (0, 1):
+                sel = has & (h == k)
+                accs[k].append(balanced_accuracy_score(dump["y"][sel],
+                                                       dump["probs"][sel].argmax(1)))
+        a, b = 100 * np.mean(accs[0]), 100 * np.mean(accs[1])
+        print(f"CNN {tag:17s}: half 0 {a:.1f}, half 1 {b:.1f} (difference {a - b:.1f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpora", default="../shared/corpora")
@@ -158,8 +267,18 @@ def main() -> None:
     c = sub.add_parser("channel")
     c.add_argument("--feats", required=True, help="feats-<protocol>.npz (clean)")
     c.add_argument("--telephone", required=True, help="feats-<protocol>-telephone.npz")
+    w = sub.add_parser("windows")
+    w.add_argument("--models", required=True,
+                   help="openwakeword/resources/models of the unpacked 0.5.1 wheel")
+    w.add_argument("--dumps", required=True, help="SERD_DUMP folder of the patched CV run")
+    t = sub.add_parser("sentences")
+    t.add_argument("--feats", required=True, help="feats-<protocol>.npz written by embed")
+    n = sub.add_parser("cnn-sentences")
+    n.add_argument("--dumps", required=True, help="dumps of the SERD_SENTENCE_HALF=0 run")
+    n.add_argument("--all-dumps", required=True, help="dumps of the normal run")
     args = ap.parse_args()
-    {"embed": embed, "fuse": fuse, "channel": channel}[args.cmd](args)
+    {"embed": embed, "fuse": fuse, "channel": channel, "windows": windows,
+     "sentences": sentences, "cnn-sentences": cnn_sentences}[args.cmd](args)
 
 
 if __name__ == "__main__":
