@@ -1,0 +1,219 @@
+"""Twelfth round, part two: a pretrained *speaker* encoder as a second opinion.
+
+Throwaway experiment code (docs/training.md, "Twelfth round"). Resemblyzer 0.1.4 (PyPI,
+Apache-2.0) bundles a GE2E speaker encoder (3-layer LSTM, 256 units, on 40 mel bands of
+power, 1.6 s partials) trained for text-independent speaker verification, so unlike a
+keyword-spotting embedding it is not built to encode the words. Its checkpoint is read
+here without torch (the legacy pickle format) and run in numpy.
+
+    pip download --no-deps resemblyzer==0.1.4 -d /tmp/rz
+    (cd /tmp/rz && python -m zipfile -e Resemblyzer-0.1.4-py3-none-any.whl .)
+    python docs/experiments/speaker_encoder_probe.py embed \
+        --checkpoint /tmp/rz/resemblyzer/pretrained.pt \
+        --feats /tmp/probe/feats-six.npz --out /tmp/probe/feats-six-rz.npz
+
+writes the utterance embeddings (256 values per file, volume-normalised to -30 dBFS, no
+silence trimming) next to serd's statistics from ``speech_embedding_probe.py embed``, in
+the same file order, so that probe's ``fuse`` and ``sentences`` read it as they are.
+``unseen`` is the CNN trained on sentence half 0 (``SERD_SENTENCE_HALF=0``) multiplied
+with a regression trained on the same half, scored on the test speakers' files of both
+halves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import librosa
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.preprocessing import StandardScaler
+
+from train.config import load_config
+from train.corpora import load_audio
+from train.pipeline import Runner
+
+_DTYPES = {"FloatStorage": np.float32, "LongStorage": np.int64, "IntStorage": np.int32,
+           "DoubleStorage": np.float64, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+
+
+class _Storage:
+    def __init__(self, dtype: Any) -> None:
+        self.dtype, self.data = dtype, np.zeros(0)
+
+
+class _Tensor:
+    def __init__(self, storage: _Storage, offset: int, size: Any, stride: Any) -> None:
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def array(self) -> np.ndarray:
+        item = self.storage.data.itemsize
+        return np.lib.stride_tricks.as_strided(
+            self.storage.data[self.offset:], shape=tuple(self.size),
+            strides=[s * item for s in self.stride]).copy()
+
+
+def _rebuild(storage: _Storage, offset: int, size: Any, stride: Any, *_: Any) -> _Tensor:
+    return _Tensor(storage, offset, size, stride)
+
+
+def load_legacy_checkpoint(path: Path) -> Any:
+    """A torch checkpoint in the legacy (pre-zip) format, as dicts of numpy arrays."""
+    storages: dict[str, _Storage] = {}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return _rebuild
+            if module == "torch" and name in _DTYPES:
+                return _DTYPES[name]
+            if (module, name) == ("collections", "OrderedDict"):
+                return collections.OrderedDict
+            return super().find_class(module, name)
+
+        def persistent_load(self, pid: Any) -> _Storage:
+            _, dtype, key = pid[:3]
+            return storages.setdefault(key, _Storage(dtype))
+
+    with open(path, "rb") as f:
+        for _ in range(3):  # magic number, protocol version, system info
+            pickle.load(f)
+        obj = Unpickler(f).load()
+        for key in pickle.load(f):
+            st = storages[key]
+            n = struct.unpack("<q", f.read(8))[0]
+            st.data = np.frombuffer(f.read(n * np.dtype(st.dtype).itemsize), st.dtype)
+
+    def convert(o: Any) -> Any:
+        if isinstance(o, _Tensor):
+            return o.array()
+        if isinstance(o, dict):
+            return {k: convert(v) for k, v in o.items()}
+        return o
+
+    return convert(obj)
+
+
+class SpeakerEncoder:
+    def __init__(self, checkpoint: Path) -> None:
+        self.w = load_legacy_checkpoint(checkpoint)["model_state"]
+
+    def _embed(self, x: np.ndarray) -> np.ndarray:
+        """(B, 160, 40) mel partials -> (B, 256) L2-normalised embeddings."""
+        w = self.w
+        seq = x
+        h = np.zeros((len(x), 256), np.float32)
+        for layer in range(3):
+            wi, wh = w[f"lstm.weight_ih_l{layer}"], w[f"lstm.weight_hh_l{layer}"]
+            pre = seq @ wi.T + w[f"lstm.bias_ih_l{layer}"] + w[f"lstm.bias_hh_l{layer}"]
+            h = np.zeros((len(x), 256), np.float32)
+            c = np.zeros((len(x), 256), np.float32)
+            out = np.empty((*seq.shape[:2], 256), np.float32)
+            for t in range(seq.shape[1]):
+                g = pre[:, t] + h @ wh.T
+                i, f = _sigmoid(g[:, :256]), _sigmoid(g[:, 256:512])
+                c = f * c + i * np.tanh(g[:, 512:768])
+                h = _sigmoid(g[:, 768:]) * np.tanh(c)
+                out[:, t] = h
+            seq = out
+        e = np.maximum(h @ w["linear.weight"].T + w["linear.bias"], 0)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    @staticmethod
+    def partials(wav: np.ndarray) -> np.ndarray:
+        """Resemblyzer's preprocessing (no silence trimming) and 1.6 s partials, rate 1.3/s."""
+        dbfs = 10 * np.log10(np.mean(wav ** 2) + 1e-12)
+        if dbfs < -30:
+            wav = wav * 10 ** ((-30 - dbfs) / 20)
+        mel = librosa.feature.melspectrogram(y=wav, sr=16000, n_fft=400, hop_length=160,
+                                             n_mels=40).astype(np.float32).T
+        n = max(len(mel), 160)
+        mel = np.concatenate([mel, np.zeros((n + 160 - len(mel), 40), np.float32)])
+        starts = list(range(0, max(1, n - 160 + 1), 77))
+        if starts[-1] + 160 < n and (n - starts[-1] - 77) / 160 >= 0.75:
+            starts.append(starts[-1] + 77)
+        return np.stack([mel[s:s + 160] for s in starts])
+
+    def utterances(self, wavs: list[np.ndarray]) -> np.ndarray:
+        parts = [self.partials(w) for w in wavs]
+        owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+        allp = np.concatenate(parts)
+        e = np.concatenate([self._embed(allp[i:i + 512]) for i in range(0, len(allp), 512)])
+        u = np.stack([e[owner == i].mean(0) for i in range(len(wavs))])
+        return u / np.linalg.norm(u, axis=1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def _items(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    cfg = load_config(overrides={"corpora_roots": [args.corpora], "cache_dir": args.cache,
+                                 "jobs": 1})
+    plan = Runner(cfg, progress=False).cv_plan("six")
+    return plan, [it for it in plan.main if plan.tax.eval_label(it) is not None]
+
+
+def embed(args: argparse.Namespace) -> None:
+    _, items = _items(args)
+    ref = np.load(args.feats)
+    assert list(ref["SPK"]) == [it.speaker for it in items]
+    u = SpeakerEncoder(Path(args.checkpoint)).utterances([load_audio(it.path) for it in items])
+    np.savez(args.out, S=ref["S"], E=u, Y=ref["Y"], SPK=ref["SPK"])
+
+
+def unseen(args: argparse.Namespace) -> None:
+    plan, items = _items(args)
+    half: dict[str, int] = {}
+    for corpus in sorted({it.corpus for it in items}):
+        codes = sorted({it.text for it in items if it.corpus == corpus})
+        half.update({f"{corpus}:{c}": j % 2 for j, c in enumerate(codes)})
+    h = np.array([half[f"{it.corpus}:{it.text}"] for it in items])
+    row = {it.path: i for i, it in enumerate(items)}
+    d = np.load(args.feats)
+    x, y_all, spk = d["E"], d["Y"], d["SPK"]
+    res: dict[tuple[int, float], list[float]] = {}
+    for fold in plan.folds:
+        dump = np.load(Path(args.dumps) / f"six-fold{fold.index}.npz")
+        idx = np.array([row[str(p)] for p in dump["paths"]])
+        train = np.isin(spk, list(fold.train) + list(fold.early_stop)) & (h == 0)
+        sc = StandardScaler().fit(x[train])
+        lr = LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000)
+        lr.fit(sc.transform(x[train]), y_all[train])
+        for k in (0, 1):
+            sel = dump["has"] & (h[idx] == k)
+            p = lr.predict_proba(sc.transform(x[idx[sel]]))
+            for w in (1.0, 0.7, 0.5):
+                logp = (w * np.log(np.clip(dump["probs"][sel], 1e-6, 1))
+                        + (1 - w) * np.log(np.clip(p, 1e-6, 1)))
+                res.setdefault((k, w), []).append(
+                    balanced_accuracy_score(dump["y"][sel], logp.argmax(1)))
+    for (k, w), v in sorted(res.items()):
+        print(f"{'seen' if k == 0 else 'unseen'} sentences, CNN weight {w}: "
+              f"{100 * np.mean(v):.1f} folds {np.round(100 * np.array(v), 1).tolist()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpora", default="../shared/corpora")
+    ap.add_argument("--cache", default="~/.cache/serd")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("embed")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--feats", required=True, help="feats-six.npz of speech_embedding_probe")
+    e.add_argument("--out", required=True)
+    u = sub.add_parser("unseen")
+    u.add_argument("--feats", required=True, help="a feats file whose E to use")
+    u.add_argument("--dumps", required=True, help="dumps of the SERD_SENTENCE_HALF=0 run")
+    args = ap.parse_args()
+    {"embed": embed, "unseen": unseen}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
