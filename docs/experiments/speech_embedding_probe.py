@@ -252,7 +252,7 @@ def cnn_sentences(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpora", default="../shared/corpora")
-    ap.add_argument("--cache", default="~/.cache/serd")
+    ap.add_argument("--cache", default="~/.cache/serd/features", help="serd-train's cache")
     ap.add_argument("--protocol", default="six")
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("embed")
