@@ -34,6 +34,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
+from speech_embedding_probe import half_of  # this folder: run as a script
 
 from train.config import load_config
 from train.corpora import load_audio
@@ -170,11 +171,7 @@ def embed(args: argparse.Namespace) -> None:
 
 def unseen(args: argparse.Namespace) -> None:
     plan, items = _items(args)
-    half: dict[str, int] = {}
-    for corpus in sorted({it.corpus for it in items}):
-        codes = sorted({it.text for it in items if it.corpus == corpus})
-        half.update({f"{corpus}:{c}": j % 2 for j, c in enumerate(codes)})
-    h = np.array([half[f"{it.corpus}:{it.text}"] for it in items])
+    h = half_of(items)
     row = {it.path: i for i, it in enumerate(items)}
     d = np.load(args.feats)
     x, y_all, spk = d["E"], d["Y"], d["SPK"]

@@ -74,6 +74,22 @@ def _items(plan: CvPlan) -> list[Any]:
     return [it for it in plan.main if plan.tax.eval_label(it) is not None]
 
 
+def sentence_halves(items: list[Any]) -> dict[str, int]:
+    """``corpus:sentence`` -> 0 or 1: each corpus's sorted sentence codes, alternately
+    (as ``SERD_SENTENCE_HALF`` in dump-file-probs.patch splits them)."""
+    half: dict[str, int] = {}
+    for corpus in sorted({it.corpus for it in items}):
+        codes = sorted({it.text for it in items if it.corpus == corpus})
+        half.update({f"{corpus}:{c}": j % 2 for j, c in enumerate(codes)})
+    return half
+
+
+def half_of(items: list[Any]) -> np.ndarray:
+    """Each item's sentence half (see :func:`sentence_halves`)."""
+    halves = sentence_halves(items)
+    return np.array([halves[f"{it.corpus}:{it.text}"] for it in items])
+
+
 def embed(args: argparse.Namespace) -> None:
     plan = _plan(args)
     model = SpeechEmbedding(Path(args.models))
@@ -199,12 +215,7 @@ def sentences(args: argparse.Namespace) -> None:
     items = _items(plan)
     d = np.load(args.feats)
     labels, speakers = d["Y"], d["SPK"]
-    text = np.array([f"{it.corpus}:{it.text}" for it in items])
-    half = np.zeros(len(items), int)
-    for corpus in sorted({it.corpus for it in items}):
-        codes = sorted({t for t in text if t.startswith(corpus + ":")})
-        for j, code in enumerate(codes):
-            half[text == code] = j % 2
+    half = half_of(items)
     for name, keys in (("serd", ["S"]), ("embedding", ["E"]), ("serd + embedding", ["S", "E"])):
         x = np.hstack([d[k] for k in keys])
         seen, unseen = [], []
@@ -229,18 +240,14 @@ def cnn_sentences(args: argparse.Namespace) -> None:
     ``SERD_SENTENCE_HALF=0``) and, as the control for how hard each half is, from the
     normal run trained on every sentence (``--all-dumps``)."""
     plan = _plan(args)
-    items = {it.path: it for it in _items(plan)}
-    half: dict[str, int] = {}
-    for corpus in sorted({it.corpus for it in items.values()}):
-        codes = sorted({it.text for it in items.values() if it.corpus == corpus})
-        half.update({f"{corpus}:{c}": j % 2 for j, c in enumerate(codes)})
+    items = _items(plan)
+    half = dict(zip([it.path for it in items], half_of(items).tolist(), strict=True))
     for tag, folder in (("trained on half 0", args.dumps), ("trained on all", args.all_dumps)):
         accs: dict[int, list[float]] = {0: [], 1: []}
         for fold in plan.folds:
             dump = np.load(Path(folder) / f"{args.protocol}-fold{fold.index}.npz")
             has = dump["has"]
-            h = np.array([half[f"{items[str(p)].corpus}:{items[str(p)].text}"]
-                          for p in dump["paths"]])
+            h = np.array([half[str(p)] for p in dump["paths"]])
             for k in (0, 1):
                 sel = has & (h == k)
                 accs[k].append(balanced_accuracy_score(dump["y"][sel],
