@@ -36,6 +36,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 from speech_embedding_probe import SpeechEmbedding, half_of  # this folder: run as a script
 
+from train.augment import telephone
 from train.config import load_config
 from train.corpora import load_audio
 from train.pipeline import Runner
@@ -165,7 +166,10 @@ def embed(args: argparse.Namespace) -> None:
     _, items = _items(args)
     ref = np.load(args.feats)
     assert list(ref["SPK"]) == [it.speaker for it in items]
-    u = SpeakerEncoder(Path(args.checkpoint)).utterances([load_audio(it.path) for it in items])
+    audio = [load_audio(it.path) for it in items]
+    if args.channel == "telephone":
+        audio = [telephone(a) for a in audio]
+    u = SpeakerEncoder(Path(args.checkpoint)).utterances(audio)
     np.savez(args.out, S=ref["S"], E=u, Y=ref["Y"], SPK=ref["SPK"])
 
 
@@ -261,6 +265,9 @@ def main() -> None:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--feats", required=True, help="feats-six.npz of speech_embedding_probe")
     e.add_argument("--out", required=True)
+    e.add_argument("--channel", choices=["clean", "telephone"], default="clean",
+                   help="telephone: train.augment.telephone first (pair with a telephone "
+                   "--feats for the speech probe's channel command)")
     u = sub.add_parser("unseen")
     u.add_argument("--feats", required=True, help="a feats file whose E to use")
     u.add_argument("--dumps", required=True, help="dumps of the SERD_SENTENCE_HALF=0 run")

@@ -136,7 +136,8 @@ def fuse(args: argparse.Namespace) -> None:
 
 
 def channel(args: argparse.Namespace) -> None:
-    """Logistic regressions trained on clean statistics, tested on clean and on telephone."""
+    """Logistic regressions trained on clean statistics (with ``--train-both`` on clean and
+    telephone ones), tested on clean and on telephone."""
     plan = _plan(args)
     clean, tel = np.load(args.feats), np.load(args.telephone)
     assert (clean["SPK"] == tel["SPK"]).all()
@@ -148,9 +149,13 @@ def channel(args: argparse.Namespace) -> None:
         for fold in plan.folds:
             train = np.isin(speakers, list(fold.train) + list(fold.early_stop))
             test = np.isin(speakers, list(fold.test))
-            sc = StandardScaler().fit(x_clean[train])
+            x_fit, y_fit = x_clean[train], labels[train]
+            if args.train_both:  # as serd's CNN: telephone renderings in training too
+                x_fit = np.vstack([x_fit, x_tel[train]])
+                y_fit = np.concatenate([y_fit, labels[train]])
+            sc = StandardScaler().fit(x_fit)
             lr = LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000)
-            lr.fit(sc.transform(x_clean[train]), labels[train])
+            lr.fit(sc.transform(x_fit), y_fit)
             for tag, x in (("clean", x_clean), ("telephone", x_tel)):
                 pred = lr.predict(sc.transform(x[test]))
                 accs[tag].append(balanced_accuracy_score(labels[test], pred))
@@ -274,6 +279,8 @@ def main() -> None:
     c = sub.add_parser("channel")
     c.add_argument("--feats", required=True, help="feats-<protocol>.npz (clean)")
     c.add_argument("--telephone", required=True, help="feats-<protocol>-telephone.npz")
+    c.add_argument("--train-both", action="store_true",
+                   help="train on the clean and the telephone statistics")
     w = sub.add_parser("windows")
     w.add_argument("--models", required=True,
                    help="openwakeword/resources/models of the unpacked 0.5.1 wheel")
