@@ -34,7 +34,12 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
-from speech_embedding_probe import SpeechEmbedding, half_of  # this folder: run as a script
+from speech_embedding_probe import (  # this folder: run as a script
+    SpeechEmbedding,
+    half_of,
+    window_fusion,
+    window_stats,
+)
 
 from train.augment import telephone
 from train.config import load_config
@@ -201,59 +206,16 @@ def unseen(args: argparse.Namespace) -> None:
 
 
 def windows(args: argparse.Namespace) -> None:
-    """Both embeddings on the daemon's windows: for each 2 s window that the default VAD
-    gives, the speaker encoder's embedding of the window's audio and the speech
-    embedding's mean and std over the window; a regression on the training speakers'
-    windows; its window probabilities averaged per file, times the CNN's file
-    probabilities."""
-    from serd.features import FeatureParams  # noqa: PLC0415
-    from serd.gate import VadSettings  # noqa: PLC0415
-    from serd.windows import windows_of  # noqa: PLC0415
-
+    """Both embeddings on the daemon's windows: the speech embedding's statistics over each
+    window (as the speech probe's ``windows``) and the speaker encoder's embedding of the
+    window's audio, then the speech probe's per-window regression and fusion."""
     cfg = load_config(overrides={"corpora_roots": [args.corpora], "cache_dir": args.cache,
                                  "jobs": 1})
     runner = Runner(cfg, progress=False)
     plan, items = _items(args)
-    speech = SpeechEmbedding(Path(args.models))
-    speaker = SpeakerEncoder(Path(args.checkpoint))
-    hop = 8 * 160
-    spans, emb_stats, owner = [], [], []
-    for n, it in enumerate(items):
-        audio = load_audio(it.path)
-        emb = speech(audio)
-        centre = np.arange(len(emb)) * hop + 38 * 160
-        for w in windows_of(audio, FeatureParams(), runner.windows, VadSettings()):
-            inside = (centre >= w.start_sample) & (centre < w.end_sample)
-            e = emb[inside] if inside.any() else emb[[int(np.argmin(np.abs(
-                centre - (w.start_sample + w.end_sample) // 2)))]]
-            emb_stats.append(np.concatenate([e.mean(0), e.std(0)]))
-            spans.append(audio[w.start_sample:w.end_sample])
-            owner.append(n)
-    own = np.array(owner)
-    x = np.hstack([np.array(emb_stats), speaker.utterances(spans)])
-    labels = np.array([plan.tax.eval_label(it) for it in items])
-    speakers = np.array([it.speaker for it in items])
-    row = {it.path: i for i, it in enumerate(items)}
-    res: dict[float, list[float]] = {}
-    for fold in plan.folds:
-        dump = np.load(Path(args.dumps) / f"six-fold{fold.index}.npz")
-        has = dump["has"]
-        idx = np.array([row[str(p)] for p in dump["paths"]])[has]
-        train = np.isin(speakers[own], list(fold.train) + list(fold.early_stop))
-        sc = StandardScaler().fit(x[train])
-        lr = LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000)
-        lr.fit(sc.transform(x[train]), labels[own][train])
-        pw = lr.predict_proba(sc.transform(x))
-        p = np.stack([pw[own == i].mean(0) for i in idx])
-        for w in (0.0, 0.5, 0.7, 1.0):
-            logp = (w * np.log(np.clip(dump["probs"][has], 1e-6, 1))
-                    + (1 - w) * np.log(np.clip(p, 1e-6, 1)))
-            res.setdefault(w, []).append(balanced_accuracy_score(dump["y"][has],
-                                                                 logp.argmax(1)))
-    print(f"{len(x)} windows of {len(set(owner))} files")
-    for w, v in res.items():
-        print(f"windows, both embeddings, CNN weight {w}: {100 * np.mean(v):.1f} ± "
-              f"{100 * np.std(v):.1f} folds {np.round(100 * np.array(v), 1).tolist()}")
+    x, own = window_stats(items, runner.windows, SpeechEmbedding(Path(args.models)),
+                          SpeakerEncoder(Path(args.checkpoint)).utterances)
+    window_fusion(plan, items, x, own, Path(args.dumps), "six")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ CV run with ``docs/experiments/dump-file-probs.patch`` applied and ``SERD_DUMP=<
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,36 +164,43 @@ def channel(args: argparse.Namespace) -> None:
         print(f"{name:17s} clean {c:.1f}, telephone {t:.1f} (drop {c - t:.1f})")
 
 
-def windows(args: argparse.Namespace) -> None:
-    """The probe on the daemon's windows: embedding statistics over each 2 s window that
-    the daemon classifies (default VAD, the card's window and hop), a regression on the
-    training speakers' windows, its window probabilities averaged per file as the daemon
-    averages the CNN's, then multiplied with the CNN's file probabilities."""
-    cfg = load_config(overrides={"corpora_roots": [args.corpora], "cache_dir": args.cache,
-                                 "jobs": 1})
-    runner = Runner(cfg, progress=False)
-    plan = runner.cv_plan(args.protocol)
-    items = _items(plan)
-    model = SpeechEmbedding(Path(args.models))
+def window_stats(items: list[Any], window_params: Any, speech: SpeechEmbedding,
+                 extra: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(x, owner): for each 2 s window that the daemon classifies (default VAD,
+    ``window_params``' window and hop), the speech embedding's mean and std over the
+    window, and ``extra`` of the windows' audio beside them; ``owner``: the item index."""
     hop = 8 * 160  # samples between embeddings; each is centred 38 mel frames in
-    stats, owner = [], []
+    stats, spans, owner = [], [], []
     for n, it in enumerate(items):
         audio = load_audio(it.path)
-        emb = model(audio)
+        emb = speech(audio)
         centre = np.arange(len(emb)) * hop + 38 * 160
-        for w in windows_of(audio, FeatureParams(), runner.windows, VadSettings()):
+        for w in windows_of(audio, FeatureParams(), window_params, VadSettings()):
             inside = (centre >= w.start_sample) & (centre < w.end_sample)
             e = emb[inside] if inside.any() else emb[[int(np.argmin(np.abs(
                 centre - (w.start_sample + w.end_sample) // 2)))]]
             stats.append(np.concatenate([e.mean(0), e.std(0)]))
+            if extra is not None:
+                spans.append(audio[w.start_sample:w.end_sample])
             owner.append(n)
-    x, own = np.array(stats), np.array(owner)
+    x = np.array(stats)
+    if extra is not None:
+        x = np.hstack([x, extra(spans)])
+    return x, np.array(owner)
+
+
+def window_fusion(plan: CvPlan, items: list[Any], x: np.ndarray, own: np.ndarray,
+                  dumps: Path, protocol: str) -> None:
+    """Per fold, a regression on the training speakers' windows; its window probabilities
+    averaged per file as the daemon averages the CNN's, then multiplied with the CNN's
+    file probabilities (``dumps``: the patched CV run's)."""
     labels = np.array([plan.tax.eval_label(it) for it in items])
     speakers = np.array([it.speaker for it in items])
     row = {it.path: i for i, it in enumerate(items)}
     res: dict[float, list[float]] = {}
     for fold in plan.folds:
-        dump = np.load(Path(args.dumps) / f"{args.protocol}-fold{fold.index}.npz")
+        dump = np.load(dumps / f"{protocol}-fold{fold.index}.npz")
         has = dump["has"]
         idx = np.array([row[str(p)] for p in dump["paths"]])[has]
         cnn, y = dump["probs"][has], dump["y"][has]
@@ -209,6 +217,17 @@ def windows(args: argparse.Namespace) -> None:
     for w, v in res.items():
         print(f"windows: CNN weight {w}: {100 * np.mean(v):.1f} ± {100 * np.std(v):.1f} "
               f"folds {np.round(100 * np.array(v), 1).tolist()}")
+
+
+def windows(args: argparse.Namespace) -> None:
+    """The probe on the daemon's windows (see :func:`window_stats`, :func:`window_fusion`)."""
+    cfg = load_config(overrides={"corpora_roots": [args.corpora], "cache_dir": args.cache,
+                                 "jobs": 1})
+    runner = Runner(cfg, progress=False)
+    plan = runner.cv_plan(args.protocol)
+    items = _items(plan)
+    x, own = window_stats(items, runner.windows, SpeechEmbedding(Path(args.models)))
+    window_fusion(plan, items, x, own, Path(args.dumps), args.protocol)
 
 
 def sentences(args: argparse.Namespace) -> None:
