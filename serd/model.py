@@ -29,6 +29,16 @@ import numpy.typing as npt
 from serd.features import FeatureParams, WindowParams, mfcc
 from serd.normalise import Normalisation, normalise_windows
 from serd.settings import require
+from serd.voice import (
+    DEFAULT_TRUNK,
+    VOICE_VERSION,
+    VoiceBranch,
+    VoiceError,
+    VoiceHead,
+    VoiceParams,
+    VoiceTrunk,
+    voice_fingerprint,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -91,6 +101,10 @@ class ModelCard:
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    voice: dict[str, Any] = field(default_factory=dict)
+    """The voice branch (``serd.voice``) whose opinion is fused with the CNN's: its
+    version, parameters, trunk digest and fingerprint, head file and digest, and the CNN's
+    log weight.  Empty: the CNN alone."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +124,7 @@ class ModelCard:
             "model_file": {"sha256": self.sha256, "input_dtype": self.input_dtype},
             "training": self.training,
             "metrics": self.metrics,
+            **({"voice": self.voice} if self.voice else {}),
         }
 
     @classmethod
@@ -132,6 +147,7 @@ class ModelCard:
             description=str(data.get("description", "")),
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
+            voice=dict(data.get("voice", {})),
         )
 
     def save(self, path: Path) -> None:
@@ -238,13 +254,17 @@ def _quant(detail: dict[str, Any]) -> QuantParams:
 
 
 class Classifier:
-    """Runs windows through the model: ``__call__(raw_window) -> probabilities``.
+    """Runs windows through the model: ``__call__(raw_window, audio) -> probabilities``.
 
     Takes raw MFCC windows (frames, n_mfcc), applies the card's normalisation, quantises
-    with the input tensor's scale and zero point, invokes, dequantises the output.
+    with the input tensor's scale and zero point, invokes, dequantises the output.  With a
+    voice branch (``voice``, from the card) it also runs the window's ``audio`` through
+    that branch and returns the two opinions fused (:func:`serd.voice.fuse`).
     """
 
-    def __init__(self, model_path: Path, card: ModelCard, num_threads: int = 1) -> None:
+    def __init__(self, model_path: Path, card: ModelCard, num_threads: int = 1,
+                 voice: VoiceBranch | None = None) -> None:
+        self.voice = voice
         self.path = model_path
         self.card = card
         self.labels = card.labels
@@ -283,7 +303,20 @@ class Classifier:
         self.input_shape = expected
         self._buf = np.zeros(expected, dtype=inp["dtype"])
 
-    def __call__(self, window: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def __call__(self, window: npt.NDArray[np.float32],
+                 audio: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
+        """Probabilities of one window; ``audio`` (its samples) is needed with a voice
+        branch, and ignored without one."""
+        probs = self.cnn(window)
+        if self.voice is None:
+            return probs
+        if audio is None:
+            raise ValueError("this model fuses a voice branch: pass the window's audio "
+                             "(Windower(keep_audio=True))")
+        return self.voice.fused(probs, audio)
+
+    def cnn(self, window: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The int8 CNN's own probabilities of one raw MFCC window."""
         x = normalise_windows(window, self.card.normalisation)
         self._buf[0] = self.input_quant.quantize(x)
         self._interp.set_tensor(self._in_index, self._buf)
@@ -314,9 +347,66 @@ def load_classifier(
                 f"model file {path} does not match its card (SHA-256 {actual[:12]}... vs "
                 f"{card.sha256[:12]}...): the file is corrupt or the card belongs to another model"
             )
-    clf = Classifier(path, card, settings.num_threads)
+    voice = load_voice_branch(path, card) if card.voice else None
+    clf = Classifier(path, card, settings.num_threads, voice)
     _LOGGER.info(
-        "loaded model %s (%s, %d labels, %s) with %s",
+        "loaded model %s (%s, %d labels, %s) with %s%s",
         card.name, path.name, len(card.labels), card.sha256[:12], clf.runtime,
+        " and its voice branch" if voice else "",
     )
     return clf
+
+
+def voice_head_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.stem + ".voice.npz")
+
+
+def load_voice_branch(model_path: Path, card: ModelCard) -> VoiceBranch:
+    """The voice branch a card describes: the trunk (beside the model, else serd's own)
+    and the head (``<model>.voice.npz``), both checked against the card's digests, and the
+    trunk against the card's fingerprint."""
+    v = card.voice
+    try:
+        version = int(v["version"])
+        params = VoiceParams(**v["params"])
+        trunk_sha, head_sha = str(v["trunk_sha256"]), str(v["head_sha256"])
+        weight = float(v["cnn_weight"])
+        fingerprint = [float(x) for x in v.get("fingerprint", ())]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"model {card.name}: the card's voice section is invalid: {exc}") \
+            from None
+    if version != VOICE_VERSION or params != VoiceParams():
+        raise ModelError(
+            f"model {card.name} was made with voice branch version {version} "
+            f"({params}); this serd computes version {VOICE_VERSION} ({VoiceParams()}): "
+            "retrain it with this serd"
+        )
+    if not 0.0 <= weight <= 1.0:
+        raise ModelError(f"model {card.name}: voice cnn_weight {weight} is not in 0..1")
+    beside = model_path.with_name(DEFAULT_TRUNK.name)
+    trunk_path = beside if beside.is_file() else DEFAULT_TRUNK
+    try:
+        trunk = VoiceTrunk(trunk_path, params)
+        if trunk.sha256 != trunk_sha:
+            raise ModelError(
+                f"voice trunk {trunk_path} is not the one model {card.name} was trained with "
+                f"(SHA-256 {trunk.sha256[:12]}... vs {trunk_sha[:12]}...): put its trunk "
+                f"beside the model as {DEFAULT_TRUNK.name}"
+            )
+        if fingerprint and not np.allclose(
+                voice_fingerprint(trunk, fingerprint_signal(params.sample_rate)), fingerprint,
+                                           atol=2e-3, rtol=1e-3):
+            raise ModelError(
+                f"model {card.name}: this serd's voice branch computes different numbers "
+                "than the one it was trained with (fingerprint mismatch): retrain it"
+            )
+        head_path = voice_head_path(model_path)
+        if head_path.is_file() and sha256_of(head_path) != head_sha:
+            raise ModelError(
+                f"voice head {head_path} does not match the card of model {card.name}: "
+                "the file is corrupt or belongs to another model"
+            )
+        head = VoiceHead.load(head_path, len(card.labels), params.n_outputs)
+    except VoiceError as exc:
+        raise ModelError(str(exc)) from None
+    return VoiceBranch(trunk, head, weight)

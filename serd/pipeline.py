@@ -68,7 +68,9 @@ class Pipeline:
         self.channel = channel
         card = classifier.card
         self.sample_rate = card.features.sample_rate
-        self.windower = Windower(card.features, card.windows, vad)
+        # A voice branch reads each window's audio as well as its MFCCs.
+        self.windower = Windower(card.features, card.windows, vad,
+                                 keep_audio=classifier.voice is not None)
         self.decider = Decider(card.labels, decisions)
         self._times = StageTimes()
         self.windows_classified = 0
@@ -103,7 +105,7 @@ class Pipeline:
         for item in items:
             if isinstance(item, Window):
                 t0 = time.perf_counter()
-                probs = self.classifier(item.features)
+                probs = self.classifier(item.features, item.audio)
                 t1 = time.perf_counter()
                 v = self.decider(probs)
                 self._times.inference += t1 - t0

@@ -39,6 +39,9 @@ class Window:
     """(window_frames, n_mfcc) float32."""
     padded: bool = False
     """True when the segment was shorter than a window and its frames were repeated."""
+    audio: npt.NDArray[np.float32] | None = field(default=None, repr=False)
+    """The samples ``start_sample:end_sample`` (only with ``Windower(keep_audio=True)``:
+    the voice branch, ``serd.voice``, reads the window's audio, not its MFCCs)."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,10 @@ class Windower:
         vad: VadSettings | None = None,
         *,
         min_window_seconds: float = 0.5,
+        keep_audio: bool = False,
     ) -> None:
         self.features = features or FeatureParams()
+        self.keep_audio = keep_audio
         self.windows = windows or WindowParams()
         self.vad = vad or VadSettings()
         self.block = self.features.hop_length
@@ -108,6 +113,8 @@ class Windower:
         self._seg_samples = 0  # samples of the current segment fed (incl. pending)
         self._emitted = 0  # windows emitted in the current segment
         self._last_window_end = 0  # segment frame index just past the last window
+        self._audio: list[npt.NDArray[np.float32]] = []  # keep_audio: the segment's samples
+        self._audio_from = 0  # absolute sample index of the first kept sample
         self.samples_in = 0
         self.speech_samples = 0
         self.seconds_features = 0.0  # CPU-ish time inside the MFCC stage (for bench/health)
@@ -210,6 +217,8 @@ class Windower:
         self._seg_samples = 0
         self._emitted = 0
         self._last_window_end = 0
+        self._audio = []
+        self._audio_from = block * self.block
         out.append(SegmentStart(self._segment, block * self.block))
 
     def _feed(
@@ -225,6 +234,8 @@ class Windower:
         self.speech_samples += audio.size
         self._fed_until = until
         self._pending.append(audio)
+        if self.keep_audio:
+            self._audio.append(audio)
         self._seg_samples += audio.size
         w, h = self.win_frames, self.hop_frames
         # Frames the MFCC stream will have given once the pending audio is in.
@@ -244,6 +255,8 @@ class Windower:
         if drop > 0:
             self._frames = self._frames[drop:]
             self._frames_offset = keep_from
+        if self.keep_audio:
+            self._trim_audio(self._seg_start * self.block + max(0, keep_from) * hop)
 
     def _compute_pending(self) -> None:
         """MFCC frames of the pending speech audio, appended to the segment's frames."""
@@ -272,7 +285,25 @@ class Windower:
         n = min(frames.shape[0], self._n_frames) if padded else frames.shape[0]
         start = s0 + first_frame * hop
         end = start + (n - 1) * hop + self.features.frame_length
-        out.append(Window(self._segment, start, end, frames, padded))
+        audio = self._audio_span(start, end) if self.keep_audio else None
+        out.append(Window(self._segment, start, end, frames, padded, audio))
+
+    def _audio_span(self, start: int, end: int) -> npt.NDArray[np.float32]:
+        if len(self._audio) > 1:
+            self._audio = [np.concatenate(self._audio)]
+        kept = self._audio[0] if self._audio else _NO_AUDIO
+        return kept[start - self._audio_from : end - self._audio_from].copy()
+
+    def _trim_audio(self, keep_from: int) -> None:
+        """Forget the segment's samples before ``keep_from`` (absolute): no later window
+        starts earlier."""
+        drop = keep_from - self._audio_from
+        if drop <= 0 or not self._audio:
+            return
+        if len(self._audio) > 1:
+            self._audio = [np.concatenate(self._audio)]
+        self._audio = [self._audio[0][drop:]]
+        self._audio_from = keep_from
 
     def _end(self, block: int, out: list[Item]) -> None:
         self._compute_pending()
@@ -295,8 +326,10 @@ def windows_of(
     features: FeatureParams | None = None,
     windows: WindowParams | None = None,
     vad: VadSettings | None = None,
+    *,
+    keep_audio: bool = False,
 ) -> list[Window]:
     """All windows of a whole clip (the training and evaluation path)."""
-    w = Windower(features, windows, vad)
+    w = Windower(features, windows, vad, keep_audio=keep_audio)
     items = w(audio) + w.flush()
     return [it for it in items if isinstance(it, Window)]

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--folds", help="only these folds, e.g. 0,3 (quick experiments)")
     sub.add_parser("fit", help="train, quantise and export the shipped model")
     sub.add_parser("all", help="every CV protocol, then the shipped model and its report")
+    vt = sub.add_parser("voice-trunk", help="write voice-trunk.npz (the voice branch's frozen "
+                                            "layers) into --out from Resemblyzer's checkpoint")
+    vt.add_argument("checkpoint", help="resemblyzer/pretrained.pt of the Resemblyzer 0.1.4 wheel")
     rep = sub.add_parser("report", help="re-render README/PNGs from saved CV results and card")
     rep.add_argument("--name", default=None)
     return ap
@@ -117,6 +120,12 @@ def _main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "report":
         report.render(out, cfg, args.name or cfg.final.name)
+        return 0
+    if args.cmd == "voice-trunk":
+        from train.voice_trunk import write_trunk  # noqa: PLC0415
+
+        path = write_trunk(Path(args.checkpoint), out / "voice-trunk.npz")
+        _LOGGER.info("wrote %s", path)
         return 0
     if args.cmd == "cv" and args.protocol not in cfg.protocols:
         raise CorpusError(f"unknown protocol {args.protocol!r}; train/config.yaml has "

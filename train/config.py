@@ -322,6 +322,25 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class VoiceConfig:
+    """``voice``: the voice branch (:mod:`serd.voice`), a logistic regression over the
+    pretrained trunk's window statistics, trained per fold beside the CNN and fused with it."""
+
+    enabled: bool
+    """Train the branch and fuse it (false: the CNN alone, as up to serd 0.x's model 1)."""
+    cnn_weight: float
+    """The CNN's log weight in the fusion, 0..1 (the branch gets the rest)."""
+    c: float
+    """Inverse L2 strength of the regression (scikit-learn's ``C``)."""
+    telephone: bool
+    """Fit on the telephone renderings of the training windows as well as the clean ones."""
+
+    def __post_init__(self) -> None:
+        require(0 <= self.cnn_weight <= 1, "cnn_weight", "must be in [0, 1]")
+        require(self.c > 0, "c", "must be > 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything ``serd-train`` reads from ``train/config.yaml`` (plus ``--config``, ``--set``
     and its options).  Plain data: it pickles for the CV fold worker processes."""
@@ -347,6 +366,8 @@ class TrainConfig:
     model: ModelConfig
     training: TrainingConfig
     """The training recipe; protocols and ``final`` may override parts of it."""
+    voice: VoiceConfig
+    """The voice branch fused with the CNN."""
 
     def __post_init__(self) -> None:
         require(bool(self.corpora_roots), "corpora_roots", "needs at least one folder")

@@ -24,12 +24,13 @@ import numpy.typing as npt
 import serd
 from serd.features import FeatureParams
 from serd.gate import VadSettings
-from serd.model import ModelCard, frontend_fingerprint
+from serd.model import ModelCard, fingerprint_signal, frontend_fingerprint, voice_head_path
 from serd.normalise import (
     Normalisation,
     fit_normalisation,
     normalise_windows,
 )
+from serd.voice import VOICE_VERSION, VoiceHead, VoiceParams, VoiceTrunk, fuse, voice_fingerprint
 from train.config import TrainConfig, TrainingConfig, resolve
 from train.corpora import CorpusError, Item, load_corpora
 from train.dataset import (
@@ -43,6 +44,7 @@ from train.dataset import (
 from train.evaluate import file_probs, int8_window_probs, scores, summarise
 from train.splits import Fold, corpus_folds, cv_folds, final_split
 from train.taxonomy import Taxonomy
+from train.voice import build_voice, fit_head, voice_path
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class Runner:
         self._items: list[Item] | None = scan[0] if scan else None
         self.dropped: list[tuple[str, str]] = scan[1] if scan else []
         self._sets: dict[tuple[str, str], WindowSet] = {}
+        self._voice: dict[tuple[str, str], tuple[npt.NDArray[np.float32],
+                                                 npt.NDArray[np.int32]]] = {}
         self._set_tf_threads()
 
     def _set_tf_threads(self) -> None:
@@ -166,6 +170,45 @@ class Runner:
         f = np.concatenate(files) if files else np.zeros(0, np.int64)
         return WindowSet(x, f.astype(np.int32), items)
 
+    def voice_set(self, items: list[Item], variant: Variant) -> WindowSet:
+        """The voice branch's statistics of the windows of ``window_set(items, variant)``,
+        row for row (an evaluation variant: clean or telephone)."""
+        xs, files = [], []
+        pos = {it.path: i for i, it in enumerate(items)}
+        for corpus in sorted({it.corpus for it in items}):
+            key = (variant.name, corpus)
+            if key not in self._voice:
+                self._voice[key] = build_voice(
+                    self._corpus_items(corpus), variant, aug=self.aug, seed=self.seed,
+                    cache_dir=self.cache, jobs=self.jobs, features=self.features,
+                    vad=self._vad(variant), progress=self.progress)
+            x, file = self._voice[key]
+            new = np.array([pos.get(it.path, -1) for it in self._corpus_items(corpus)],
+                           np.int64)[file]
+            xs.append(x[new >= 0])
+            files.append(new[new >= 0])
+        x = np.concatenate(xs) if xs else np.zeros((0, 512), np.float32)
+        f = np.concatenate(files) if files else np.zeros(0, np.int64)
+        return WindowSet(x, f.astype(np.int32), items)
+
+    def _voice_variants(self) -> list[Variant]:
+        """The renderings the voice head is fitted on and evaluated with."""
+        return self.eval_variants() if self.cfg.voice.telephone else self.eval_variants()[:1]
+
+    def fit_voice(self, items: list[Item], tax: Taxonomy, speakers: Iterable[str]
+                  ) -> VoiceHead | None:
+        """The voice head, fitted on the windows of ``speakers`` (None: branch disabled)."""
+        if not self.cfg.voice.enabled:
+            return None
+        idx, lab = _labelled(items, speakers, tax.train_label)
+        xs, ys = [], []
+        for v in self._voice_variants():
+            sel = self.select(self.voice_set(items, v), idx, lab)
+            xs.append(np.asarray(sel.x, np.float32))
+            ys.append(sel.y_file[sel.file])
+        return fit_head(np.concatenate(xs), np.concatenate(ys), len(tax.labels),
+                        self.cfg.voice.c)
+
     def _corpus_items(self, corpus: str) -> list[Item]:
         return [it for it in self.items if it.corpus == corpus]
 
@@ -181,12 +224,27 @@ class Runner:
             items = self.corpus_items(corpora)
             for v in self.train_variants() + self.eval_variants():
                 self.window_set(items, v)
+            if self.cfg.voice.enabled:
+                for v in self._voice_variants():
+                    self.voice_set(items, v)
         else:
             for part, v in self._cache_units(corpora):
                 ensure_cached(part, v, aug=self.aug, seed=self.seed, cache_dir=self.cache,
                               jobs=self.jobs, features=self.features, vad=self._vad(v),
                               progress=self.progress)
+            for part, v in self._voice_units(corpora):
+                build_voice(part, v, aug=self.aug, seed=self.seed, cache_dir=self.cache,
+                            jobs=self.jobs, features=self.features, vad=self._vad(v),
+                            progress=self.progress)
+            self._voice.clear()  # the workers load what they need themselves
         return time.time() - t0
+
+    def _voice_units(self, corpora: Sequence[str] | None) -> list[tuple[list[Item], Variant]]:
+        if not self.cfg.voice.enabled:
+            return []
+        items = self.corpus_items(corpora)
+        return [(self._corpus_items(corpus), v) for v in self._voice_variants()
+                for corpus in sorted({it.corpus for it in items})]
 
     def _cache_units(self, corpora: Sequence[str] | None) -> list[tuple[list[Item], Variant]]:
         """(one corpus's items, variant): the unit of one cache file."""
@@ -200,7 +258,10 @@ class Runner:
         configuration (one per variant and corpus)."""
         return {cache_path(part, v, self.cache, aug=self.aug, seed=self.seed,
                            features=self.features, vad=self._vad(v))
-                for part, v in self._cache_units(corpora)}
+                for part, v in self._cache_units(corpora)} | {
+            voice_path(part, v, self.cache, aug=self.aug, seed=self.seed,
+                       features=self.features, vad=self._vad(v))
+            for part, v in self._voice_units(corpora)}
 
     def fold_records(self) -> set[Path]:
         """The fold records that every CV protocol of this configuration would reuse."""
@@ -211,7 +272,8 @@ class Runner:
         """Delete the cache's window files and fold records other than ``keep``: those of
         older corpus files, front-ends, settings or code.  Returns (files, bytes) deleted."""
         n = size = 0
-        stale = [*self.cache.glob("windows-*.npz"), *self.cache.glob("folds/*.json")]
+        stale = [*self.cache.glob("windows-*.npz"), *self.cache.glob("voice-*.npz"),
+                 *self.cache.glob("folds/*.json")]
         for f in sorted(stale):
             if f not in keep:
                 size += f.stat().st_size
@@ -272,8 +334,9 @@ class Runner:
 
     def export(self, trained: dict[str, Any], tax: Taxonomy, path: Path, name: str, *,
                description: str = "", training: dict | None = None,
-               metrics: dict | None = None) -> ModelCard:
-        """Write ``path`` (int8 tflite) and its card; returns the card."""
+               metrics: dict | None = None, head: VoiceHead | None = None) -> ModelCard:
+        """Write ``path`` (int8 tflite), with ``head`` its voice head
+        (``<stem>.voice.npz``), and its card; returns the card."""
         from train.quantize import to_int8  # noqa: PLC0415
 
         blob = to_int8(trained["model"], len(tax.labels), self.cfg.model,
@@ -282,12 +345,29 @@ class Runner:
         path.write_bytes(blob)
         from serd.model import card_path_for, sha256_of  # noqa: PLC0415
 
+        voice: dict[str, Any] = {}
+        if head is not None:
+            head_path = voice_head_path(path)
+            head.save(head_path)
+            trunk = VoiceTrunk()
+            voice = {
+                "version": VOICE_VERSION, "params": VoiceParams().to_dict(),
+                "trunk": "GE2E speaker encoder of Resemblyzer 0.1.4 (Apache-2.0), LSTM "
+                         "layers 1-2; statistics of layer 2 (serd/voice.py)",
+                "trunk_sha256": trunk.sha256,
+                "fingerprint": voice_fingerprint(
+                    trunk, fingerprint_signal(self.features.sample_rate)),
+                "head_file": head_path.name, "head_sha256": sha256_of(head_path),
+                "cnn_weight": self.cfg.voice.cnn_weight, "c": self.cfg.voice.c,
+                "fitted_on_telephone": self.cfg.voice.telephone,
+            }
         card = ModelCard(
             name=name, labels=tax.labels, features=self.features, windows=self.windows,
             normalisation=trained["norm"], sha256=sha256_of(path),
             fingerprint=tuple(frontend_fingerprint(self.features)),
             created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
             description=description, training=training or {}, metrics=metrics or {},
+            voice=voice,
         )
         card.save(card_path_for(path))
         return card
@@ -296,42 +376,67 @@ class Runner:
 
     def evaluate(self, trained: dict[str, Any], tflite: Path, card: ModelCard, *,
                  items: list[Item], test_idx: list[int], test_lab: list[int],
-                 n_labels: int, other_idx: list[int] | None = None) -> dict[str, Any]:
+                 n_labels: int, other_idx: list[int] | None = None,
+                 head: VoiceHead | None = None) -> dict[str, Any]:
+        """Scores of the float and int8 CNN alone, and with ``head`` of the CNN fused with
+        the voice branch (``fused_float``, ``fused_int8``: the latter is what the device
+        computes), on the clean and the telephone renderings of the test files."""
         from train.model import predict  # noqa: PLC0415
 
         out: dict[str, Any] = {}
+        w = self.cfg.voice.cnn_weight
         for v, tag in zip(self.eval_variants(), ("clean", "telephone"), strict=True):
             sel = self.select(self.window_set(items, v), test_idx, test_lab)
             raw = np.asarray(sel.x, np.float32)
             pf = predict(trained["model"], normalise_windows(raw, card.normalisation))
             pq = int8_window_probs(tflite, card, raw)
+            kinds = {"float": pf, "int8": pq}
+            if head is not None:
+                vsel = self.select(self.voice_set(items, v), test_idx, test_lab)
+                if not np.array_equal(vsel.file, sel.file):
+                    raise RuntimeError(f"voice cache of {v.name} is out of step with its "
+                                       "windows: delete the cache's voice-*.npz")
+                pv = head(np.asarray(vsel.x, np.float32))
+                kinds |= {"voice": pv, "fused_float": fuse(pf, pv, w),
+                          "fused_int8": fuse(pq, pv, w)}
             y_win = sel.y_file[sel.file]
             res: dict[str, Any] = {"files": sel.n_files,
                                    "files_with_windows": int(np.unique(sel.file).size),
                                    "windows": len(raw)}
-            for kind, p in (("float", pf), ("int8", pq)):
-                fp, has = file_probs(p, sel.file, sel.n_files)
-                res[kind] = {"file": scores(sel.y_file[has], fp[has].argmax(1), n_labels),
+            fps: dict[str, npt.NDArray[np.float32]] = {}
+            has = np.zeros(sel.n_files, bool)
+            for kind, p in kinds.items():
+                fps[kind], has = file_probs(p, sel.file, sel.n_files)
+                res[kind] = {"file": scores(sel.y_file[has], fps[kind][has].argmax(1), n_labels),
                              "window": scores(y_win, p.argmax(1), n_labels)}
-            fpf, has = file_probs(pf, sel.file, sel.n_files)
-            fpq, _ = file_probs(pq, sel.file, sel.n_files)
             corp = np.array([items[i].corpus for i in test_idx])
             if len(set(corp)) > 1:
-                res["int8_per_corpus"] = {
-                    c: scores(sel.y_file[has & (corp == c)], fpq[has & (corp == c)].argmax(1),
-                              n_labels)["balanced_accuracy"] for c in sorted(set(corp))}
-            res["agreement"] = {
-                "window_argmax": float((pf.argmax(1) == pq.argmax(1)).mean()) if len(raw) else 1.0,
-                "file_argmax": float((fpf[has].argmax(1) == fpq[has].argmax(1)).mean())
-                if has.any() else 1.0,
-            }
+                for kind in ("int8", "fused_int8"):
+                    if kind in fps:
+                        res[f"{kind}_per_corpus"] = {
+                            c: scores(sel.y_file[has & (corp == c)],
+                                      fps[kind][has & (corp == c)].argmax(1),
+                                      n_labels)["balanced_accuracy"] for c in sorted(set(corp))}
+            for name, (a, b) in (("agreement", ("float", "int8")),
+                                 ("fused_agreement", ("fused_float", "fused_int8"))):
+                if b in kinds:
+                    res[name] = {
+                        "window_argmax": float((kinds[a].argmax(1) == kinds[b].argmax(1)).mean())
+                        if len(raw) else 1.0,
+                        "file_argmax": float((fps[a][has].argmax(1) == fps[b][has].argmax(1))
+                                             .mean()) if has.any() else 1.0,
+                    }
             out[tag] = res
         if other_idx:
             # Emotions outside the taxonomy (RAVDESS calm/surprised in the six-class model):
-            # what the int8 model calls them.
+            # what the int8 model (fused with its voice branch, if any) calls them.
             sel = self.select(self.window_set(items, self.eval_variants()[0]), other_idx,
                               [0] * len(other_idx))
             pq = int8_window_probs(tflite, card, np.asarray(sel.x, np.float32))
+            if head is not None:
+                vsel = self.select(self.voice_set(items, self.eval_variants()[0]), other_idx,
+                                   [0] * len(other_idx))
+                pq = fuse(pq, head(np.asarray(vsel.x, np.float32)), w)
             fpq, has = file_probs(pq, sel.file, sel.n_files)
             pred = fpq.argmax(1)
             dist: dict[str, list[int]] = {}
@@ -380,13 +485,14 @@ class Runner:
         te = set(fold.test)
         other_idx = [i for i, it in enumerate(items)
                      if it.speaker in te and tax.eval_label(it) is None]
+        head = self.fit_voice(items, tax, fold.train + fold.early_stop)
         with tempfile.TemporaryDirectory() as td:
             tfl = Path(td) / "fold.tflite"
             card = self.export(trained, tax, tfl, f"{protocol}-fold{fold.index}")
             size = tfl.stat().st_size
             ev = self.evaluate(trained, tfl, card, items=items, test_idx=test_idx,
                                test_lab=test_lab, n_labels=len(tax.labels),
-                               other_idx=other_idx)
+                               other_idx=other_idx, head=head)
         return {
             "fold": fold.index, "test_speakers": list(fold.test),
             "early_stop_speakers": list(fold.early_stop),
@@ -631,6 +737,11 @@ class Runner:
             model = out_dir / f"{card.name}.tflite"
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.move(staging / model.name, model)
+            head = voice_head_path(staging / model.name)
+            if head.is_file():
+                shutil.move(head, voice_head_path(model))
+            else:
+                voice_head_path(model).unlink(missing_ok=True)
             card.save(card_path_for(model))
         _LOGGER.info("every CV and the shipped model: %.0f s", time.time() - t0)
         return cv, card
@@ -645,6 +756,7 @@ class Runner:
         tcfg = f.training
         fold = final_split(items, float(tcfg.early_stop_fraction), self.seed)
         trained = self.train_one(items, tax, fold, "final model", tcfg)
+        head = self.fit_voice(items, tax, fold.train + fold.early_stop)
         used = [it for it in items if tax.train_label(it) is not None]
         training = {
             "corpora": corpora,
@@ -688,8 +800,11 @@ class Runner:
                 f"({', '.join(tax.labels)}), {cnn} over "
                 f"{self.windows.window_seconds:g} s {inputs} windows, int8. "
                 f"Trained on {', '.join(corpora)} (acted English speech).")
+        if head is not None:
+            desc += (" Each window's CNN opinion is fused with a logistic regression over a "
+                     "pretrained speaker encoder's middle layer (serd/voice.py).")
         card = self.export(trained, tax, out_dir / f"{name}.tflite", name, description=desc,
-                           training=training, metrics=metrics)
+                           training=training, metrics=metrics, head=head)
         _LOGGER.info("final model: %s, %.0f s", out_dir / f"{name}.tflite", time.time() - t0)
         return card
 
@@ -730,6 +845,12 @@ def _versions() -> dict[str, str]:
 
 def _log_fold(protocol: str, res: dict[str, Any]) -> None:
     c = res["clean"]
+    if "fused_int8" in c:
+        _LOGGER.info("%s fold %d: fused with the voice branch: bacc int8 %.3f (voice alone "
+                     "%.3f), telephone %.3f", protocol, res["fold"],
+                     c["fused_int8"]["file"]["balanced_accuracy"],
+                     c["voice"]["file"]["balanced_accuracy"],
+                     res["telephone"]["fused_int8"]["file"]["balanced_accuracy"])
     _LOGGER.info(
         "%s fold %d: bacc float %.3f int8 %.3f (window int8 %.3f), f1 int8 %.3f, "
         "telephone int8 %.3f, agreement %.3f, best epoch %s, %.0f s",
@@ -763,12 +884,16 @@ def _normalise_f16(x: npt.NDArray[np.floating], norm: Normalisation,
 
 
 def aggregate(results: list[dict[str, Any]], n_labels: int) -> dict[str, Any]:
-    """Mean ± std over folds, pooled confusion matrices, float-int8 and telephone deltas."""
+    """Mean ± std over folds, pooled confusion matrices, float-int8 and telephone deltas,
+    for the CNN alone (``float``, ``int8``) and, where the folds have them, for the voice
+    branch alone (``voice``) and the fused model (``fused_float``, ``fused_int8``)."""
     if not results:
         return {}
+    kinds = [k for k in ("float", "int8", "voice", "fused_float", "fused_int8")
+             if all(k in r["clean"] for r in results)]
     out: dict[str, Any] = {}
     for cond in ("clean", "telephone"):
-        for kind in ("float", "int8"):
+        for kind in kinds:
             for level in ("file", "window"):
                 for m in ("balanced_accuracy", "macro_f1"):
                     vals = [r[cond][kind][level][m] for r in results]
@@ -776,14 +901,15 @@ def aggregate(results: list[dict[str, Any]], n_labels: int) -> dict[str, Any]:
                                                          "per_fold": [round(v, 4) for v in vals]}
             cm = np.sum([r[cond][kind]["file"]["confusion"] for r in results], axis=0)
             out[f"{cond}.{kind}.file.confusion"] = cm.astype(int).tolist()
-        out[f"{cond}.agreement.window_argmax"] = summarise(
-            [r[cond]["agreement"]["window_argmax"] for r in results])
-        out[f"{cond}.agreement.file_argmax"] = summarise(
-            [r[cond]["agreement"]["file_argmax"] for r in results])
+        for name in ("agreement", "fused_agreement"):
+            if all(name in r[cond] for r in results):
+                for level in ("window_argmax", "file_argmax"):
+                    out[f"{cond}.{name}.{level}"] = summarise(
+                        [r[cond][name][level] for r in results])
         out[f"{cond}.coverage"] = {
             "files": int(sum(r[cond]["files"] for r in results)),
             "files_with_windows": int(sum(r[cond]["files_with_windows"] for r in results))}
-    for kind in ("float", "int8"):
+    for kind in kinds:
         drop = [r["clean"][kind]["file"]["balanced_accuracy"]
                 - r["telephone"][kind]["file"]["balanced_accuracy"] for r in results]
         out[f"telephone_drop.{kind}"] = {**summarise(drop), "per_fold": [round(v, 4) for v in drop]}
@@ -793,10 +919,12 @@ def aggregate(results: list[dict[str, Any]], n_labels: int) -> dict[str, Any]:
             other[lab] = (np.asarray(other.get(lab, [0] * n_labels)) + row).astype(int).tolist()
     if other:
         out["other_emotions_int8"] = other
-    diff = [r["clean"]["float"]["file"]["balanced_accuracy"]
-            - r["clean"]["int8"]["file"]["balanced_accuracy"] for r in results]
-    out["float_minus_int8.file.balanced_accuracy"] = {**summarise(diff),
-                                                      "per_fold": [round(v, 4) for v in diff]}
+    for prefix, (a, b) in (("", ("float", "int8")), ("fused_", ("fused_float", "fused_int8"))):
+        if b in kinds:
+            diff = [r["clean"][a]["file"]["balanced_accuracy"]
+                    - r["clean"][b]["file"]["balanced_accuracy"] for r in results]
+            out[f"{prefix}float_minus_int8.file.balanced_accuracy"] = {
+                **summarise(diff), "per_fold": [round(v, 4) for v in diff]}
     return out
 
 

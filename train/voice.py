@@ -1,0 +1,127 @@
+"""The voice branch's training side: window statistics of the trunk, cached; the head.
+
+Every statistic comes from :class:`serd.voice.VoiceTrunk` over the audio of exactly the
+windows that :func:`serd.windows.windows_of` gives (``keep_audio=True``), the windows
+whose MFCCs the CNN sees, in the same order: row ``i`` of a voice set belongs to row ``i``
+of the window set of the same items and variant.  Each (variant, corpus) is one
+``voice-*.npz`` in the cache directory, keyed by the window set's key, the trunk's digest
+and the source of :mod:`serd.voice`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+import serd.voice
+from serd.features import FeatureParams
+from serd.gate import VadSettings
+from serd.voice import VOICE_VERSION, VoiceHead, VoiceTrunk, voice_mel
+from serd.windows import windows_of
+from train.augment import AugmentParams
+from train.corpora import Item
+from train.dataset import Variant, cache_key, render
+
+_TRUNK: VoiceTrunk | None = None
+
+
+def _trunk() -> VoiceTrunk:
+    global _TRUNK  # noqa: PLW0603 (one trunk per extraction process)
+    if _TRUNK is None:
+        _TRUNK = VoiceTrunk()
+    return _TRUNK
+
+
+def extract_voice(path: str, variant: Variant, *, aug: AugmentParams, seed: int,
+                  features: FeatureParams, vad: VadSettings) -> npt.NDArray[np.float32]:
+    """(k, 512) trunk statistics of one file's windows (k may be 0)."""
+    trunk = _trunk()
+    audio = render(path, variant, aug, seed)
+    ws = windows_of(audio, features, variant.windows, vad, keep_audio=True)
+    out = np.zeros((len(ws), trunk.params.n_outputs), np.float32)
+    mels = [voice_mel(w.audio, trunk.params) for w in ws if w.audio is not None]
+    # Windows of one length go through the LSTM together (most are full windows).
+    lengths = np.array([len(m) for m in mels])
+    for n in np.unique(lengths):
+        sel = np.flatnonzero(lengths == n)
+        out[sel] = trunk.batch(np.stack([mels[i] for i in sel]))
+    return out
+
+
+def _job(args: tuple) -> npt.NDArray[np.float32]:
+    path, variant, aug, seed, features, vad = args
+    return extract_voice(path, variant, aug=aug, seed=seed, features=features, vad=vad)
+
+
+def voice_path(items: Sequence[Item], variant: Variant, cache_dir: Path, *, aug: AugmentParams,
+               seed: int, features: FeatureParams, vad: VadSettings) -> Path:
+    h = hashlib.sha256()
+    h.update(cache_key(items, variant, aug=aug, seed=seed, features=features, vad=vad).encode())
+    h.update(f"voice {VOICE_VERSION} {_trunk().sha256}".encode())
+    assert serd.voice.__file__ is not None
+    h.update(Path(serd.voice.__file__).read_bytes())
+    return cache_dir / f"voice-{variant.name}-{h.hexdigest()[:20]}.npz"
+
+
+def build_voice(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, seed: int,
+                cache_dir: Path, jobs: int, features: FeatureParams, vad: VadSettings,
+                progress: bool = True) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+    """(x, file) of ``items`` for ``variant``, from the cache when present."""
+    items = list(items)
+    path = voice_path(items, variant, cache_dir, aug=aug, seed=seed, features=features, vad=vad)
+    if path.is_file():
+        with np.load(path) as z:
+            return z["x"], z["file_index"]
+    args = [(it.path, variant, aug, seed, features, vad) for it in items]
+    desc = f"voice {variant.name} ({len(items)} files)"
+    if jobs > 1 and len(items) > 32:
+        with mp.get_context("fork").Pool(jobs, initializer=threadpool_limits,
+                                         initargs=(1,)) as pool:
+            outs = list(tqdm(pool.imap(_job, args, chunksize=8), total=len(args), desc=desc,
+                             disable=not progress, leave=False))
+    else:
+        with threadpool_limits(1):
+            outs = [_job(a) for a in tqdm(args, desc=desc, disable=not progress, leave=False)]
+    n_out = _trunk().params.n_outputs
+    x = np.concatenate(outs) if outs else np.zeros((0, n_out), np.float32)
+    file = (np.concatenate([np.full(len(o), i, np.int32) for i, o in enumerate(outs)])
+            if outs else np.zeros(0, np.int32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, x=x, file_index=file)
+    tmp.replace(path)
+    return x, file
+
+
+def fit_head(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], n_labels: int,
+             c: float) -> VoiceHead:
+    """Standardisation + class-balanced multinomial logistic regression (L2, ``C=c``)."""
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    z = (x - mean) / scale
+    coef = np.zeros((n_labels, x.shape[1]), np.float32)
+    intercept = np.full(n_labels, -1e3, np.float32)  # a class never seen: never predicted
+    classes = np.unique(y)
+    if classes.size == 1:  # (tiny test sets) nothing to regress: always that class
+        intercept[classes[0]] = 0.0
+    else:
+        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
+        lr.fit(z, y)
+        if classes.size == 2:  # scikit-learn's binary form: p(second) = sigmoid(w.x + b)
+            coef[classes[1]], intercept[classes[0]] = lr.coef_[0], 0.0
+            intercept[classes[1]] = lr.intercept_[0]
+        else:
+            coef[lr.classes_] = lr.coef_
+            intercept[lr.classes_] = lr.intercept_
+    return VoiceHead(mean.astype(np.float32), scale.astype(np.float32), coef, intercept)
