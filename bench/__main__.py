@@ -169,6 +169,10 @@ def table(res: dict[str, Any]) -> str:
         row("int8 invoke ms / window", s["invoke_ms"], "median, 1 thread")
         row("Classifier call ms / window", s["classifier_call_ms"],
             "normalise + quantise + invoke + dequantise")
+        if "voice_branch_cpu_ms_per_speech_s" in s:
+            row("voice branch CPU ms / s of speech", s["voice_branch_cpu_ms_per_speech_s"],
+                "mel + 2 LSTM layers (100 steps) + regression, numpy float32, 1 thread")
+            row("voice trunk file KB", s["voice_trunk_bytes"] / 1024, "models/voice-trunk.npz")
     st = res.get("stream")
     if st:
         sec("streaming, 1 thread, Daemon.process_block, 50 ms blocks (CPU s per s of audio)")

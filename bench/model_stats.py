@@ -18,6 +18,7 @@ node is skipped, the ops it replaced are still listed) and tensor shapes after
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -113,6 +114,32 @@ def inference_time(model: Path, window: np.ndarray | None, repeats: int = 300) -
         clf(window)
         calls.append(time.perf_counter() - t0)
         cpu.append(time.thread_time() - c0)
+    voice: dict[str, Any] = {}
+    if clf.voice is not None:
+        # The voice branch runs its LSTM once per 10 ms frame of speech (serd.voice.
+        # VoiceStream): time one second of audio through mel + LSTM, and the head on a
+        # window's statistics, at one BLAS thread as on the device.
+        try:
+            from threadpoolctl import threadpool_limits  # noqa: PLC0415
+        except ImportError:  # a device install without the train extra: as it is
+            threadpool_limits = None
+        from serd.voice import stats, voice_mel  # noqa: PLC0415
+
+        trunk, params = clf.voice.trunk, clf.voice.trunk.params
+        audio = (np.random.default_rng(1).standard_normal(params.sample_rate + params.n_fft)
+                 * 0.05).astype(np.float32)
+        vt, vc = [], []
+        with threadpool_limits(1) if threadpool_limits else contextlib.nullcontext():
+            for k in range(max(13, repeats // 10)):
+                c0, t0 = time.thread_time(), time.perf_counter()
+                out = trunk.run(voice_mel(audio, params), trunk.zero_state())
+                clf.voice.head(stats(out, params))
+                if k >= 3:
+                    vt.append(time.perf_counter() - t0)
+                    vc.append(time.thread_time() - c0)
+        voice = {"voice_branch_ms_per_speech_s": median(vt) * 1000,
+                 "voice_branch_cpu_ms_per_speech_s": median(vc) * 1000,
+                 "voice_trunk_bytes": trunk.path.stat().st_size}
     interp = clf._interp
     invokes = []
     for _ in range(repeats):
@@ -127,6 +154,7 @@ def inference_time(model: Path, window: np.ndarray | None, repeats: int = 300) -
         "repeats": repeats,
         "labels": list(clf.labels),
         "name": clf.name,
+        **voice,
     }
 
 

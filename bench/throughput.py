@@ -82,7 +82,7 @@ def load_model(model: Path, hop_seconds: float | None = None) -> Any:
     card = dataclasses.replace(
         clf.card, windows=dataclasses.replace(clf.card.windows, hop_seconds=hop_seconds)
     )
-    return Classifier(clf.path, card, num_threads=1)
+    return Classifier(clf.path, card, num_threads=1, voice=clf.voice)
 
 
 def make_daemon(clf: Any, channels: int, state_dir: str) -> Any:

@@ -254,12 +254,11 @@ def _quant(detail: dict[str, Any]) -> QuantParams:
 
 
 class Classifier:
-    """Runs windows through the model: ``__call__(raw_window, audio) -> probabilities``.
+    """Runs windows through the model: ``__call__(raw_window) -> probabilities``.
 
     Takes raw MFCC windows (frames, n_mfcc), applies the card's normalisation, quantises
-    with the input tensor's scale and zero point, invokes, dequantises the output.  With a
-    voice branch (``voice``, from the card) it also runs the window's ``audio`` through
-    that branch and returns the two opinions fused (:func:`serd.voice.fuse`).
+    with the input tensor's scale and zero point, invokes, dequantises the output.
+    ``voice`` is the card's voice branch (:mod:`serd.voice`), or None.
     """
 
     def __init__(self, model_path: Path, card: ModelCard, num_threads: int = 1,
@@ -303,20 +302,10 @@ class Classifier:
         self.input_shape = expected
         self._buf = np.zeros(expected, dtype=inp["dtype"])
 
-    def __call__(self, window: npt.NDArray[np.float32],
-                 audio: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
-        """Probabilities of one window; ``audio`` (its samples) is needed with a voice
-        branch, and ignored without one."""
-        probs = self.cnn(window)
-        if self.voice is None:
-            return probs
-        if audio is None:
-            raise ValueError("this model fuses a voice branch: pass the window's audio "
-                             "(Windower(keep_audio=True))")
-        return self.voice.fused(probs, audio)
-
-    def cnn(self, window: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The int8 CNN's own probabilities of one raw MFCC window."""
+    def __call__(self, window: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The int8 CNN's probabilities of one raw MFCC window (a voice branch, if the
+        card has one, is fused by the caller, which keeps its per-channel state:
+        :class:`serd.pipeline.Pipeline`)."""
         x = normalise_windows(window, self.card.normalisation)
         self._buf[0] = self.input_quant.quantize(x)
         self._interp.set_tensor(self._in_index, self._buf)

@@ -1,5 +1,8 @@
 """One channel's processing path: gate -> features -> windows -> classifier -> decisions.
 
+With a voice branch on the card (``serd.voice``), the classifier stage also runs each
+window's audio through it and fuses the two opinions.
+
 The daemon runs one :class:`Pipeline` per analysed channel; ``serd --once`` runs the very
 same class on a file's blocks, so both give the same windows and labels on the same audio.
 Time is counted in samples at the model rate since the stream began, and reported in
@@ -72,12 +75,16 @@ class Pipeline:
         self.windower = Windower(card.features, card.windows, vad,
                                  keep_audio=classifier.voice is not None)
         self.decider = Decider(card.labels, decisions)
+        # The voice branch's LSTM state runs along this channel's speech segments.
+        self.voice = classifier.voice.stream() if classifier.voice is not None else None
         self._times = StageTimes()
         self.windows_classified = 0
 
     def reset(self) -> None:
         self.windower.reset()
         self.decider.reset()
+        if self.voice is not None:
+            self.voice.reset()
 
     @property
     def in_speech(self) -> bool:
@@ -105,7 +112,9 @@ class Pipeline:
         for item in items:
             if isinstance(item, Window):
                 t0 = time.perf_counter()
-                probs = self.classifier(item.features, item.audio)
+                probs = self.classifier(item.features)
+                if self.voice is not None and self.classifier.voice is not None:
+                    probs = self.classifier.voice.fused(probs, self.voice(item))
                 t1 = time.perf_counter()
                 v = self.decider(probs)
                 self._times.inference += t1 - t0

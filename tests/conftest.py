@@ -46,14 +46,17 @@ def classifier(model_path: Path):
 
 @pytest.fixture
 def model_copy(tmp_path: Path, model_path: Path) -> Path:
-    """A writable copy of the model and its card, for tests that break one of them."""
+    """A writable copy of the model, its card and its voice head (if it has one), for tests
+    that break one of them."""
     import shutil  # noqa: PLC0415
 
-    from serd.model import card_path_for  # noqa: PLC0415
+    from serd.model import card_path_for, voice_head_path  # noqa: PLC0415
 
     dst = tmp_path / "m.tflite"
     shutil.copy(model_path, dst)
     shutil.copy(card_path_for(model_path), card_path_for(dst))
+    if voice_head_path(model_path).is_file():
+        shutil.copy(voice_head_path(model_path), voice_head_path(dst))
     return dst
 
 

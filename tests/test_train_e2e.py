@@ -125,7 +125,7 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     for it in runner.items[:24]:
         windows += windows_of(load_audio(it.path), keep_audio=True)
     assert clf.voice is not None  # the voice branch is on by default (train/config.yaml)
-    q = np.stack([clf(w.features, w.audio) for w in windows])
+    q = np.stack([clf(w.features) for w in windows])
     assert q.shape == (len(windows), 6)
     np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
 
@@ -198,7 +198,7 @@ def test_window_length_travels_from_config_to_card_to_daemon(fake_corpus: Path,
     wins = windows_of(load_audio(str(next(fake_corpus.rglob("*.wav")))), clf.card.features,
                       clf.card.windows, keep_audio=True)
     assert wins and all(w.features.shape == (100, 42) for w in wins)
-    assert clf(wins[0].features, wins[0].audio).shape == (6,)
+    assert clf(wins[0].features).shape == (6,)
 
 
 def test_feature_cache_is_reused(fake_corpus: Path, tmp_path: Path) -> None:

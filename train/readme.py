@@ -40,14 +40,30 @@ def _cm_table(cm: list[list[int]], labels: list[str]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _headline(s: dict[str, Any]) -> str:
+    """``fused_int8`` (what the device computes) when the CV fused a voice branch."""
+    return "fused_int8" if "clean.fused_int8.file.balanced_accuracy" in s else "int8"
+
+
 def cv_section(name: str, cv: dict[str, Any]) -> str:
     s = cv["summary"]
     labels = cv["taxonomy"]["labels"]
+    kind = _headline(s)
+    fused = kind == "fused_int8"
     out = [f"### {PROTOCOL_TITLES.get(name, name)}\n"]
     out.append(f"{cv['n_files']} files, {cv['n_speakers']} speakers "
                f"({', '.join(cv['corpora'])}); labels: {', '.join(labels)}. "
                f"Command: `serd-train cv --protocol {name}`.\n")
-    out.append("| metric (%, mean ± std over folds) | float | int8 |\n|---|---|---|")
+    if fused:
+        out.append("The model is the int8 CNN fused with the voice branch (last column: what "
+                   "the device computes); the other columns are its parts alone.\n")
+        out.append("| metric (%, mean ± std over folds) | CNN float | CNN int8 | voice branch "
+                   "| **fused, float CNN** | **fused, int8 CNN (shipped)** |\n"
+                   "|---|---|---|---|---|---|")
+        cols: tuple[str, ...] = ("float", "int8", "voice", "fused_float", "fused_int8")
+    else:
+        out.append("| metric (%, mean ± std over folds) | float | int8 |\n|---|---|---|")
+        cols = ("float", "int8")
     for key, title in (("clean.{k}.file.balanced_accuracy", "balanced accuracy, file level"),
                        ("clean.{k}.file.macro_f1", "macro-F1, file level"),
                        ("clean.{k}.window.balanced_accuracy", "balanced accuracy, window level"),
@@ -56,12 +72,13 @@ def cv_section(name: str, cv: dict[str, Any]) -> str:
                         "balanced accuracy, telephone channel, file level"),
                        ("telephone.{k}.file.macro_f1", "macro-F1, telephone channel, file level"),
                        ("telephone_drop.{k}", "telephone drop (clean − telephone), points")):
-        out.append(f"| {title} | {_pm(s.get(key.format(k='float')))} | "
-                   f"{_pm(s.get(key.format(k='int8')))} |")
+        out.append(f"| {title} | "
+                   + " | ".join(_pm(s.get(key.format(k=c))) for c in cols) + " |")
     out.append("")
-    fi = s.get("float_minus_int8.file.balanced_accuracy")
-    ag = s.get("clean.agreement.window_argmax")
-    agf = s.get("clean.agreement.file_argmax")
+    pre = "fused_" if fused else ""
+    fi = s.get(f"{pre}float_minus_int8.file.balanced_accuracy")
+    ag = s.get(f"clean.{pre}agreement.window_argmax")
+    agf = s.get(f"clean.{pre}agreement.file_argmax")
     cov = s.get("clean.coverage", {})
     covt = s.get("telephone.coverage", {})
     out.append(f"Float − int8 balanced accuracy: {_pm(fi)} points; float/int8 argmax agreement "
@@ -69,22 +86,26 @@ def cv_section(name: str, cv: dict[str, Any]) -> str:
                f"finds speech in: {cov.get('files_with_windows')}/{cov.get('files')} clean, "
                f"{covt.get('files_with_windows')}/{covt.get('files')} telephone (the others "
                "get no verdict and are not scored).\n")
-    out.append("Per fold (file level, int8):\n")
+    what = "int8 CNN + voice branch" if fused else "int8"
+    out.append(f"Per fold (file level, {what}):\n")
+    fl = "fused_float" if fused else "float"
     out.append("| fold | test speakers | bal. acc | macro-F1 | telephone bal. acc | "
-               "float bal. acc | best epoch |\n|---|---|---|---|---|---|---|")
+               f"{'CNN int8 alone' if fused else 'float'} bal. acc | best epoch |\n"
+               "|---|---|---|---|---|---|---|")
     for f in cv["per_fold"]:
         c = f["clean"]
+        other = c["int8" if fused else fl]["file"]["balanced_accuracy"]
         out.append(
             f"| {f['fold']} | {_test_side(cv, f)} | "
-            f"{100 * c['int8']['file']['balanced_accuracy']:.1f} | "
-            f"{100 * c['int8']['file']['macro_f1']:.1f} | "
-            f"{100 * f['telephone']['int8']['file']['balanced_accuracy']:.1f} | "
-            f"{100 * c['float']['file']['balanced_accuracy']:.1f} | "
+            f"{100 * c[kind]['file']['balanced_accuracy']:.1f} | "
+            f"{100 * c[kind]['file']['macro_f1']:.1f} | "
+            f"{100 * f['telephone'][kind]['file']['balanced_accuracy']:.1f} | "
+            f"{100 * other:.1f} | "
             f"{f['history'][-1]['best_epoch']} |")
     out.append("")
-    out.append(f"Confusion matrix, int8, file level, pooled over the folds "
+    out.append(f"Confusion matrix, {what}, file level, pooled over the folds "
                f"(![confusion](confusion-{name}.png)):\n")
-    out.append(_cm_table(s["clean.int8.file.confusion"], labels))
+    out.append(_cm_table(s[f"clean.{kind}.file.confusion"], labels))
     out.append(f"Wall time of this CV: {cv['seconds'] / 60:.1f} min "
                f"(features {cv['feature_seconds']:.0f} s, cached after the first run).\n")
     return "\n".join(out)
@@ -125,6 +146,12 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
         f"{feats.n_mfcc} MFCCs{' + voicing + log-F0' if feats.pitch else ''} "
         f"(25 ms frames, 10 ms hop, 16 kHz), {_normalisation_text(card, feats)} |",
         f"| output | int8 softmax (1, {len(labels)}), dequantised by serd |",
+        *([f"| voice branch | `voice-trunk.npz` (layers 1-2 of the GE2E speaker encoder of "
+           f"Resemblyzer 0.1.4, Apache-2.0; SHA-256 `{card['voice']['trunk_sha256'][:16]}…`) "
+           f"and `{card['voice']['head_file']}` (a logistic regression over the mean and std "
+           "of layer 2's outputs per window); fused with the CNN as "
+           f"softmax({card['voice']['cnn_weight']:g} log p_cnn + "
+           f"{1 - card['voice']['cnn_weight']:g} log p_voice) |"] if card.get("voice") else []),
         f"| parameters | {tr.get('params', 'n/a')} |",
         f"| created | {card.get('created', '')} |",
         "",
@@ -166,6 +193,10 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
             "4.0) and CREMA-D (Cao et al. 2014, IEEE Trans. Affective Computing 5(4), ODbL 1.0 / "
             "DbCL 1.0). The RAVDESS licence is non-commercial and share-alike; whether a model "
             "trained on it inherits those terms is a legal question this card does not answer.",
+            *(["The voice branch's frozen layers are Resemblyzer's pretrained GE2E encoder "
+               "(Corentin Jemine, https://github.com/resemble-ai/Resemblyzer, Apache-2.0; "
+               "Wan et al. 2018, arXiv:1710.10467), trained by its authors on speaker-"
+               "verification corpora; see `models/NOTICE`."] if card.get("voice") else []),
             "",
         ]
     lines += [
@@ -185,9 +216,11 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
     status = []
     for name, cv in cvs.items():
         sm = cv["summary"]
-        b = sm.get("clean.int8.file.balanced_accuracy")
-        d = sm.get("telephone_drop.int8")
-        q = sm.get("float_minus_int8.file.balanced_accuracy")
+        kind = _headline(sm)
+        pre = "fused_" if kind == "fused_int8" else ""
+        b = sm.get(f"clean.{kind}.file.balanced_accuracy")
+        d = sm.get(f"telephone_drop.{kind}")
+        q = sm.get(f"{pre}float_minus_int8.file.balanced_accuracy")
         if b and d and q and cv.get("split", "speakers") == "speakers":
             status.append(
                 f"- {name}: int8 balanced accuracy {100 * b['mean']:.1f} % "
@@ -196,7 +229,9 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
                 f"({'within' if abs(q['mean']) <= 0.015 else 'outside'} 1.5), telephone drop "
                 f"{100 * d['mean']:.1f} points ({'within' if d['mean'] <= 0.05 else 'above'} 5)")
     if status:
-        lines += ["Project targets (speaker-independent, int8):", "", *status, ""]
+        what = ("int8 CNN fused with the voice branch, as the device runs it" if card.get("voice")
+                else "int8")
+        lines += [f"Project targets (speaker-independent, {what}):", "", *status, ""]
     for name, cv in cvs.items():
         lines.append(cv_section(name, cv))
     if total_seconds is not None:

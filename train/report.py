@@ -21,12 +21,28 @@ def _ms(s: dict[str, Any], key: str, scale: float = 100.0) -> str:
     return f"{d['mean'] * scale:.1f} ± {d['std'] * scale:.1f}"
 
 
+def headline(summary: dict[str, Any]) -> str:
+    """What the device computes: ``fused_int8`` when the CV fused a voice branch, else
+    ``int8`` (the CNN alone)."""
+    return "fused_int8" if "clean.fused_int8.file.balanced_accuracy" in summary else "int8"
+
+
 def log_cv(res: dict[str, Any]) -> None:
     s = res["summary"]
     if not s:
         return
+    if headline(s) == "fused_int8":
+        _LOGGER.info(
+            "%s: fused with the voice branch: file bacc int8 %s (float %s), macro-F1 %s, "
+            "telephone %s (drop %s); voice branch alone %s",
+            res["protocol"], _ms(s, "clean.fused_int8.file.balanced_accuracy"),
+            _ms(s, "clean.fused_float.file.balanced_accuracy"),
+            _ms(s, "clean.fused_int8.file.macro_f1"),
+            _ms(s, "telephone.fused_int8.file.balanced_accuracy"),
+            _ms(s, "telephone_drop.fused_int8"), _ms(s, "clean.voice.file.balanced_accuracy"))
     _LOGGER.info(
-        "%s (%d/%d folds): file bacc float %s, int8 %s | macro-F1 int8 %s | window bacc int8 %s"
+        "%s (%d/%d folds), CNN: file bacc float %s, int8 %s | macro-F1 int8 %s | window bacc"
+        " int8 %s"
         " | telephone int8 %s (drop %s) | agreement %s | %.0f s",
         res["protocol"], len(res["folds_run"]), res["folds"],
         _ms(s, "clean.float.file.balanced_accuracy"), _ms(s, "clean.int8.file.balanced_accuracy"),
@@ -35,13 +51,16 @@ def log_cv(res: dict[str, Any]) -> None:
         _ms(s, "clean.agreement.window_argmax"), res["seconds"])
 
 
-def confusion_png(res: dict[str, Any], path: Path, key: str = "clean.int8.file.confusion") -> None:
-    """Row-normalised confusion matrix (pooled over folds) as a PNG."""
+def confusion_png(res: dict[str, Any], path: Path, key: str | None = None) -> None:
+    """Row-normalised confusion matrix (pooled over folds) as a PNG; by default of what the
+    device computes (:func:`headline`)."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    kind = headline(res["summary"])
+    key = key or f"clean.{kind}.file.confusion"
     cm = np.asarray(res["summary"][key], np.float64)
     labels = res["taxonomy"]["labels"]
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -58,8 +77,9 @@ def confusion_png(res: dict[str, Any], path: Path, key: str = "clean.int8.file.c
     s = res["summary"]
     how = ("leave one corpus out" if res.get("split") == "corpus"
            else f"{res['folds']}-fold speaker-disjoint CV")
-    ax.set_title(f"{res['protocol']}: int8, {how}\n"
-                 f"balanced acc {_ms(s, 'clean.int8.file.balanced_accuracy')} %", fontsize=9)
+    what = "int8 CNN + voice branch" if kind == "fused_int8" else "int8"
+    ax.set_title(f"{res['protocol']}: {what}, {how}\n"
+                 f"balanced acc {_ms(s, f'clean.{kind}.file.balanced_accuracy')} %", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -1,9 +1,9 @@
 """The voice branch's training side: window statistics of the trunk, cached; the head.
 
-Every statistic comes from :class:`serd.voice.VoiceTrunk` over the audio of exactly the
-windows that :func:`serd.windows.windows_of` gives (``keep_audio=True``), the windows
-whose MFCCs the CNN sees, in the same order: row ``i`` of a voice set belongs to row ``i``
-of the window set of the same items and variant.  Each (variant, corpus) is one
+Every statistic comes from :class:`serd.voice.VoiceStream` over exactly the windows that
+:func:`serd.windows.windows_of` gives (``keep_audio=True``), the windows whose MFCCs the
+CNN sees, in the same order: row ``i`` of a voice set belongs to row ``i`` of the window
+set of the same items and variant.  Each (variant, corpus) is one
 ``voice-*.npz`` in the cache directory, keyed by the window set's key, the trunk's digest
 and the source of :mod:`serd.voice`.
 """
@@ -24,7 +24,7 @@ from tqdm import tqdm
 import serd.voice
 from serd.features import FeatureParams
 from serd.gate import VadSettings
-from serd.voice import VOICE_VERSION, VoiceHead, VoiceTrunk, voice_mel
+from serd.voice import VOICE_VERSION, VoiceHead, VoiceStream, VoiceTrunk
 from serd.windows import windows_of
 from train.augment import AugmentParams
 from train.corpora import Item
@@ -42,17 +42,16 @@ def _trunk() -> VoiceTrunk:
 
 def extract_voice(path: str, variant: Variant, *, aug: AugmentParams, seed: int,
                   features: FeatureParams, vad: VadSettings) -> npt.NDArray[np.float32]:
-    """(k, 512) trunk statistics of one file's windows (k may be 0)."""
+    """(k, 512) trunk statistics of one file's windows (k may be 0), by the daemon's own
+    stream (:class:`serd.voice.VoiceStream`), one per file as the daemon has one per
+    channel."""
     trunk = _trunk()
     audio = render(path, variant, aug, seed)
     ws = windows_of(audio, features, variant.windows, vad, keep_audio=True)
+    stream = VoiceStream(trunk)
     out = np.zeros((len(ws), trunk.params.n_outputs), np.float32)
-    mels = [voice_mel(w.audio, trunk.params) for w in ws if w.audio is not None]
-    # Windows of one length go through the LSTM together (most are full windows).
-    lengths = np.array([len(m) for m in mels])
-    for n in np.unique(lengths):
-        sel = np.flatnonzero(lengths == n)
-        out[sel] = trunk.batch(np.stack([mels[i] for i in sel]))
+    for i, w in enumerate(ws):
+        out[i] = stream(w)
     return out
 
 
