@@ -152,7 +152,8 @@ def _check_config(cfg: Config) -> int:
     clf = load_classifier(cfg.model)
     print(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     print(f"model {clf.name}: {len(clf.labels)} labels ({', '.join(clf.labels)}), "
-          f"runtime {clf.runtime}", file=sys.stderr)
+          f"runtime {clf.runtime}"
+          f"{', with its voice branch' if clf.voice is not None else ''}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -61,6 +61,9 @@ class ModelSettings:
     """A ``.tflite`` file; its card is ``<stem>.card.json`` beside it.  None = shipped model."""
     num_threads: int = 1
     """Interpreter threads; 1 leaves the other cores to the rest of the device."""
+    voice: bool = True
+    """Fuse the card's voice branch, if it has one; False runs the CNN alone (for devices
+    too slow for the branch's LSTM)."""
 
     def __post_init__(self) -> None:
         require(1 <= self.num_threads <= 16, "num_threads", "must be in 1..16")
@@ -336,7 +339,7 @@ def load_classifier(
                 f"model file {path} does not match its card (SHA-256 {actual[:12]}... vs "
                 f"{card.sha256[:12]}...): the file is corrupt or the card belongs to another model"
             )
-    voice = load_voice_branch(path, card) if card.voice else None
+    voice = load_voice_branch(path, card) if card.voice and settings.voice else None
     clf = Classifier(path, card, settings.num_threads, voice)
     _LOGGER.info(
         "loaded model %s (%s, %d labels, %s) with %s%s",

@@ -319,6 +319,7 @@ class Windower:
         out.append(SegmentEnd(self._segment, self._seg_start * self.block, block * self.block,
                               self._emitted))
         self._active = False
+        self._audio = []  # keep_audio: nothing of an ended segment is needed again
 
 
 def windows_of(

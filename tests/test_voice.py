@@ -298,3 +298,13 @@ def test_trunk_is_the_pytorch_lstm(trunk: VoiceTrunk, data_dir: Path) -> None:
         seq = np.array(outs)
     mel = voice_mel(load_audio(str(data_dir / "1001_IEO_SAD_HI.flac"))[:16000]) * 30.0
     np.testing.assert_allclose(trunk.run(mel, trunk.zero_state()), seq, atol=1e-5)
+
+
+def test_the_branch_can_be_switched_off(model_path: Path, tmp_path: Path) -> None:
+    """``model.voice: false`` in config.yaml: the CNN alone, for a device too slow for the
+    LSTM; the pipeline then keeps no window audio."""
+    model = _voice_model(model_path, tmp_path)
+    clf = load_classifier(ModelSettings(path=str(model), voice=False))
+    assert clf.voice is None
+    pipe = Pipeline(clf)
+    assert pipe.voice is None and not pipe.windower.keep_audio
