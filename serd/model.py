@@ -339,12 +339,15 @@ def load_classifier(
                 f"model file {path} does not match its card (SHA-256 {actual[:12]}... vs "
                 f"{card.sha256[:12]}...): the file is corrupt or the card belongs to another model"
             )
-    voice = load_voice_branch(path, card) if card.voice and settings.voice else None
-    clf = Classifier(path, card, settings.num_threads, voice)
+    clf = Classifier(path, card, settings.num_threads)
+    if card.voice and settings.voice:
+        # After the CNN's checks, so that a card that does not fit its model (labels,
+        # shapes) is named as such, not by the head that follows the card.
+        clf.voice = load_voice_branch(path, card)
     _LOGGER.info(
         "loaded model %s (%s, %d labels, %s) with %s%s",
         card.name, path.name, len(card.labels), card.sha256[:12], clf.runtime,
-        " and its voice branch" if voice else "",
+        " and its voice branch" if clf.voice else "",
     )
     return clf
 
