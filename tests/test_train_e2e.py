@@ -324,3 +324,27 @@ def test_cache_prune_deletes_only_stale_window_files(fake_corpus: Path, tmp_path
     assert set(cache.glob("windows-*.npz")) == current
     assert not old_fold.exists()
     assert other.read_text() == "mine"
+
+
+def test_without_the_voice_branch_the_model_is_the_cnn_alone(fake_corpus: Path,
+                                                               tmp_path: Path) -> None:
+    """``voice.enabled: false`` (as the models before the voice branch): no head file, no
+    voice section on the card, and the CV reports the CNN alone."""
+    from train.pipeline import Runner  # noqa: PLC0415
+
+    cfg = load_config(None, [f"corpora_roots=[{fake_corpus}]", f"cache_dir={tmp_path / 'c'}",
+                             "jobs=1", "parallel_folds=1", "voice.enabled=false",
+                             "augment.copies=0", "training.epochs=1", "training.min_epochs=1",
+                             "training.representative_windows=16",
+                             "model.filters=[8, 12]", "model.kernels=[3, 3]",
+                             "model.pool=[2, 1]",
+                             "protocols={t: {corpora: [ravdess], taxonomy: six, folds: 2}}"])
+    runner = Runner(cfg, progress=False)
+    cv = runner.run_cv("t", [0], None)
+    assert "clean.int8.file.balanced_accuracy" in cv["summary"]
+    assert not any(k.startswith("clean.fused") for k in cv["summary"])
+    out = tmp_path / "models"
+    runner.run_final(out, {"t": cv}, "pytest")
+    clf = load_classifier(ModelSettings(path=str(out / "serd-emotion-6.tflite")))
+    assert clf.voice is None and not clf.card.voice
+    assert not (out / "serd-emotion-6.voice.npz").exists()
