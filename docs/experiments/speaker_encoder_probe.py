@@ -23,9 +23,6 @@ halves.
 from __future__ import annotations
 
 import argparse
-import collections
-import pickle
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -45,66 +42,7 @@ from train.augment import telephone
 from train.config import load_config
 from train.corpora import load_audio
 from train.pipeline import Runner
-
-_DTYPES = {"FloatStorage": np.float32, "LongStorage": np.int64, "IntStorage": np.int32,
-           "DoubleStorage": np.float64, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
-
-
-class _Storage:
-    def __init__(self, dtype: Any) -> None:
-        self.dtype, self.data = dtype, np.zeros(0)
-
-
-class _Tensor:
-    def __init__(self, storage: _Storage, offset: int, size: Any, stride: Any) -> None:
-        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
-
-    def array(self) -> np.ndarray:
-        item = self.storage.data.itemsize
-        return np.lib.stride_tricks.as_strided(
-            self.storage.data[self.offset:], shape=tuple(self.size),
-            strides=[s * item for s in self.stride]).copy()
-
-
-def _rebuild(storage: _Storage, offset: int, size: Any, stride: Any, *_: Any) -> _Tensor:
-    return _Tensor(storage, offset, size, stride)
-
-
-def load_legacy_checkpoint(path: Path) -> Any:
-    """A torch checkpoint in the legacy (pre-zip) format, as dicts of numpy arrays."""
-    storages: dict[str, _Storage] = {}
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-                return _rebuild
-            if module == "torch" and name in _DTYPES:
-                return _DTYPES[name]
-            if (module, name) == ("collections", "OrderedDict"):
-                return collections.OrderedDict
-            return super().find_class(module, name)
-
-        def persistent_load(self, pid: Any) -> _Storage:
-            _, dtype, key = pid[:3]
-            return storages.setdefault(key, _Storage(dtype))
-
-    with open(path, "rb") as f:
-        for _ in range(3):  # magic number, protocol version, system info
-            pickle.load(f)
-        obj = Unpickler(f).load()
-        for key in pickle.load(f):
-            st = storages[key]
-            n = struct.unpack("<q", f.read(8))[0]
-            st.data = np.frombuffer(f.read(n * np.dtype(st.dtype).itemsize), st.dtype)
-
-    def convert(o: Any) -> Any:
-        if isinstance(o, _Tensor):
-            return o.array()
-        if isinstance(o, dict):
-            return {k: convert(v) for k, v in o.items()}
-        return o
-
-    return convert(obj)
+from train.voice_trunk import load_legacy_checkpoint  # the reader serd-train uses
 
 
 class SpeakerEncoder:
