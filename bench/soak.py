@@ -238,6 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "publisher": args.publisher,
             "files": [p.name for p in files],
             "events": daemon.counters.events,
+            "alerts": daemon.counters.alerts,
             "utterances": daemon.counters.utterances,
             "windows": daemon.counters.windows,
             "publisher_stats": dataclasses.asdict(daemon.publisher.stats()),

@@ -63,6 +63,9 @@ class Counters:
     windows: int = 0
     utterances: int = 0
     events: int = 0
+    """Emotion events published (window and utterance)."""
+    alerts: int = 0
+    """Alert events published (a rule starting or clearing; serd.alerts)."""
     loop_errors: int = 0
 
 
@@ -277,6 +280,7 @@ class Daemon:
     def _publish_alerts(self, alerts: list[dict[str, Any]]) -> None:
         for payload in alerts:
             self.publisher.publish_event("alert", payload)
+            self.counters.alerts += 1
 
     def health(self) -> dict[str, Any]:
         stats = self.publisher.stats()

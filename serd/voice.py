@@ -311,7 +311,10 @@ class VoiceStream:
 
 @dataclass(frozen=True)
 class VoiceHead:
-    """Standardisation and a multinomial logistic regression: (512,) -> probabilities."""
+    """Standardisation and a multinomial logistic regression: (512,) -> probabilities.
+
+    serd only reads heads (``serd-train`` writes them: ``train.voice.save_head``), as it
+    writes no array anywhere."""
 
     mean: FloatArray
     scale: FloatArray
@@ -325,10 +328,6 @@ class VoiceHead:
         logits = logits - logits.max(axis=-1, keepdims=True)
         e = np.exp(logits)
         return np.asarray(e / e.sum(axis=-1, keepdims=True), np.float32)
-
-    def save(self, path: Path) -> None:
-        np.savez(path, mean=self.mean, scale=self.scale, coef=self.coef,
-                 intercept=self.intercept)
 
     @classmethod
     def load(cls, path: Path, n_labels: int, n_inputs: int) -> VoiceHead:

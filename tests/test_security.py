@@ -530,7 +530,7 @@ def test_nothing_audio_sized_reaches_the_broker_the_spool_or_the_log(
 
 # The in-memory audio path: these may hold sample arrays.
 AUDIO_MODULES = {"capture", "audio", "replay", "pipeline", "features", "normalise", "gate",
-                 "windows", "model", "decisions"}
+                 "windows", "model", "voice", "decisions"}
 # They orchestrate the path (blocks pass through them) but send and store nothing raw.
 ORCHESTRATORS = {"daemon", "cli"}
 ARRAY_LIBS = {"numpy", "soundfile", "sounddevice", "soxr", "wave", "scipy", "librosa"}

@@ -36,6 +36,7 @@ from serd.voice import (
     voice_mel,
 )
 from serd.windows import Window, Windower, windows_of
+from train.voice import save_head
 
 # The trunk's outputs on serd's fingerprint chirp (models/voice-trunk.npz, float16 weights
 # computed in float32): a change in the mel, the LSTM or the weights moves them.
@@ -148,7 +149,7 @@ def _head(n_labels: int = 6, seed: int = 0) -> VoiceHead:
 def test_head_round_trip_and_shapes(tmp_path: Path) -> None:
     head = _head()
     path = tmp_path / "h.npz"
-    head.save(path)
+    save_head(head, path)
     back = VoiceHead.load(path, 6, 512)
     x = np.random.default_rng(1).normal(size=(3, 512)).astype(np.float32)
     np.testing.assert_array_equal(head(x), back(x))
@@ -176,7 +177,7 @@ def _voice_model(model_path: Path, tmp_path: Path) -> Path:
     shutil.copy(model_path, dst)
     card = json.loads(card_path_for(model_path).read_text())
     head = voice_head_path(dst)
-    _head(len(card["labels"])).save(head)
+    save_head(_head(len(card["labels"])), head)
     trunk = VoiceTrunk()
     card["voice"] = {"version": VOICE_VERSION, "params": VoiceParams().to_dict(),
                      "trunk_sha256": trunk.sha256,
@@ -223,7 +224,7 @@ def test_a_bad_voice_branch_is_one_clear_error(model_path: Path, tmp_path: Path,
     cp = card_path_for(model)
     card = json.loads(cp.read_text())
     if change == "head":
-        _head(seed=5).save(voice_head_path(model))
+        save_head(_head(seed=5), voice_head_path(model))
     elif change == "no_head":
         voice_head_path(model).unlink()
     elif change == "trunk":  # another trunk beside the model takes precedence

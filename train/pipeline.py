@@ -44,7 +44,7 @@ from train.dataset import (
 from train.evaluate import file_probs, int8_window_probs, scores, summarise
 from train.splits import Fold, corpus_folds, cv_folds, final_split
 from train.taxonomy import Taxonomy
-from train.voice import build_voice, fit_head, voice_path
+from train.voice import build_voice, fit_head, save_head, voice_path
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ class Runner:
         voice: dict[str, Any] = {}
         if head is not None:
             head_path = voice_head_path(path)
-            head.save(head_path)
+            save_head(head, head_path)
             trunk = VoiceTrunk()
             voice = {
                 "version": VOICE_VERSION, "params": VoiceParams().to_dict(),

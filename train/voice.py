@@ -124,3 +124,9 @@ def fit_head(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], n_labels: int
             coef[lr.classes_] = lr.coef_
             intercept[lr.classes_] = lr.intercept_
     return VoiceHead(mean.astype(np.float32), scale.astype(np.float32), coef, intercept)
+
+
+def save_head(head: VoiceHead, path: Path) -> None:
+    """Write a head as :meth:`serd.voice.VoiceHead.load` reads it."""
+    np.savez(path, mean=head.mean, scale=head.scale, coef=head.coef,
+             intercept=head.intercept)
