@@ -24,7 +24,6 @@ voice-trunk`` makes that file from Resemblyzer's checkpoint.
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,8 +33,6 @@ import numpy as np
 import numpy.typing as npt
 
 from serd.windows import Window
-
-_LOGGER = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
