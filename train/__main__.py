@@ -7,6 +7,7 @@
     serd-train cv --protocol cross_corpus  # 6 emotions, trained on one corpus, tested on the other
     serd-train fit                       # train the shipped model on all data -> models/
     serd-train all                       # every CV, then the final model (the README's numbers)
+    serd-train voice-trunk pretrained.pt # the voice branch's frozen layers, from Resemblyzer
 
 Every CV fold's result is kept in the cache directory (``folds/``); a fold already trained
 with the same settings, data and code is not trained again (``--fresh`` forces it), so an
