@@ -24,6 +24,8 @@ voice-trunk`` makes that file from Resemblyzer's checkpoint.
 from __future__ import annotations
 
 import hashlib
+import io
+import zipfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -149,11 +151,12 @@ class VoiceTrunk:
                 f"voice trunk {self.path} does not exist: reinstall serd to get "
                 "models/voice-trunk.npz, or make it with serd-train voice-trunk"
             )
-        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        data = self.path.read_bytes()  # read once: hashed for the card, then parsed
+        self.sha256 = hashlib.sha256(data).hexdigest()
         try:
-            with np.load(self.path) as z:
+            with np.load(io.BytesIO(data)) as z:
                 w = {k: np.asarray(z[k], np.float32) for k in z.files}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise VoiceError(f"voice trunk {self.path} is not readable: {exc}") from None
         p = self.params
         u = p.units
@@ -335,7 +338,7 @@ class VoiceHead:
         except FileNotFoundError:
             raise VoiceError(f"voice head {path} is missing: it belongs beside the model "
                              "(serd-train writes both)") from None
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise VoiceError(f"voice head {path} is not readable: {exc}") from None
         if head.coef.shape != (n_labels, n_inputs) or head.mean.shape != (n_inputs,) \
                 or head.scale.shape != (n_inputs,) or head.intercept.shape != (n_labels,):

@@ -217,6 +217,7 @@ def test_a_voice_model_fuses_in_the_pipeline(model_path: Path, tmp_path: Path,
     ("version", "voice branch version 99"),
     ("fingerprint", "fingerprint mismatch"),
     ("section", "voice section is invalid"),
+    ("truncated_trunk", "voice trunk .* is not readable"),
 ])
 def test_a_bad_voice_branch_is_one_clear_error(model_path: Path, tmp_path: Path,
                                                change: str, message: str) -> None:
@@ -233,6 +234,8 @@ def test_a_bad_voice_branch_is_one_clear_error(model_path: Path, tmp_path: Path,
             w = {k: z[k] for k in z.files}
         w["bias_ih_l0"] = w["bias_ih_l0"] + np.float16(0.01)
         np.savez(model.with_name(DEFAULT_TRUNK.name), **w)
+    elif change == "truncated_trunk":  # a damaged copy beside the model
+        model.with_name(DEFAULT_TRUNK.name).write_bytes(DEFAULT_TRUNK.read_bytes()[:5000])
     elif change == "version":
         card["voice"]["version"] = 99
     elif change == "fingerprint":

@@ -20,9 +20,10 @@ import json
 import logging
 import multiprocessing as mp
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -191,23 +192,41 @@ def build(items: Sequence[Item], variant: Variant, *, aug: AugmentParams | None 
             with np.load(path) as z:
                 return WindowSet(z["x"], z["file_index"], items)
     args = [(it.path, variant, aug, seed, features, vad) for it in items]
-    desc = f"features {variant.name} ({len(items)} files)"
-    if jobs > 1 and len(items) > 32:
+    outs = extract_all(_job, args, f"features {variant.name} ({len(items)} files)", jobs,
+                       progress)
+    win, _ = variant.windows.frames(features)
+    x, file = stack_rows(outs, np.zeros((0, win, features.n_features), np.float32))
+    x = x.astype(variant.dtype, copy=False)
+    if path is not None:
+        save_atomic(path, x, file)
+    return WindowSet(x, file, items)
+
+
+def extract_all(job: Callable[[tuple], npt.NDArray[Any]], args: Sequence[tuple], desc: str,
+                jobs: int, progress: bool) -> list[npt.NDArray[Any]]:
+    """``job`` over ``args`` in order: in ``jobs`` forked workers with one BLAS thread
+    each (see :func:`_one_blas_thread`), or in this process with one BLAS thread."""
+    if jobs > 1 and len(args) > 32:
         ctx = mp.get_context("fork")
         with ctx.Pool(jobs, initializer=_one_blas_thread) as pool:
-            outs = list(tqdm(pool.imap(_job, args, chunksize=16), total=len(args), desc=desc,
+            return list(tqdm(pool.imap(job, args, chunksize=16), total=len(args), desc=desc,
                              disable=not progress, leave=False))
-    else:
-        with threadpool_limits(1):
-            outs = [_job(a) for a in tqdm(args, desc=desc, disable=not progress, leave=False)]
-    win, _ = variant.windows.frames(features)
-    x = (np.concatenate(outs) if outs else np.zeros((0, win, features.n_features), np.float32))
-    x = x.astype(variant.dtype, copy=False)
-    file = np.concatenate([np.full(len(o), i, np.int32) for i, o in enumerate(outs)]) \
-        if outs else np.zeros(0, np.int32)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, x=x, file_index=file)
-        tmp.replace(path)
-    return WindowSet(x, file, items)
+    with threadpool_limits(1):
+        return [job(a) for a in tqdm(args, desc=desc, disable=not progress, leave=False)]
+
+
+def stack_rows(outs: list[npt.NDArray[Any]], empty: npt.NDArray[Any]
+               ) -> tuple[npt.NDArray[Any], npt.NDArray[np.int32]]:
+    """Per-file row blocks -> (rows, the file index of each row); ``empty`` if no file."""
+    if not outs:
+        return empty, np.zeros(0, np.int32)
+    file = np.concatenate([np.full(len(o), i, np.int32) for i, o in enumerate(outs)])
+    return np.concatenate(outs), file
+
+
+def save_atomic(path: Path, x: npt.NDArray[Any], file: npt.NDArray[np.int32]) -> None:
+    """Write a cache file as ``x`` and ``file_index``; a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, x=x, file_index=file)
+    tmp.replace(path)

@@ -149,45 +149,52 @@ class Runner:
 
     def window_set(self, items: list[Item], variant: Variant) -> WindowSet:
         """Windows of ``items`` (any corpora) for a variant; cached per corpus."""
-        xs, files = [], []
-        pos = {it.path: i for i, it in enumerate(items)}
-        for corpus in sorted({it.corpus for it in items}):
+
+        def corpus_set(corpus: str) -> tuple[npt.NDArray[Any], npt.NDArray[np.int32]]:
             key = (variant.name + ("-train" if variant.dtype == "float16" else ""), corpus)
             if key not in self._sets:
                 self._sets[key] = build(self._corpus_items(corpus), variant, aug=self.aug,
                                         seed=self.seed, cache_dir=self.cache, jobs=self.jobs,
                                         features=self.features, vad=self._vad(variant),
                                         progress=self.progress)
-            ws = self._sets[key]
-            remap = np.array([pos.get(it.path, -1) for it in ws.items], np.int64)
-            new = remap[ws.file]
-            keep = new >= 0
-            xs.append(ws.x[keep])
-            files.append(new[keep])
+            return self._sets[key].x, self._sets[key].file
+
         win, _ = self.windows.frames(self.features)
-        x = (np.concatenate(xs) if xs
-             else np.zeros((0, win, self.features.n_features), np.float32))
-        f = np.concatenate(files) if files else np.zeros(0, np.int64)
-        return WindowSet(x, f.astype(np.int32), items)
+        return self._gather(items, corpus_set,
+                            np.zeros((0, win, self.features.n_features), np.float32))
 
     def voice_set(self, items: list[Item], variant: Variant) -> WindowSet:
         """The voice branch's statistics of the windows of ``window_set(items, variant)``,
         row for row (an evaluation variant: clean or telephone)."""
-        xs, files = [], []
-        pos = {it.path: i for i, it in enumerate(items)}
-        for corpus in sorted({it.corpus for it in items}):
+
+        def corpus_set(corpus: str) -> tuple[npt.NDArray[Any], npt.NDArray[np.int32]]:
             key = (variant.name, corpus)
             if key not in self._voice:
                 self._voice[key] = build_voice(
                     self._corpus_items(corpus), variant, aug=self.aug, seed=self.seed,
                     cache_dir=self.cache, jobs=self.jobs, features=self.features,
                     vad=self._vad(variant), progress=self.progress)
-            x, file = self._voice[key]
-            new = np.array([pos.get(it.path, -1) for it in self._corpus_items(corpus)],
-                           np.int64)[file]
-            xs.append(x[new >= 0])
-            files.append(new[new >= 0])
-        x = np.concatenate(xs) if xs else np.zeros((0, 512), np.float32)
+            return self._voice[key]
+
+        return self._gather(items, corpus_set,
+                            np.zeros((0, VoiceParams().n_outputs), np.float32))
+
+    def _gather(self, items: list[Item],
+                corpus_set: Callable[[str], tuple[npt.NDArray[Any], npt.NDArray[np.int32]]],
+                empty: npt.NDArray[Any]) -> WindowSet:
+        """The rows of ``items``' files from per-corpus sets (rows of a corpus's items, as
+        :meth:`_corpus_items` lists them), re-indexed to ``items``."""
+        xs, files = [], []
+        pos = {it.path: i for i, it in enumerate(items)}
+        for corpus in sorted({it.corpus for it in items}):
+            x, file = corpus_set(corpus)
+            remap = np.array([pos.get(it.path, -1) for it in self._corpus_items(corpus)],
+                             np.int64)
+            new = remap[file]
+            keep = new >= 0
+            xs.append(x[keep])
+            files.append(new[keep])
+        x = np.concatenate(xs) if xs else empty
         f = np.concatenate(files) if files else np.zeros(0, np.int64)
         return WindowSet(x, f.astype(np.int32), items)
 

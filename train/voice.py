@@ -11,15 +11,11 @@ and the source of :mod:`serd.voice`.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 import serd.voice
 from serd.features import FeatureParams
@@ -28,7 +24,7 @@ from serd.voice import VOICE_VERSION, VoiceHead, VoiceStream, VoiceTrunk
 from serd.windows import windows_of
 from train.augment import AugmentParams
 from train.corpora import Item
-from train.dataset import Variant, cache_key, render
+from train.dataset import Variant, cache_key, extract_all, render, save_atomic, stack_rows
 
 _TRUNK: VoiceTrunk | None = None
 
@@ -80,23 +76,9 @@ def build_voice(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, 
         with np.load(path) as z:
             return z["x"], z["file_index"]
     args = [(it.path, variant, aug, seed, features, vad) for it in items]
-    desc = f"voice {variant.name} ({len(items)} files)"
-    if jobs > 1 and len(items) > 32:
-        with mp.get_context("fork").Pool(jobs, initializer=threadpool_limits,
-                                         initargs=(1,)) as pool:
-            outs = list(tqdm(pool.imap(_job, args, chunksize=8), total=len(args), desc=desc,
-                             disable=not progress, leave=False))
-    else:
-        with threadpool_limits(1):
-            outs = [_job(a) for a in tqdm(args, desc=desc, disable=not progress, leave=False)]
-    n_out = _trunk().params.n_outputs
-    x = np.concatenate(outs) if outs else np.zeros((0, n_out), np.float32)
-    file = (np.concatenate([np.full(len(o), i, np.int32) for i, o in enumerate(outs)])
-            if outs else np.zeros(0, np.int32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, x=x, file_index=file)
-    tmp.replace(path)
+    outs = extract_all(_job, args, f"voice {variant.name} ({len(items)} files)", jobs, progress)
+    x, file = stack_rows(outs, np.zeros((0, _trunk().params.n_outputs), np.float32))
+    save_atomic(path, x, file)
     return x, file
 
 
