@@ -54,7 +54,7 @@ def find_clips(corpus: Path | None = None, count: int = 60) -> list[Path]:
 
 
 def load_clip(path: Path) -> Audio:
-    from serd.audio import load  # noqa: PLC0415
+    from serd.decode import load  # noqa: PLC0415
 
     return load(path, RATE)
 

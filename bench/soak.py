@@ -81,7 +81,7 @@ def sample(audio_s: float, wall_s: float, daemon: Any) -> dict[str, Any]:
 
 
 def write_mix(d: Path) -> list[Path]:
-    from serd.audio import load  # noqa: PLC0415
+    from serd.decode import load  # noqa: PLC0415
 
     rng = np.random.default_rng(1)
     clips = [load(p, RATE) for p in sorted(DATA.glob("*.flac"))]
@@ -108,7 +108,7 @@ def write_mix(d: Path) -> list[Path]:
     t = np.arange(8 * RATE) / RATE
     out("tone.wav", (0.3 * np.sin(2 * np.pi * (220 + 15 * np.sin(2 * np.pi * 5 * t)) * t))
         .astype(np.float32))
-    from serd.audio import Resampler  # noqa: PLC0415
+    from serd.decode import Resampler  # noqa: PLC0415
 
     mix8 = np.concatenate(clips[4:8])
     out("narrowband_8k.wav", Resampler(RATE, 8000)(mix8, last=True), 8000)

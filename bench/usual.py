@@ -38,9 +38,9 @@ def ensure_model() -> tuple[Path, int | None]:
 
 
 def serd_warm(model: Path, clips: list[Path]) -> dict[str, Any]:
-    from serd.cli import analyse_file  # noqa: PLC0415
     from serd.config import Config  # noqa: PLC0415
     from serd.model import ModelSettings, load_classifier  # noqa: PLC0415
+    from serd.once import analyse_file  # noqa: PLC0415
 
     cfg = Config(model=ModelSettings(path=str(model), num_threads=1))
     clf = load_classifier(cfg.model)

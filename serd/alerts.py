@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from serd.events import AlertResult, alert_event
-from serd.settings import ConfigError, require
+from serd.validate import ConfigError, require
 
 if TYPE_CHECKING:
-    from serd.pipeline import Decision
+    from serd.decisions import Decision
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from serd.settings import require
+from serd.validate import require
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -25,9 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from serd.config import Config
-    from serd.decisions import Verdict
-    from serd.model import Classifier
-    from serd.pipeline import Decision
+    from serd.once import FileResult
 
 _LOGGER = logging.getLogger("serd")
 
@@ -109,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--speed must be >= 0 (0 = as fast as possible)")
     from serd.config import EXIT_CONFIG, EXIT_DATAERR, load  # noqa: PLC0415
     from serd.model import ModelError  # noqa: PLC0415
-    from serd.settings import ConfigError  # noqa: PLC0415
+    from serd.validate import ConfigError  # noqa: PLC0415
 
     try:
         cfg = load(args.config)
@@ -166,8 +164,8 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
     (and alerts) a device would publish.  Exit code 2 if any file was unusable."""
     import dataclasses  # noqa: PLC0415
 
-    from serd.audio import AudioError, find_audio, probe  # noqa: PLC0415
     from serd.daemon import Daemon  # noqa: PLC0415
+    from serd.decode import AudioError, find_audio, probe  # noqa: PLC0415
     from serd.events import validate_device_id  # noqa: PLC0415
     from serd.model import load_classifier  # noqa: PLC0415
     from serd.replay import ReplaySource  # noqa: PLC0415
@@ -239,8 +237,9 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
 
 def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | None = None) -> int:
     """Analyse files through the daemon's pipeline; exit code 2 if any file failed."""
-    from serd.audio import AudioError, find_audio  # noqa: PLC0415
+    from serd.decode import AudioError, find_audio  # noqa: PLC0415
     from serd.model import load_classifier  # noqa: PLC0415
+    from serd.once import analyse_file  # noqa: PLC0415
 
     out = out or sys.stdout
     clf = load_classifier(cfg.model)
@@ -267,46 +266,6 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
         print("serd: no audio files found in " + ", ".join(paths), file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_BAD_INPUT if failed else EXIT_OK
-
-
-class FileResult:
-    """Everything ``--once`` prints about one file."""
-
-    def __init__(self, path: Path, duration_s: float, speech_s: float,
-                 decisions: list[Decision], labels: tuple[str, ...], threshold: float,
-                 hop_s: float) -> None:
-        from serd.decisions import verdict  # noqa: PLC0415
-
-        self.path = path
-        self.duration_s = duration_s
-        self.speech_s = speech_s
-        self.decisions = decisions
-        self.labels = labels
-        self.hop_s = hop_s
-        windows = [d for d in decisions if d.type == "window"]
-        self.summary: Verdict | None = None
-        if windows:
-            import numpy as np  # noqa: PLC0415
-
-            mean = np.mean([d.raw_probs for d in windows], axis=0).astype(np.float32)
-            self.summary = verdict(labels, mean, threshold)
-
-
-def analyse_file(cfg: Config, clf: Classifier, path: Path) -> FileResult:
-    from serd.audio import probe, read_blocks  # noqa: PLC0415
-    from serd.pipeline import Pipeline  # noqa: PLC0415
-
-    info = probe(path)
-    rate = clf.card.features.sample_rate
-    pipe = Pipeline(clf, vad=cfg.vad, decisions=cfg.decisions, channel="main")
-    decisions: list[Decision] = []
-    for block in read_blocks(info.path, rate, block_seconds=0.5, info=info):
-        decisions.extend(pipe(block))
-    decisions.extend(pipe.flush())
-    duration = pipe.windower.samples_in / rate
-    speech = pipe.windower.speech_samples / rate
-    return FileResult(path, duration, speech, decisions, clf.labels, cfg.decisions.threshold,
-                      clf.card.windows.hop_seconds)
 
 
 def _silence_records(result: FileResult) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from serd.discovery import DiscoverySettings
 from serd.gate import VadSettings
 from serd.model import ModelSettings
 from serd.mqttsettings import MqttSettings
-from serd.settings import ConfigError, build, read_yaml, require
+from serd.validate import ConfigError, build, read_yaml, require
 
 # Exit codes shared with systemd's RestartPreventExitStatus= (see systemd/serd.service).
 EXIT_USAGE = 2

@@ -28,10 +28,11 @@ import numpy.typing as npt
 from serd import notify
 from serd.alerts import AlertEngine
 from serd.config import Config
+from serd.decisions import Decision
 from serd.discovery import Discovery
 from serd.events import EmotionResult, emotion_event
 from serd.model import Classifier, load_classifier
-from serd.pipeline import Decision, Pipeline
+from serd.pipeline import Pipeline
 from serd.publisher import EventPublisher, make_publisher
 
 _LOGGER = logging.getLogger(__name__)

@@ -12,12 +12,32 @@ An utterance's verdict is the mean of its windows' probabilities, thresholded th
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from serd.settings import require
+from serd.validate import require
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A labelled stretch of one channel: a window during speech, or a whole utterance."""
+
+    type: Literal["window", "utterance"]
+    channel: str
+    segment: int
+    start_s: float
+    end_s: float
+    label: str | None
+    """None when the confidence is below the threshold: nothing is claimed."""
+    confidence: float
+    probs: dict[str, float] = field(default_factory=dict)
+    raw_probs: tuple[float, ...] = ()
+    """Window only: the model's own (unsmoothed) probabilities, in label order."""
+    windows: int = 1
+    """Utterance only: how many windows the verdict averages."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from serd import __version__
 from serd.events import EMOTION_SUFFIX, STATUS_SUFFIX, topic, validate_device_id
-from serd.settings import ConfigError, require
+from serd.validate import ConfigError, require
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serd.settings import require
+from serd.validate import require
 
 FloatArray = npt.NDArray[np.float32]
 

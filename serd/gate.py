@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from serd.settings import require
+from serd.validate import require
 
 _LOGGER = logging.getLogger(__name__)
 

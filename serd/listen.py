@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from serd.config import EXIT_CONFIG  # noqa: PLC0415
-    from serd.settings import ConfigError  # noqa: PLC0415
+    from serd.validate import ConfigError  # noqa: PLC0415
 
     out = out or sys.stdout
     try:

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from serd.features import FeatureParams, WindowParams, mfcc
 from serd.normalise import Normalisation, normalise_windows
-from serd.settings import require
+from serd.validate import require
 from serd.voice import (
     DEFAULT_TRUNK,
     VOICE_VERSION,

@@ -6,7 +6,7 @@ with them (protocol, TLS files and host-name check, user name and password from 
 or an environment variable, reconnect backoff, connect timeout) and
 :func:`connect_async` starts connecting in the background.  The password is never read
 from config.yaml.  Unreadable TLS or password files raise
-:class:`~serd.settings.ConfigError` with one line naming the key.
+:class:`~serd.validate.ConfigError` with one line naming the key.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 import paho.mqtt.client as mqtt
 
-from serd.settings import ConfigError
+from serd.validate import ConfigError
 
 if TYPE_CHECKING:
     from serd.mqttsettings import MqttSettings

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from serd.settings import require
+from serd.validate import require
 
 
 @dataclass(frozen=True)

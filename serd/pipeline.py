@@ -12,35 +12,16 @@ seconds (``start_s``/``end_s``); the daemon turns those into wall-clock timestam
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from serd.decisions import Decider, DecisionSettings, Verdict
+from serd.decisions import Decider, Decision, DecisionSettings, Verdict
 from serd.gate import VadSettings
 from serd.model import Classifier
 from serd.windows import SegmentEnd, SegmentStart, Window, Windower
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A labelled stretch of one channel: a window during speech, or a whole utterance."""
-
-    type: Literal["window", "utterance"]
-    channel: str
-    segment: int
-    start_s: float
-    end_s: float
-    label: str | None
-    """None when the confidence is below the threshold: nothing is claimed."""
-    confidence: float
-    probs: dict[str, float] = field(default_factory=dict)
-    raw_probs: tuple[float, ...] = ()
-    """Window only: the model's own (unsmoothed) probabilities, in label order."""
-    windows: int = 1
-    """Utterance only: how many windows the verdict averages."""
 
 
 @dataclass

@@ -151,7 +151,7 @@ class MqttPublisher:
         """Open the spool, configure the client and start connecting in the background.
 
         A broker that is down is not an error (the client keeps retrying); unreadable
-        password/TLS files are, and raise :class:`~serd.settings.ConfigError`.
+        password/TLS files are, and raise :class:`~serd.validate.ConfigError`.
         """
         if self._started:
             raise RuntimeError("publisher already started")

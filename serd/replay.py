@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from serd.audio import read_blocks
+from serd.decode import read_blocks
 
 
 class ReplaySource:

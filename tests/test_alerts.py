@@ -15,8 +15,8 @@ import yaml
 
 from serd.alerts import CLEARED, STARTED, AlertEngine, AlertRule, AlertSettings, alert_state
 from serd.config import parse
-from serd.pipeline import Decision
-from serd.settings import ConfigError
+from serd.decisions import Decision
+from serd.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "serd" / "schema" / "alert.schema.json").read_text())

@@ -1,4 +1,4 @@
-"""Broken and odd audio files through ``serd.audio`` and ``serd --once``.
+"""Broken and odd audio files through ``serd.decode`` and ``serd --once``.
 
 Every file is generated here: broken ones (zero bytes, text named ``.wav``, a header cut
 short, a header with no samples, an implausible sample rate) and odd but valid ones
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serd.audio import AudioError, load, probe, read_blocks
+from serd.decode import AudioError, load, probe, read_blocks
 
 RATE = 16000
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -137,7 +137,7 @@ def test_odd_files_decode_to_finite_mono_at_the_model_rate(
 def test_nan_and_inf_become_silence_and_are_counted(
     corpus: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="serd.audio")
+    caplog.set_level(logging.WARNING, logger="serd.decode")
     x = np.concatenate(list(read_blocks(corpus / "f32_nan_inf.wav", RATE)))
     assert np.isfinite(x).all()
     assert np.abs(x[1010:1090]).max() < 0.05  # the NaN stretch is silent (resampler ringing)

@@ -35,14 +35,14 @@ import yaml
 from conftest import ArraySource, edit_card
 
 from serd import cli
-from serd.audio import load
 from serd.capture import Capture
 from serd.config import EXIT_CONFIG, EXIT_DATAERR, Config, parse
 from serd.config import load as load_config
 from serd.daemon import Daemon
+from serd.decode import load
 from serd.model import Classifier, card_path_for, sha256_of
 from serd.publisher import StdoutPublisher
-from serd.settings import ConfigError
+from serd.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "serd.service"

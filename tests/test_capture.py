@@ -27,7 +27,7 @@ from serd.capture import (
     refresh_devices,
     resolve_device,
 )
-from serd.settings import ConfigError, build
+from serd.validate import ConfigError, build
 
 RATE = 16000
 SILENCE_RMS = 1e-3  # a null sink's monitor is digital silence: exactly zero

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from serd.config import Config, load, parse
-from serd.settings import ConfigError
+from serd.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,10 +23,10 @@ import pytest
 import yaml
 from conftest import ArraySource
 
-from serd.audio import load
 from serd.config import Config, parse
 from serd.daemon import Daemon
-from serd.pipeline import Decision
+from serd.decisions import Decision
+from serd.decode import load
 from serd.publisher import StdoutPublisher
 
 SCHEMA = json.loads(
@@ -216,7 +216,7 @@ def test_microphone_unplugged_and_back(
 def test_streaming_gives_the_same_windows_as_once(
     tmp_path: Path, data_dir: Path, model_path: Path
 ) -> None:
-    from serd.cli import analyse_file  # noqa: PLC0415
+    from serd.once import analyse_file  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     clip = data_dir / "1001_IEO_FEA_HI.flac"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serd.decisions import Decider, DecisionSettings, verdict
-from serd.settings import ConfigError, build
+from serd.validate import ConfigError, build
 
 LABELS = ("neutral", "happy", "sad", "angry")
 

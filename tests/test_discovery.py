@@ -16,7 +16,7 @@ import yaml
 
 from serd.discovery import UNSURE, Discovery, DiscoverySettings, configs, object_id
 from serd.publisher import MqttSettings
-from serd.settings import ConfigError
+from serd.validate import ConfigError
 
 LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
 

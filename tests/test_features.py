@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serd.audio import load
+from serd.decode import load
 from serd.features import (
     F0_REFERENCE_HZ,
     FeatureParams,

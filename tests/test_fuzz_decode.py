@@ -1,8 +1,8 @@
-"""Property-based fuzzing of the file-decoding path (``serd.audio.probe``/``read_blocks``).
+"""Property-based fuzzing of the file-decoding path (``serd.decode.probe``/``read_blocks``).
 
 Whatever bytes a file holds (random noise, or a valid WAV/FLAC/OGG/AIFF file with its
 header or body mutated, truncated or spliced), decoding either yields finite float32
-blocks (clipped to [-1, 1] before resampling) or raises :class:`serd.audio.AudioError`
+blocks (clipped to [-1, 1] before resampling) or raises :class:`serd.decode.AudioError`
 with a one-line message: never any other exception, never a hang, never an unbounded
 amount of output.
 
@@ -27,7 +27,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from serd.audio import AudioError, probe, read_blocks  # noqa: E402
+from serd.decode import AudioError, probe, read_blocks  # noqa: E402
 
 TARGET_RATE = 16000
 EXAMPLES = int(os.environ.get("SERD_FUZZ_EXAMPLES", "400"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serd.audio import load
+from serd.decode import load
 from serd.features import FeatureParams, WindowParams
 from serd.gate import EnergyGate, VadSettings, block_levels_db
-from serd.settings import ConfigError, build
+from serd.validate import ConfigError, build
 from serd.windows import SegmentEnd, SegmentStart, Window, Windower, windows_of
 
 RATE = 16000

@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from serd.audio import load
+from serd.decode import load
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 

@@ -32,7 +32,7 @@ from serd.publisher import (
     StdoutPublisher,
     make_publisher,
 )
-from serd.settings import ConfigError, build
+from serd.validate import ConfigError, build
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_gate_windows import call_like, noise, tone
 
-from serd.audio import load
+from serd.decode import load
 from serd.model import (
     ModelError,
     ModelSettings,

@@ -8,7 +8,7 @@ work: ``--set model.filters=[48,64,96,128]``).  The merged mapping is then valid
 unknown key or a bad value is a :class:`TrainConfigError` (a
 :class:`~train.corpora.CorpusError`) whose message is one line naming the key and what is
 allowed, as for the daemon's own configuration (:mod:`serd.config`), by the same validator
-(:func:`serd.settings.build`); ``serd-train`` prints it and exits with status 2.
+(:func:`serd.validate.build`); ``serd-train`` prints it and exits with status 2.
 
 A protocol's (and the final model's) ``training:`` is a partial ``training`` section: it is
 merged over the top-level ``training`` and the result validated, so
@@ -18,7 +18,7 @@ Numbers: a float key accepts an integer and keeps it as written (``float`` and `
 compare equal).  The augmentation and VAD values go into the feature cache's keys as JSON,
 where ``1`` and ``1.0`` differ, so converting them would silently invalidate caches that
 were extracted with an integer in the configuration.  This is ``as_written=True`` of
-:func:`serd.settings.build`, which also refuses null for a section (the daemon reads it as
+:func:`serd.validate.build`, which also refuses null for a section (the daemon reads it as
 all of the section's defaults; here the defaults are ``train/config.yaml``'s, not the
 dataclass's).
 """
@@ -37,7 +37,7 @@ import yaml
 from serd.features import FeatureParams, WindowParams
 from serd.gate import VadSettings
 from serd.normalise import channel_indices
-from serd.settings import ConfigError, build, deep_merge, read_yaml, require
+from serd.validate import ConfigError, build, deep_merge, read_yaml, require
 from train.augment import AugmentParams
 from train.corpora import CANONICAL, CorpusError
 from train.taxonomy import Taxonomy
@@ -388,13 +388,13 @@ class TrainConfig:
 
 
 def _build(cls: type[T], data: Any, path: str) -> T:
-    """:func:`serd.settings.build`, keeping values as written (see the module docstring)."""
+    """:func:`serd.validate.build`, keeping values as written (see the module docstring)."""
     return build(cls, data, path, as_written=True)
 
 
 @contextmanager
 def _train_errors() -> Iterator[None]:
-    """A :class:`serd.settings.ConfigError` (from the validator or the YAML reader that
+    """A :class:`serd.validate.ConfigError` (from the validator or the YAML reader that
     serd-train shares with the daemon) as a :class:`TrainConfigError`, same message."""
     try:
         yield

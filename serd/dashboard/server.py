@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.config or os.environ.get("SERD_CONFIG"):
         from serd.config import EXIT_CONFIG, load  # noqa: PLC0415
-        from serd.settings import ConfigError  # noqa: PLC0415
+        from serd.validate import ConfigError  # noqa: PLC0415
 
         try:
             mqtt = load(args.config).mqtt
