@@ -32,7 +32,8 @@ SCHEMA_VERSION = 1
 EmotionType = Literal["window", "utterance"]
 """``window``: one fixed analysis window; ``utterance``: one VAD-delimited utterance."""
 
-StatusState = Literal["online", "offline"]
+StatusState = Literal["online", "degraded", "offline"]
+"""``degraded``: connected, but no microphone or a spool backing up (serd.state)."""
 
 EMOTION_SUFFIX = "emotion"
 ALERT_SUFFIX = "alert"
@@ -209,8 +210,8 @@ def status_event(
     ``with_ts=False`` is for the Last Will: it is registered when the connection is
     made, so any timestamp in it would be the connect time, not the time of death.
     """
-    if state not in ("online", "offline"):
-        raise ValueError(f"state: {state!r} is not 'online' or 'offline'")
+    if state not in ("online", "degraded", "offline"):
+        raise ValueError(f"state: {state!r} is not 'online', 'degraded' or 'offline'")
     payload: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "type": "status",
