@@ -91,6 +91,10 @@ class EventPublisher(Protocol):
     def publish_health(self, fields: Mapping[str, Any]) -> None:
         """Best-effort health report built from the daemon's ``fields``."""
 
+    def publish_retained(self, suffix: str, payload: Mapping[str, Any]) -> None:
+        """Retained QoS 1 ``payload`` on ``suffix`` (``status``, ``state``): sent now if
+        connected and again after every reconnect (the latest one per suffix)."""
+
     def stats(self) -> PublisherStats:
         """Current counters."""
 
@@ -135,6 +139,9 @@ class MqttPublisher:
         self._last_error = ""
         self._last_error_time = 0.0
         self._answered = False  # a CONNACK (success or refusal) came for this attempt
+        # Latest retained payload per suffix (serd.state): re-sent on every connect, so a
+        # broker restarted without persistence learns the present again.
+        self._retained: dict[str, str] = {}
 
     # -- public API ------------------------------------------------------------------
 
@@ -213,6 +220,17 @@ class MqttPublisher:
             qos=0,
             retain=False,
         )
+
+    def publish_retained(self, suffix: str, payload: Mapping[str, Any]) -> None:
+        """Publish ``payload`` retained (QoS 1) on ``suffix`` now if connected, and again
+        after every reconnect; a ``status`` given here replaces the ``online`` of connect."""
+        text = to_json(payload)
+        with self._lock:
+            self._retained[suffix] = text
+            connected = self._connected
+        client = self._client
+        if client is not None and connected and not self._closing:
+            client.publish(self.topic(suffix), text, qos=1, retain=True)
 
     def stats(self) -> PublisherStats:
         """Current counters (cheap; safe from any thread)."""
@@ -318,7 +336,10 @@ class MqttPublisher:
             self._last_error = ""
             _LOGGER.info("connected to MQTT broker %s:%d", self._host, self._settings.port)
             online = status_event(self._device_id, "online", "connected", version=__version__)
-            client.publish(self.topic(STATUS_SUFFIX), to_json(online), qos=1, retain=True)
+            with self._lock:
+                retained = {STATUS_SUFFIX: to_json(online), **self._retained}
+            for suffix, text in retained.items():
+                client.publish(self.topic(suffix), text, qos=1, retain=True)
             self._wake.set()
         except Exception:
             _LOGGER.exception("error in MQTT on_connect")
@@ -528,6 +549,12 @@ class StdoutPublisher:
             seq = self._spool.put(kind, payload, _EVENT_QOS)
             self._drain_locked(self._spool)
         return seq
+
+    def publish_retained(self, suffix: str, payload: Mapping[str, Any]) -> None:
+        """Print a ``status`` line; other retained payloads (``state``) only sum up the
+        events already printed, so they are not."""
+        if suffix == STATUS_SUFFIX:
+            self._write(payload)
 
     def publish_health(self, fields: Mapping[str, Any]) -> None:
         """Print a health line (with a ``publisher`` object unless given)."""
