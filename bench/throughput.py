@@ -46,6 +46,9 @@ class CountingPublisher:
     def publish_health(self, fields: Mapping[str, Any]) -> None:
         pass
 
+    def publish_retained(self, suffix: str, payload: Mapping[str, Any]) -> None:
+        pass
+
     def stats(self) -> Any:
         from serd.publisher import PublisherStats  # noqa: PLC0415
 

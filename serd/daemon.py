@@ -25,15 +25,16 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from serd import notify
+from serd import __version__, notify
 from serd.alerts import AlertEngine
 from serd.config import Config
 from serd.decisions import Decision
 from serd.discovery import Discovery
-from serd.events import EmotionResult, emotion_event
+from serd.events import STATUS_SUFFIX, EmotionResult, emotion_event, status_event
 from serd.model import Classifier, load_classifier
 from serd.pipeline import Pipeline
 from serd.publisher import EventPublisher, make_publisher
+from serd.state import STATE_SUFFIX, Availability, LiveState
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class Daemon:
             cfg.discovery, cfg.mqtt, device_id=self.device_id, channels=self.channels,
             labels=self.classifier.labels, model=self.classifier.name,
         ) if cfg.discovery.enabled else None
+        # Retained current state and degraded/online status for late joiners (serd.state).
+        self.live = LiveState(self.device_id, self.classifier.name, self.channels)
+        self.availability = Availability()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -136,6 +140,7 @@ class Daemon:
     def run(self) -> int:
         """Run until :meth:`request_stop` (or a signal); returns the exit code."""
         self.publisher.start()
+        self._publish_live(self.clock(), force=True)
         if self.discovery is not None:
             self.discovery.start()
         notify.status(f"opening input device {self.cfg.audio.device or '(default)'}")
@@ -199,6 +204,10 @@ class Daemon:
             self._publish_alerts(self.alerts.close(self.clock()))
         except Exception:
             _LOGGER.exception("clearing alerts failed")
+        try:
+            self._publish_live(self.clock(), force=True, health=False)
+        except Exception:
+            _LOGGER.exception("publishing the final state failed")
         if self.discovery is not None:
             self.discovery.stop()
         self.publisher.close(timeout_seconds=3.0)
@@ -220,6 +229,7 @@ class Daemon:
         if block is not None and block.size:
             self.process_block(block, now)
         self._publish_alerts(self.alerts.tick(now))
+        self._publish_live(now)
         self._maybe_health(now)
 
     def process_block(self, block: npt.NDArray[np.float32], now: float) -> list[Decision]:
@@ -274,6 +284,7 @@ class Daemon:
             )
             self.publisher.publish_event("emotion", payload)
             self.counters.events += 1
+            self.live(payload)
             if self.on_decision is not None:
                 self.on_decision(d, payload)
             self._publish_alerts(self.alerts.observe(d, start, end, self.clock()))
@@ -282,6 +293,20 @@ class Daemon:
         for payload in alerts:
             self.publisher.publish_event("alert", payload)
             self.counters.alerts += 1
+            self.live(payload)
+
+    def _publish_live(self, now: float, *, force: bool = False, health: bool = True) -> None:
+        """Retained status (degraded/online) and state, when they changed (serd.state)."""
+        if health:
+            change = self.availability(input_open=self.source.is_open,
+                                       spool_depth=self.publisher.stats().spool_depth)
+            if change is not None:
+                self.publisher.publish_retained(STATUS_SUFFIX, status_event(
+                    self.device_id, change.state, change.reason, version=__version__,
+                    now_epoch_seconds=now))
+        payload = self.live.due(time.monotonic(), now, force=force)
+        if payload is not None:
+            self.publisher.publish_retained(STATE_SUFFIX, payload)
 
     def health(self) -> dict[str, Any]:
         stats = self.publisher.stats()
