@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.resources
 import json
 import logging
 from collections.abc import Callable
@@ -28,6 +29,7 @@ import numpy.typing as npt
 
 from serd.features import FeatureParams, WindowParams, mfcc
 from serd.normalise import Normalisation, normalise_windows
+from serd.quiet import native_stderr_quiet
 from serd.validate import require
 from serd.voice import (
     DEFAULT_TRUNK,
@@ -46,7 +48,8 @@ CARD_FORMAT = 1
 FRONTEND_VERSION = 2
 """Bump whenever the front-end's arithmetic changes; cards record the version they used."""
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "serd-emotion-6.tflite"
+# Package data beside the trunk (serd/models; see serd.voice.DEFAULT_TRUNK).
+DEFAULT_MODEL = Path(str(importlib.resources.files("serd") / "models" / "serd-emotion-6.tflite"))
 
 
 class ModelError(Exception):
@@ -274,8 +277,10 @@ class Classifier:
         self.sha256 = card.sha256
         self.runtime, factory = _interpreter_factory()
         try:
-            self._interp = factory(model_path=str(model_path), num_threads=num_threads)
-            self._interp.allocate_tensors()
+            # serd -q: LiteRT's C++ "Created ... XNNPACK delegate" line goes to fd 2 here.
+            with native_stderr_quiet():
+                self._interp = factory(model_path=str(model_path), num_threads=num_threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"model {model_path} cannot be loaded: {exc}") from None
         inp = self._interp.get_input_details()[0]

@@ -28,6 +28,7 @@ import io
 import zipfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ from serd.windows import Window
 
 FloatArray = npt.NDArray[np.float32]
 
-DEFAULT_TRUNK = Path(__file__).resolve().parent.parent / "models" / "voice-trunk.npz"
+# Package data (serd/models: in a checkout a link to the top-level models/ that training
+# writes, in a wheel a copy of its shipped files), found where the package is installed.
+DEFAULT_TRUNK = Path(str(resources.files("serd") / "models" / "voice-trunk.npz"))
 
 VOICE_VERSION = 1
 """Bump whenever this module's arithmetic changes; cards record the version they used."""
