@@ -17,6 +17,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -43,6 +45,32 @@ _REDRAW_SECONDS = 0.5
 _PIPE_REPRINT_SECONDS = 1.0
 
 
+_MAX_DEVICES = 1000
+"""Devices the board keeps; beyond it the longest-silent device that is not online makes
+room, else the newcomer is refused (counted): a flood of fake device ids costs bounded
+memory and redraw time."""
+_MAX_CHANNELS = 32
+"""Channels kept per device (more are refused, counted)."""
+_STALE_SECONDS = 3600.0
+"""A device not online and silent this long is forgotten (replays, retired devices)."""
+_TEXT_CHARS = 48
+"""Longest text shown in a cell (device, channel, label, rule, reason); longer is cut."""
+_AVAILABILITY = ("online", "degraded", "offline")
+_KINDS = ("window", "utterance")
+_SWEEP_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """The checked fields of an alert payload the table shows."""
+
+    rule: str
+    label: str
+    active: bool
+    start: str  # local clock time, or "?"
+    end: str
+
+
 @dataclass
 class Row:
     """What the table shows for one device and channel."""
@@ -53,7 +81,7 @@ class Row:
     confidence: float | None = None
     kind: str = ""
     updated: float = 0.0  # time.time() when the last emotion event arrived
-    alert: dict[str, Any] | None = None
+    alert: AlertView | None = None
 
 
 @dataclass
@@ -63,19 +91,69 @@ class Device:
     last_seq: dict[str, int] = field(default_factory=dict)
     # Streams whose next event may restart at seq 1 (the device just came online).
     fresh: set[str] = field(default_factory=set)
+    rows: dict[str, Row] = field(default_factory=dict)
+    heard: float = 0.0  # time.monotonic() of its last message
+
+
+class InvalidPayloadError(ValueError):
+    """A payload whose fields do not have the types and ranges the schema gives them."""
+
+
+def _text(payload: dict[str, Any], key: str) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidPayloadError(f"{key}: not a non-empty string")
+    return value[:_TEXT_CHARS]
+
+
+def _optional_text(payload: dict[str, Any], key: str) -> str | None:
+    return None if payload.get(key) is None else _text(payload, key)
+
+
+def _number(value: object) -> float | None:
+    """A finite number within 0..1, else None (bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0.0 <= value <= 1.0 else None
+
+
+def _seq(payload: dict[str, Any]) -> int | None:
+    seq = payload.get("seq")
+    if seq is None:
+        return None
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise InvalidPayloadError("seq: not a non-negative integer")
+    return seq
 
 
 class Board:
-    """Latest state of every device and channel, fed with MQTT messages."""
+    """Latest state of every device and channel, fed with MQTT messages.
 
-    def __init__(self, prefix: str) -> None:
+    Every field of a payload is type-checked before it is kept (a payload that fails is
+    dropped and counted in ``invalid``); what is kept is small and bounded: at most
+    ``max_devices`` devices of ``_MAX_CHANNELS`` channels, text cut to ``_TEXT_CHARS``.
+    """
+
+    def __init__(self, prefix: str, *, max_devices: int = _MAX_DEVICES,
+                 stale_seconds: float = _STALE_SECONDS) -> None:
         self.prefix = prefix.rstrip("/")
+        self.max_devices = max_devices
+        self.stale_seconds = stale_seconds
         self.devices: dict[str, Device] = {}
-        self.rows: dict[tuple[str, str], Row] = {}
         self.messages = 0
         self.duplicates = 0
+        self.invalid = 0  # payloads dropped for a wrong type or value
+        self.too_big = 0  # payloads over the size bound (counted by the listener)
+        self.refused = 0  # devices or channels refused because the board was full
+        self.forgotten = 0  # stale devices aged out
         self.version = 0  # bumped on every change (for redraws)
         self.lock = threading.Lock()
+
+    @property
+    def rows(self) -> dict[tuple[str, str], Row]:
+        """Every row, keyed by (device, channel)."""
+        with self.lock:
+            return {(d, c): r for d, dev in self.devices.items() for c, r in dev.rows.items()}
 
     def split(self, topic: str) -> tuple[str, str] | None:
         """``(device, suffix)`` of one of our topics, else None."""
@@ -83,99 +161,225 @@ class Board:
         if not topic.startswith(head):
             return None
         parts = topic[len(head):].split("/")
-        if len(parts) != 2 or parts[1] not in _SUFFIXES:
+        if len(parts) != 2 or parts[1] not in _SUFFIXES or not parts[0]:
             return None
         return parts[0], parts[1]
 
     def feed(self, topic: str, payload: dict[str, Any], now: float | None = None) -> bool:
-        """Update from one message; False for a duplicate or something not ours."""
+        """Update from one message; False for a duplicate, something not ours or invalid."""
         where = self.split(topic)
         if where is None:
             return False
         device_id, suffix = where
         now = time.time() if now is None else now
+        try:
+            update = _checked(suffix, payload, now)
+        except InvalidPayloadError as exc:
+            _LOGGER.debug("invalid %s payload on %s: %s", suffix, topic, exc)
+            with self.lock:
+                self.invalid += 1
+            return False
         with self.lock:
+            dev = self._device(device_id)
+            if dev is None:
+                return False
             self.messages += 1
-            dev = self.devices.setdefault(device_id, Device())
-            if suffix == STATUS_SUFFIX:
-                state = payload.get("state")
-                if state == "online" and dev.availability != "online":
+            dev.heard = time.monotonic()
+            if isinstance(update, _Status):
+                if update.state in ("online", "degraded") and \
+                        dev.availability not in ("online", "degraded"):
                     dev.fresh = set(_SUFFIXES)  # a wiped state dir restarts seq at 1
-                dev.availability = state if state in ("online", "offline") else "unknown"
-                dev.reason = str(payload.get("reason") or "")
+                dev.availability = update.state
+                dev.reason = update.reason
                 self.version += 1
                 return True
-            seq = payload.get("seq")
-            if isinstance(seq, int):
+            if update.seq is not None:
                 # A seq already seen: re-sent after a reconnect (docs/events.md).
                 last = dev.last_seq.get(suffix, 0)
-                restarted = suffix in dev.fresh and seq == 1
+                restarted = suffix in dev.fresh and update.seq == 1
                 dev.fresh.discard(suffix)
-                if seq <= last and not restarted and last - seq < 1000:
+                if update.seq <= last and not restarted and last - update.seq < 1000:
                     self.duplicates += 1
                     return False
-                dev.last_seq[suffix] = seq
-            channel = payload.get("channel")
-            if not isinstance(channel, str):
-                return False
-            row = self.rows.setdefault((device_id, channel), Row(device_id, channel))
-            if suffix == EMOTION_SUFFIX:
-                row.label = payload.get("label")
-                conf = payload.get("confidence")
-                row.confidence = float(conf) if isinstance(conf, (int, float)) else None
-                row.kind = str(payload.get("type") or "")
-                row.updated = now
+                dev.last_seq[suffix] = update.seq
+            row = dev.rows.get(update.channel)
+            if row is None:
+                if len(dev.rows) >= _MAX_CHANNELS:
+                    self.refused += 1
+                    return False
+                row = dev.rows[update.channel] = Row(device_id, update.channel)
+            if isinstance(update, _Emotion):
+                row.label, row.confidence = update.label, update.confidence
+                row.kind, row.updated = update.kind, now
             else:
-                row.alert = dict(payload)
+                row.alert = update.alert
             self.version += 1
             return True
 
-    def table(self, *, color: bool = False, now: float | None = None) -> str:
-        """The board as an aligned text table."""
+    def _device(self, device_id: str) -> Device | None:
+        """The device (created if there is room); call with the lock held."""
+        dev = self.devices.get(device_id)
+        if dev is not None:
+            return dev
+        if len(self.devices) >= self.max_devices:
+            idle = [(d.heard, k) for k, d in self.devices.items()
+                    if d.availability not in ("online", "degraded")]
+            if not idle:
+                self.refused += 1
+                return None
+            del self.devices[min(idle)[1]]
+            self.forgotten += 1
+        dev = self.devices[device_id] = Device(heard=time.monotonic())
+        return dev
+
+    def sweep(self, now_monotonic: float | None = None) -> int:
+        """Forget devices that are not online and were silent for ``stale_seconds``."""
+        now_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
+        with self.lock:
+            stale = [k for k, d in self.devices.items()
+                     if d.availability not in ("online", "degraded")
+                     and now_monotonic - d.heard >= self.stale_seconds]
+            for k in stale:
+                del self.devices[k]
+            if stale:
+                self.forgotten += len(stale)
+                self.version += 1
+        return len(stale)
+
+    def table(self, *, color: bool = False, now: float | None = None,
+              max_rows: int | None = None) -> str:
+        """The board as an aligned text table (at most ``max_rows`` device rows).
+
+        Only a snapshot is taken under the lock (paho's thread needs it for every
+        message); sorting and formatting happen outside it.
+        """
         now = time.time() if now is None else now
         with self.lock:
-            keys = sorted(set(self.rows) | {(d, "") for d in self.devices
-                                            if not any(k[0] == d for k in self.rows)})
-            lines: list[list[str]] = []
-            styles: list[str] = []
-            for device_id, channel in keys:
-                dev = self.devices.get(device_id, Device())
-                row = self.rows.get((device_id, channel))
-                avail = dev.availability
-                if avail == "offline" and dev.reason:
-                    avail = f"offline ({dev.reason.replace('_', ' ')})"
+            snap = [(k, d.availability, d.reason, [dataclasses.replace(r)
+                                                     for r in d.rows.values()])
+                    for k, d in self.devices.items()]
+            counts = (self.messages, self.invalid + self.too_big, self.refused)
+        snap.sort(key=lambda s: s[0])
+        lines: list[list[str]] = []
+        styles: list[str] = []
+        hidden = 0
+        online = degraded = 0
+        for device_id, availability, reason, rows in snap:
+            online += availability == "online"
+            degraded += availability == "degraded"
+            avail = availability
+            if availability in ("offline", "degraded") and reason:
+                avail = f"{availability} ({reason.replace('_', ' ')})"
+            shown: list[Row | None] = [*sorted(rows, key=lambda r: r.channel)] or [None]
+            for row in shown:
+                if max_rows is not None and len(lines) >= max_rows:
+                    hidden += 1
+                    continue
                 emotion = conf = age = alert = ""
-                style = ""
+                style = {"offline": "offline", "degraded": "degraded"}.get(availability, "")
                 if row is not None:
                     if row.updated:
                         emotion = row.label or "(unsure)"
                         conf = f"{row.confidence:.2f}" if row.confidence is not None else ""
                         age = _age(now - row.updated)
                     if row.alert is not None:
-                        alert, active = _alert_text(row.alert)
-                        style = "alert" if active else ""
-                if dev.availability == "offline":
-                    style = "offline"
-                lines.append([device_id, channel or "-", avail, emotion, conf, age, alert])
+                        alert = _alert_text(row.alert)
+                        if row.alert.active and availability != "offline":
+                            style = "alert"
+                lines.append([clean(device_id), clean(row.channel) if row else "-",
+                              clean(avail, _TEXT_CHARS + 20), clean(emotion), conf, age,
+                              clean(alert, 3 * _TEXT_CHARS)])
                 styles.append(style)
-            summary = (f"{len(self.devices)} devices, "
-                       f"{sum(d.availability == 'online' for d in self.devices.values())} "
-                       f"online; {self.messages} messages")
+        messages, dropped, refused = counts
+        summary = f"{len(snap)} devices, {online} online"
+        if degraded:
+            summary += f", {degraded} degraded"
+        summary += f"; {messages} messages"
+        if dropped:
+            summary += f", {dropped} invalid dropped"
+        if refused:
+            summary += f", {refused} refused (board full)"
         header = ["DEVICE", "CHANNEL", "STATUS", "EMOTION", "CONF", "UPDATED", "LAST ALERT"]
         widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
         out = [_fmt(header, widths)]
         for cells, style in zip(lines, styles, strict=True):
             text = _fmt(cells, widths)
-            if color and style == "alert":
-                text = f"\x1b[1;31m{text}\x1b[0m"
-            elif color and style == "offline":
-                text = f"\x1b[2m{text}\x1b[0m"
+            if color and style in _STYLES:
+                text = f"{_STYLES[style]}{text}\x1b[0m"
             out.append(text)
+        if hidden:
+            out.append(f"... {hidden} more rows")
         if not lines:
-            out.append(f"(waiting for devices on {self.prefix}/+/...)")
+            out.append(f"(waiting for devices on {clean(self.prefix, 200)}/+/...)")
         out.append("")
         out.append(summary)
         return "\n".join(out)
+
+
+_STYLES = {"alert": "\x1b[1;31m", "offline": "\x1b[2m", "degraded": "\x1b[33m"}
+
+
+@dataclass(frozen=True)
+class _Status:
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Emotion:
+    channel: str
+    seq: int | None
+    label: str | None
+    confidence: float | None
+    kind: str
+
+
+@dataclass(frozen=True)
+class _Alert:
+    channel: str
+    seq: int | None
+    alert: AlertView
+
+
+def _checked(suffix: str, p: dict[str, Any], now: float) -> _Status | _Emotion | _Alert:
+    """The fields of a payload the board uses, type-checked (else :class:`InvalidPayloadError`)."""
+    if suffix == STATUS_SUFFIX:
+        state = p.get("state")
+        reason = p.get("reason")
+        return _Status(state if state in _AVAILABILITY else "unknown",
+                       reason[:_TEXT_CHARS] if isinstance(reason, str) else "")
+    seq = _seq(p)
+    channel = _text(p, "channel")
+    if suffix == EMOTION_SUFFIX:
+        kind = p.get("type")
+        return _Emotion(channel, seq, _optional_text(p, "label"),
+                        _number(p.get("confidence")), kind if kind in _KINDS else "")
+    active = alert_state(p) != CLEARED
+    return _Alert(channel, seq, AlertView(_text(p, "rule"), _text(p, "label"), active,
+                                          _clock(p.get("start")), _clock(p.get("end"))))
+
+
+# Control characters (C0, DEL, C1) and the bidirectional overrides that reorder what a
+# terminal shows: anything a payload could use to move the cursor, erase rows, set the
+# window title (OSC 0) or write the clipboard (OSC 52).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                      "\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str, limit: int = _TEXT_CHARS) -> str:
+    """``text`` safe for a terminal: control characters as visible escapes, cut to
+    ``limit`` characters (with an ellipsis)."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
+def json_line(payload: dict[str, Any]) -> str:
+    """One JSON line with every control character escaped (``json.dumps`` leaves DEL,
+    C1 and the bidirectional overrides raw when ``ensure_ascii`` is off)."""
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _fmt(cells: Sequence[str], widths: Sequence[int]) -> str:
@@ -191,19 +395,20 @@ def _age(seconds: float) -> str:
     return f"{s // 3600}h ago"
 
 
-def _clock(text: Any) -> str:
+def _clock(text: object) -> str:
+    if not isinstance(text, str) or len(text) > 40:
+        return "?"
     try:
-        return time.strftime("%H:%M:%S", time.localtime(parse_iso_utc(str(text))))
-    except ValueError:
+        return time.strftime("%H:%M:%S", time.localtime(parse_iso_utc(text)))
+    except (ValueError, OverflowError, OSError):
         return "?"
 
 
-def _alert_text(p: dict[str, Any]) -> tuple[str, bool]:
-    active = alert_state(p) != CLEARED
-    what = f"{p.get('rule', '?')} {p.get('label', '?')}"
-    if active:
-        return f"ACTIVE {what} since {_clock(p.get('start'))}", True
-    return f"{what} {_clock(p.get('start'))}-{_clock(p.get('end'))}", False
+def _alert_text(a: AlertView) -> str:
+    what = f"{a.rule} {a.label}"
+    if a.active:
+        return f"ACTIVE {what} since {a.start}"
+    return f"{what} {a.start}-{a.end}"
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -285,7 +490,9 @@ class Listener:
         self.stop = threading.Event()
         self._seen = 0
         self._out_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._last_error = ""
+        self._complained = False  # an error line was printed: say when connected again
         self._connected = False
         self._drawn = -1
 
@@ -319,13 +526,18 @@ class Listener:
         if self.as_json:
             self.stop.wait()
             return
-        last_print = 0.0
+        last_print = last_sweep = 0.0
         if self.tty:
             self._write("\x1b[?1049h\x1b[?25l")  # alternate screen, no cursor (like top)
         while not self.stop.wait(_REDRAW_SECONDS):
+            if time.monotonic() - last_sweep >= _SWEEP_SECONDS:
+                last_sweep = time.monotonic()
+                self.board.sweep()
             if self.tty:
-                # Redraw in place (ages tick even without messages).
-                text = self._title() + "\n\n" + self.board.table(color=True)
+                # Redraw in place (ages tick even without messages); only what fits.
+                height = shutil.get_terminal_size().lines
+                text = self._title() + "\n\n" + self.board.table(
+                    color=True, max_rows=max(1, height - 7))
                 self._write("\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
             elif self.board.version != self._drawn and time.monotonic() - last_print >= \
                     _PIPE_REPRINT_SECONDS:
@@ -341,8 +553,9 @@ class Listener:
     def _title(self) -> str:
         scheme = "mqtts" if self.settings.tls else "mqtt"
         where = f"{scheme}://{self.host}:{self.settings.port}/{self.settings.topic_prefix}/+"
-        status = self._last_error or "connected"
-        return f"serd listen  {where}  [{status}]  {time.strftime('%H:%M:%S')}  (Ctrl-C quits)"
+        status = self._last_error or ("connected" if self._connected else "connecting")
+        return (f"serd listen  {clean(where, 200)}  [{clean(status, 200)}]  "
+                f"{time.strftime('%H:%M:%S')}  (Ctrl-C quits)")
 
     def _write(self, text: str) -> None:
         with self._out_lock:
@@ -361,6 +574,10 @@ class Listener:
             return
         self._last_error = ""
         self._connected = True
+        if self._complained:
+            self._complained = False
+            print(f"serd listen: connected to {self.host}:{self.settings.port}",
+                  file=sys.stderr, flush=True)
         prefix = self.settings.topic_prefix
         client.subscribe([(f"{prefix}/+/{s}", 1) for s in _SUFFIXES])
 
@@ -377,22 +594,33 @@ class Listener:
             self._error(f"lost the connection ({rc}); reconnecting")
 
     def _error(self, message: str) -> None:
+        # One line per distinct problem: retries (with paho's backoff) stay quiet.
         if message != self._last_error:
             print(f"serd listen: {message}", file=sys.stderr, flush=True)
+            self._complained = True
         self._last_error = message
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            payload = json.loads(bytes(msg.payload))
-        except ValueError:
-            _LOGGER.debug("not JSON on %s", msg.topic)
+        if self.stop.is_set():
             return
-        if not isinstance(payload, dict):
+        from serd.mqttclient import read_json_object  # noqa: PLC0415
+
+        payload = read_json_object(bytes(msg.payload))
+        if payload.value is None:
+            if payload.problem == "too_big":
+                with self.board.lock:
+                    self.board.too_big += 1
+            _LOGGER.debug("dropped payload on %s: %s", msg.topic, payload.problem)
             return
-        fresh = self.board.feed(msg.topic, payload)
-        if self.as_json and fresh:
-            self._write(json.dumps({"topic": msg.topic, **payload}, ensure_ascii=False) + "\n")
-        if fresh:
+        if not self.board.feed(msg.topic, payload.value):
+            return
+        with self._count_lock:
+            # paho may deliver a burst (retained messages) before stop takes effect: never
+            # print more than --count lines.
+            if self.count is not None and self._seen >= self.count:
+                return
             self._seen += 1
+            if self.as_json:
+                self._write(json_line({"topic": msg.topic, **payload.value}) + "\n")
             if self.count is not None and self._seen >= self.count:
                 self.stop.set()

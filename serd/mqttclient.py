@@ -7,23 +7,48 @@ or an environment variable, reconnect backoff, connect timeout) and
 :func:`connect_async` starts connecting in the background.  The password is never read
 from config.yaml.  Unreadable TLS or password files raise
 :class:`~serd.validate.ConfigError` with one line naming the key.
+
+Every client declares an MQTT 5 *Maximum Packet Size* (:data:`MAX_PACKET_BYTES`) when it
+connects, so the broker never sends it a packet larger than that (a 50 MB retained
+payload on a topic a client subscribes to would otherwise be read into memory at every
+reconnect).  MQTT 3.1.1 has no such property: consumers drop what is over the same bound
+with :func:`read_json_object` (counted) before parsing it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from serd.validate import ConfigError
 
 if TYPE_CHECKING:
     from serd.mqttsettings import MqttSettings
+
+MAX_PACKET_BYTES = 256 * 1024
+"""Largest MQTT packet any serd client accepts (declared to MQTT 5 brokers at connect).
+
+Every payload serd reads is a few kilobytes at most; the bound leaves room for devices
+with many channels and bounds what one hostile retained message can cost."""
+
+# paho 2.2 logs this at ERROR on every reconnect attempt while the broker is down, beside
+# on_connect_fail, which the clients report themselves (once, not once per retry).
+_PAHO_NOISE = ("Client is not connected",)
+
+
+class _QuietPaho(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_PAHO_NOISE)
 
 
 def create_client(
@@ -48,13 +73,22 @@ def create_client(
         clean_session=clean if protocol == mqtt.MQTTv311 else None,
     )
     client.suppress_exceptions = True
-    client.enable_logger(logger.getChild("paho"))
+    paho_logger = logger.getChild("paho")
+    if not any(isinstance(f, _QuietPaho) for f in paho_logger.filters):
+        paho_logger.addFilter(_QuietPaho())
+    client.enable_logger(paho_logger)
     # paho declares ints but handles float delays; tests use sub-second ones.
     client.reconnect_delay_set(
         cast(int, settings.reconnect_min_seconds), cast(int, settings.reconnect_max_seconds)
     )
     client.connect_timeout = settings.connect_timeout_seconds
     if settings.tls:
+        # ssl's own error for a missing file names neither the key nor the file.
+        for key in ("ca_file", "cert_file", "key_file"):
+            name = getattr(settings, key)
+            if name is not None and not os.access(name, os.R_OK):
+                why = "no such file" if not os.path.exists(name) else "not readable"
+                raise ConfigError(f"mqtt.{key}: cannot read {name}: {why}")
         try:
             client.tls_set(
                 ca_certs=settings.ca_file,
@@ -74,11 +108,50 @@ def create_client(
 def connect_async(
     client: mqtt.Client, settings: MqttSettings, host: str, *, clean: bool = True
 ) -> None:
-    """Start connecting to ``host`` in the background (call ``loop_start`` after)."""
+    """Start connecting to ``host`` in the background (call ``loop_start`` after).
+
+    Under MQTT 5 the CONNECT carries Maximum Packet Size = :data:`MAX_PACKET_BYTES`.
+    """
     if settings.protocol == "5":
-        client.connect_async(host, settings.port, settings.keepalive_seconds, clean_start=clean)
+        client.connect_async(host, settings.port, settings.keepalive_seconds, clean_start=clean,
+                             properties=connect_properties())
     else:
         client.connect_async(host, settings.port, settings.keepalive_seconds)
+
+
+def connect_properties() -> Properties:
+    """MQTT 5 CONNECT properties of every serd client."""
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = MAX_PACKET_BYTES
+    return props
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A received payload after the checks every consumer applies before using it."""
+
+    # The JSON object, or None when the payload is not one (see ``problem``).
+    value: dict[str, Any] | None
+    # "" when ``value`` is set, else "too_big", "not_json" or "not_object".
+    problem: str = ""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json_object(payload: bytes, *, max_bytes: int = MAX_PACKET_BYTES) -> Payload:
+    """``payload`` as a JSON object, or why not: over ``max_bytes`` (not parsed), not JSON
+    (NaN and Infinity included, and nesting too deep to parse), or JSON but not an object."""
+    if len(payload) > max_bytes:
+        return Payload(None, "too_big")
+    try:
+        value = json.loads(payload, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return Payload(None, "not_json")
+    if not isinstance(value, dict):
+        return Payload(None, "not_object")
+    return Payload(value)
 
 
 def read_password(settings: MqttSettings) -> str | None:
