@@ -1,6 +1,7 @@
 """Command line: ``serd`` (the daemon), ``serd --once FILE...`` (the same pipeline on files),
 ``serd --once --publish FILE...`` (files through the daemon's event path to the broker),
-``serd listen`` (a live table of every device) and ``serd dashboard`` (the web page).
+``serd listen`` (a live table of every device), ``serd dashboard`` (the web page) and
+``serd devices`` (the input devices to choose ``audio.device`` from).
 
 Imports are lazy so that ``serd --once`` starts fast and never loads the MQTT client, the
 audio device layer, TensorFlow, Keras or librosa.
@@ -9,10 +10,12 @@ audio device layer, TensorFlow, Keras or librosa.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import time
 
 # numpy's OpenBLAS starts a pool of one thread per core when numpy is first imported.
 # serd's matrix products are tiny and kept on one thread (serd.features._matmul), so the
@@ -31,24 +34,95 @@ _LOGGER = logging.getLogger("serd")
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+# --check-config --probe: the microphone or the broker could not be reached (EX_UNAVAILABLE).
+EXIT_UNAVAILABLE = 69
+# --once --publish: events are still in the replay spool when serd gives up waiting for
+# the broker (EX_TEMPFAIL: the same command later delivers them).
+EXIT_UNDELIVERED = 75
+# --once --publish waits this long by default, after the last file, for the broker's
+# acknowledgements (--wait).
+PUBLISH_WAIT_SECONDS = 10.0
 
 # Subcommands with their own options; each module has main(argv) -> exit code.
-_SUBCOMMANDS = {"listen": "serd.listen", "dashboard": "serd.dashboard.server"}
+_SUBCOMMANDS = {"listen": "serd.listen", "dashboard": "serd.dashboard.server",
+                "devices": "serd.devices"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (what is wrong and where to look), exit code 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _formats() -> str:
+    """The container formats this libsndfile reads (MP3 and Opus where it is 1.1+)."""
+    try:
+        import soundfile  # noqa: PLC0415
+
+        names = sorted(soundfile.available_formats())
+    except (ImportError, OSError):
+        return "WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF"
+    # OGG stands for Vorbis and Opus alike; RAW needs parameters serd cannot guess.
+    return ", ".join(("OGG/Vorbis/Opus" if n == "OGG" else n) for n in names if n != "RAW")
+
+
+class _Version(argparse.Action):
+    """``--version``: serd's version, the model and the TFLite runtime it would use."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        print(_version_text())
+        parser.exit(EXIT_OK)
+
+
+def _suffixes() -> tuple[str, ...]:
+    from serd.decode import AUDIO_SUFFIXES  # noqa: PLC0415
+
+    return AUDIO_SUFFIXES
+
+
+def _version_text() -> str:
+    from serd import __version__  # noqa: PLC0415
+    from serd.model import (  # noqa: PLC0415
+        ModelCard,
+        ModelError,
+        ModelSettings,
+        _interpreter_factory,
+        card_path_for,
+    )
+
+    lines = [f"serd {__version__}"]
+    try:
+        path = ModelSettings().resolved_path()
+        card = ModelCard.load(card_path_for(path))
+        lines.append(f"model {card.name} ({path}, sha256 {card.sha256[:12]})")
+    except (ModelError, OSError) as exc:
+        lines.append(f"model: unavailable ({exc})")
+    try:
+        lines.append(f"runtime {_interpreter_factory()[0]}")
+    except ModelError as exc:
+        lines.append(f"runtime: {exc}")
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="serd",
         description="Speech-emotion recognition on the device: microphone -> emotion events "
         "over MQTT.  With --once, run the same pipeline on audio files and print the result.",
-        epilog="Also: serd listen [--json] (live table of every device on the broker) and "
-        "serd dashboard [--port 8080] [--broker ws://host:9001] (live web page); "
+        epilog="Also: serd listen [--json] (live table of every device on the broker), "
+        "serd dashboard [--port 8080] [--broker ws://host:9001] (live web page) and "
+        "serd devices [--json] (input devices for audio.device); "
         "see serd listen --help, serd dashboard --help and docs/dashboard.md.",
     )
+    p.add_argument("--version", action=_Version, nargs=0,
+                   help="print serd's version, the default model and the TFLite runtime")
     p.add_argument("--config", metavar="FILE", help="YAML config (only keys that differ "
                    "from the defaults; see config.yaml); default $SERD_CONFIG or built-in")
     p.add_argument("--once", nargs="*", metavar="PATH",
-                   help="analyse audio files or folders (recursively: wav, flac, ogg) and exit")
+                   help="analyse audio files or folders and exit; - reads one file from "
+                   f"standard input; folders are searched for {', '.join(_suffixes())}; "
+                   f"files in any format libsndfile reads: {_formats()}")
     p.add_argument("paths", nargs="*", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true",
                    help="with --once: print JSON lines (window, utterance, summary)")
@@ -61,12 +135,21 @@ def _parser() -> argparse.ArgumentParser:
                    "fast, 0 = as fast as possible")
     p.add_argument("--loop", action="store_true",
                    help="with --publish: replay the files over and over until Ctrl-C")
+    p.add_argument("--wait", type=float, default=PUBLISH_WAIT_SECONDS, metavar="SECONDS",
+                   help="with --publish: after the last file, wait up to this long for the "
+                   "broker to acknowledge every event (default %(default)g); events still "
+                   f"undelivered then stay spooled and the exit code is {EXIT_UNDELIVERED}")
     p.add_argument("--device-id", metavar="ID",
                    help="with --publish: the device id to publish as (default: the "
                    "configured one plus -replay, so a live daemon is not disturbed)")
     p.add_argument("--model", metavar="FILE.tflite", help="override model.path")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the config and the model, print the effective config, exit")
+                   help="check everything the daemon checks when it starts (config, model "
+                   "and card, alert labels, TLS and password files, discovery), print the "
+                   "effective config, exit")
+    p.add_argument("--probe", action="store_true",
+                   help="with --check-config: also open the microphone and connect to the "
+                   f"broker, one line each (exit {EXIT_UNAVAILABLE} if either fails)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
@@ -103,6 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--speed, --loop and --device-id need --publish")
     if args.publish and args.json:
         parser.error("--json prints results; --publish sends events to the broker: pick one")
+    if args.json and not args.once:
+        parser.error("--json needs --once PATH... (the daemon publishes JSON events to MQTT; "
+                     "serd listen --json prints them)")
+    if args.probe and not args.check_config:
+        parser.error("--probe needs --check-config")
+    if args.wait != PUBLISH_WAIT_SECONDS and not args.publish:
+        parser.error("--wait needs --publish")
+    if args.wait < 0:
+        parser.error("--wait must be >= 0 seconds")
+    if args.once and args.once.count("-") > 1:
+        parser.error("--once: standard input (-) can be read only once")
     if args.speed < 0:
         parser.error("--speed must be >= 0 (0 = as fast as possible)")
     from serd.config import EXIT_CONFIG, EXIT_DATAERR, load  # noqa: PLC0415
@@ -121,12 +215,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     level = "debug" if args.verbose else ("warning" if args.quiet else cfg.log_level)
     _setup_logging(level)
+    if args.quiet:
+        from serd.quiet import set_quiet  # noqa: PLC0415
+
+        set_quiet(True)
+    if args.once and "-" in args.once:
+        try:
+            stdin_copy = _stdin_in_memory()
+        except ValueError as exc:
+            print(f"serd: --once -: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        args.once = [str(stdin_copy) if p == "-" else p for p in args.once]
     try:
         if args.check_config:
-            return _check_config(cfg)
+            return _check_config(cfg, probe=args.probe)
         if args.once and args.publish:
             return run_publish(cfg, args.once, speed=args.speed, loop=args.loop,
-                               device_id=args.device_id)
+                               device_id=args.device_id, wait_seconds=args.wait)
         if args.once:
             return run_once(cfg, args.once, as_json=args.json)
         from serd.daemon import run  # noqa: PLC0415
@@ -142,26 +247,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _check_config(cfg: Config) -> int:
+STDIN_NAME = "-"
+"""How ``--once -`` names standard input in its output."""
+
+
+def _stdin_in_memory() -> Path:
+    """Standard input copied into an anonymous in-memory file; its /proc path.
+
+    libsndfile needs to seek (headers at the end, MP3 and OGG probing), which a pipe cannot;
+    a memfd can, and nothing is written to disk.  Raises ValueError (one line) when there
+    is nothing to read.
+    """
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ValueError("standard input is a terminal: pipe audio into it "
+                         "(cat call.wav | serd --once -)")
+    if not hasattr(os, "memfd_create"):
+        raise ValueError("reading audio from standard input needs Linux (memfd)")
+    fd = os.memfd_create("serd-stdin")
+    size = 0
+    with os.fdopen(os.dup(fd), "wb") as dst:
+        while chunk := sys.stdin.buffer.read(1 << 20):
+            dst.write(chunk)
+            size += len(chunk)
+    if size == 0:
+        os.close(fd)
+        raise ValueError("standard input is empty: no audio was piped in")
+    return Path(f"/proc/self/fd/{fd}")
+
+
+def _shown(path: Path) -> Path:
+    """The name a file is printed under: ``-`` for standard input's in-memory copy."""
+    return Path(STDIN_NAME) if str(path).startswith("/proc/self/fd/") else path
+
+
+def _check_config(cfg: Config, *, probe: bool = False) -> int:
     import dataclasses  # noqa: PLC0415
 
     from serd.model import load_classifier  # noqa: PLC0415
+    from serd.preflight import start_checks  # noqa: PLC0415
 
     clf = load_classifier(cfg.model)
+    start_checks(cfg, clf)
     print(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     print(f"model {clf.name}: {len(clf.labels)} labels ({', '.join(clf.labels)}), "
           f"runtime {clf.runtime}"
           f"{', with its voice branch' if clf.voice is not None else ''}", file=sys.stderr)
+    if probe:
+        return _probe(cfg, clf.card.features.sample_rate)
     return EXIT_OK
+
+
+def _probe(cfg: Config, rate: int) -> int:
+    """``--probe``: open the microphone and connect to the broker; one line each."""
+    from serd.preflight import probe_broker, probe_microphone  # noqa: PLC0415
+
+    results = [probe_microphone(cfg, rate),
+               probe_broker(cfg.mqtt, min(10.0, cfg.mqtt.connect_timeout_seconds))]
+    for r in results:
+        print(f"serd: {'ok' if r.ok else 'FAILED'}: {r.line}", file=sys.stderr)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_UNAVAILABLE
 
 
 # -- serd --once --publish -------------------------------------------------------------------
 
 
 def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: bool = False,
-                device_id: str | None = None) -> int:
+                device_id: str | None = None,
+                wait_seconds: float = PUBLISH_WAIT_SECONDS) -> int:
     """Replay files as a microphone through :class:`~serd.daemon.Daemon`: the same events
-    (and alerts) a device would publish.  Exit code 2 if any file was unusable."""
+    (and alerts) a device would publish.  After the last file, wait up to ``wait_seconds``
+    for the broker to acknowledge them.  Exit code 2 if any file was unusable,
+    :data:`EXIT_UNDELIVERED` if events are still spooled."""
     import dataclasses  # noqa: PLC0415
 
     from serd.daemon import Daemon  # noqa: PLC0415
@@ -177,7 +333,7 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
             probe(path)
         except AudioError as exc:
             failed += 1
-            print(f"serd: {path}: {exc}", file=sys.stderr)
+            print(f"serd: {_shown(path)}: {exc}", file=sys.stderr)
             continue
         files.append(path)
     if not files:
@@ -208,12 +364,19 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
     clf = load_classifier(cfg.model)
 
     class UntilEnd(ReplaySource):
-        """Stops the daemon once every file has been played (unless looping)."""
+        """Stops the daemon once every file has been played (unless looping) and the
+        broker has acknowledged every event, or ``wait_seconds`` after the last file."""
+
+        deadline: float | None = None
 
         def read(self, timeout_seconds: float) -> Any:
             block = super().read(timeout_seconds)
             if block is None and self.finished:
-                daemon.request_stop()
+                now = time.monotonic()
+                if self.deadline is None:
+                    self.deadline = now + wait_seconds
+                if daemon.publisher.stats().spool_depth == 0 or now >= self.deadline:
+                    daemon.request_stop()
             return block
 
     # A second of silence between files closes each file's last utterance, as a pause would.
@@ -227,8 +390,18 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
           f"{mqtt.topic_prefix}/{device}/", file=sys.stderr, flush=True)
     daemon.run()
     c = daemon.counters
-    print(f"serd: done: {c.audio_seconds:.1f} s of audio, {c.events} emotion events "
-          f"({c.utterances} utterances)", file=sys.stderr)
+    stats = daemon.publisher.stats()
+    left = stats.spool_depth + stats.held_in_memory
+    print(f"serd: {'done' if not left else 'stopped'}: {c.audio_seconds:.1f} s of audio, "
+          f"{c.events} emotion events ({c.utterances} utterances), {c.alerts} alert events",
+          file=sys.stderr)
+    if left:
+        # Not "done": the events are safe in the spool, not at the broker.
+        print(f"serd: {left} event(s) NOT delivered: {mqtt.host}:{mqtt.port} did not "
+              f"acknowledge them within {wait_seconds:g} s; they stay spooled in "
+              f"{cfg.resolved_state_dir} and go out first on the next serd --once --publish "
+              f"as device {device}", file=sys.stderr)
+        return EXIT_UNDELIVERED
     return EXIT_BAD_INPUT if failed else EXIT_OK
 
 
@@ -240,32 +413,47 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
     from serd.decode import AudioError, find_audio  # noqa: PLC0415
     from serd.model import load_classifier  # noqa: PLC0415
     from serd.once import analyse_file  # noqa: PLC0415
+    from serd.report import Progress, RunTotals  # noqa: PLC0415
 
     out = out or sys.stdout
     clf = load_classifier(cfg.model)
-    failed = 0
-    seen = 0
-    for path in find_audio(list(paths)):
-        seen += 1
+    files = list(find_audio(list(paths)))
+    totals = RunTotals()
+    # A bar only for runs of several files, on a terminal; cleared before any other line.
+    progress = Progress(len(files), sys.stderr, enabled=None if len(files) > 1 else False)
+    for i, path in enumerate(files):
+        progress(i, totals.unreadable, str(_shown(path)))
         try:
             result = analyse_file(cfg, clf, path)
         except AudioError as exc:
-            failed += 1
-            print(f"serd: {path}: {exc}", file=sys.stderr)
+            totals.unreadable += 1
+            progress.clear()
+            print(f"serd: {_shown(path)}: {exc}", file=sys.stderr)
             continue
         except MemoryError:
-            failed += 1
-            print(f"serd: {path}: out of memory while decoding", file=sys.stderr)
+            totals.unreadable += 1
+            progress.clear()
+            print(f"serd: {_shown(path)}: out of memory while decoding", file=sys.stderr)
             continue
+        result.path = _shown(result.path)
+        totals.add(result)
+        progress.clear()
         if as_json:
             _print_json(result, out)
         else:
             _print_timeline(result, out)
         out.flush()
-    if seen == 0:
+    progress.close()
+    if not files:
         print("serd: no audio files found in " + ", ".join(paths), file=sys.stderr)
         return EXIT_BAD_INPUT
-    return EXIT_BAD_INPUT if failed else EXIT_OK
+    # The closing summary: always a JSON line; in text, for runs of more than one file.
+    if as_json:
+        out.write(json.dumps(totals.record()) + "\n")
+    elif len(files) > 1:
+        out.write(totals.text())
+    out.flush()
+    return EXIT_BAD_INPUT if totals.unreadable else EXIT_OK
 
 
 def _silence_records(result: FileResult) -> list[dict[str, Any]]:
@@ -307,13 +495,24 @@ def _print_json(result: FileResult, out: TextIO) -> None:
     records.sort(key=lambda r: (r["start_s"], order[r["type"]], r["end_s"]))
     for rec in records:
         out.write(json.dumps(rec) + "\n")
+    out.write(json.dumps(_summary_record(result)) + "\n")
+
+
+def _summary_record(result: FileResult) -> dict[str, Any]:
+    """The file's ``summary`` line: ``speech`` false and ``verdict`` "no speech found" when
+    the gate heard none (distinct from an unsure verdict: speech, but no label claimed);
+    ``emotions`` gives each label's share of the speech and its longest stretch."""
+    from serd.report import breakdown, verdict_name  # noqa: PLC0415
+
     s = result.summary
-    out.write(json.dumps({
+    return {
         "type": "summary", "file": str(result.path),
         "duration_s": round(result.duration_s, 3), "speech_s": round(result.speech_s, 3),
+        "speech": s is not None, "verdict": verdict_name(result),
         "label": s.label if s else None, "confidence": s.confidence if s else 0.0,
         "probs": s.probs if s else {},
-    }) + "\n")
+        "emotions": [dataclasses.asdict(x) for x in breakdown(result)],
+    }
 
 
 def _bar(p: float, width: int = 20) -> str:
@@ -334,10 +533,19 @@ def _print_timeline(result: FileResult, out: TextIO) -> None:
               f"{d.confidence:4.2f}  ({d.windows} window{'' if d.windows == 1 else 's'})\n")
     s = result.summary
     if s is None:
-        w("  verdict: no speech found\n\n")
+        # Not an unsure verdict: the gate heard nothing it took for speech.
+        w(f"  verdict: no speech found (in {result.duration_s:.1f} s of audio)\n\n")
         return
+    from serd.report import LONG_SPEECH_SECONDS, breakdown, breakdown_text  # noqa: PLC0415
+
     ranked = sorted(s.probs.items(), key=lambda kv: -kv[1])
     top = ", ".join(f"{k} {v:.2f}" for k, v in ranked[:3])
+    if result.speech_s >= LONG_SPEECH_SECONDS:
+        # Over a call the mean says little: say how the speech divides between emotions.
+        w(f"  speech by emotion: {breakdown_text(breakdown(result))}\n")
+        w(f"  verdict (mean of all windows): {s.label or '(unsure)'}  {s.confidence:.2f}   "
+          f"[{top}]\n\n")
+        return
     w(f"  verdict: {s.label or '(unsure)'}  {s.confidence:.2f}   [{top}]\n\n")
 
 

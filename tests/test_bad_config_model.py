@@ -496,7 +496,7 @@ def test_daemon_start_errors_exit_with_a_code_systemd_does_not_restart(
         ("CA file missing",
          {**base, "mqtt": {"host": "127.0.0.1", "tls": True,
                            "ca_file": str(tmp_path / "no-ca.pem")}},
-         {}, "mqtt.tls", EXIT_CONFIG),
+         {}, "mqtt.ca_file: cannot read " + str(tmp_path / "no-ca.pem"), EXIT_CONFIG),
         ("CA file not a certificate",
          {**base, "mqtt": {"host": "127.0.0.1", "tls": True,
                            "ca_file": str(config_file(tmp_path, "not a cert", "ca.pem"))}},
