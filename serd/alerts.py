@@ -165,10 +165,13 @@ class AlertEngine:
         device_id: str,
         model: str,
         labels: Sequence[str] | None = None,
+        roles: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.device_id = device_id
         self.model = model
+        # Each channel's role (serd.roles), carried by its alerts as by its emotion events.
+        self.roles = dict(roles or {})
         self.enabled = settings.enabled and bool(settings.rules)
         if self.enabled and labels is not None:
             known = set(labels)
@@ -336,6 +339,7 @@ class AlertEngine:
             model=self.model,
             message=message,
             state=state,
+            role=self.roles.get(channel, "unspecified"),
         )
         return alert_event(self.device_id, result, now_epoch_seconds=now)
 

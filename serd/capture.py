@@ -33,7 +33,7 @@ import logging
 import math
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +41,16 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from serd.crosstalk import CrosstalkSettings
+from serd.roles import (
+    AGENT,
+    DEFAULT_ANALYSED,
+    LAWFUL_USE_DOC,
+    Channel,
+    ChannelSpec,
+    check_role,
+    resolve,
+)
 from serd.validate import require
 
 _LOGGER = logging.getLogger(__name__)
@@ -80,9 +90,15 @@ class AudioSettings:
     samplerate: int | None = None
     """Device sample rate in Hz; None = the device's own default (many USB microphones only
     do 44100 or 48000).  Audio is resampled to the pipeline's rate either way."""
-    channels: tuple[str, ...] = ("main",)
-    """Names of the input channels to analyse, in device channel order; ``[agent,
-    customer]`` opens the first two channels and events say which one spoke."""
+    channels: tuple[str | ChannelSpec, ...] = ("main",)
+    """The input channels, in device channel order: a name (role inferred: agent, customer
+    or caller, else unspecified) or ``{name: ..., role: ...}``; ``[agent, customer]`` opens
+    the first two channels, analyses the customer's and uses the agent's only for muting
+    (see :mod:`serd.roles`)."""
+    analyse_roles: tuple[str, ...] = DEFAULT_ANALYSED
+    """Roles whose channels are classified; ``agent`` is refused (docs/lawful-use.md)."""
+    bleed_mute: CrosstalkSettings = field(default_factory=CrosstalkSettings)
+    """Muting of the analysed channels while an agent channel speaks (serd.crosstalk)."""
     block_seconds: float = 0.05
     """PortAudio block size (callback period) in seconds."""
     queue_seconds: float = 2.0
@@ -111,8 +127,17 @@ class AudioSettings:
             value = getattr(self, name)
             require(math.isfinite(value), name, f"must be a finite number, got {value}")
         require(len(self.channels) >= 1, "channels", "name at least one input channel")
-        require(all(c.strip() for c in self.channels), "channels", "names must be non-empty")
-        require(len(set(self.channels)) == len(self.channels), "channels", "names must be unique")
+        names = self.channel_names
+        require(all(c.strip() for c in names), "channels", "names must be non-empty")
+        require(len(set(names)) == len(names), "channels", "names must be unique")
+        for i, role in enumerate(self.analyse_roles):
+            check_role(role, f"analyse_roles[{i}]")
+        require(AGENT not in self.analyse_roles, "analyse_roles",
+                "'agent' is never analysed: inferring an employee's emotions at work is "
+                f"prohibited in the EU (AI Act Art. 5(1)(f)); see {LAWFUL_USE_DOC}")
+        require(any(c.analysed for c in self.resolved_channels), "channels",
+                "no channel has a role listed in audio.analyse_roles "
+                f"({', '.join(self.analyse_roles) or 'none'}): nothing would be analysed")
         require(0.005 <= self.block_seconds <= 0.5, "block_seconds", "must be 0.005..0.5 s")
         require(
             self.queue_seconds >= 2 * self.block_seconds,
@@ -130,6 +155,21 @@ class AudioSettings:
             "stall_seconds",
             "must be >= 0.5 s and >= 4 x block_seconds",
         )
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Every channel's name, in device channel order (analysed or not)."""
+        return tuple(c if isinstance(c, str) else c.name for c in self.channels)
+
+    @property
+    def analysed_names(self) -> tuple[str, ...]:
+        """Names of the channels that are classified (their role is analysed)."""
+        return tuple(c.name for c in self.resolved_channels if c.analysed)
+
+    @property
+    def resolved_channels(self) -> list[Channel]:
+        """Every channel with its role and whether it is analysed (:func:`serd.roles.resolve`)."""
+        return resolve(self.channels, self.analyse_roles)
 
 
 @dataclass(frozen=True)
@@ -320,7 +360,7 @@ class Capture:
     @property
     def channel_names(self) -> tuple[str, ...]:
         """Names of the columns of the blocks :meth:`read` returns."""
-        return self._settings.channels
+        return self._settings.channel_names
 
     @property
     def is_open(self) -> bool:
@@ -520,7 +560,7 @@ class Capture:
             name,
             index,
             rate,
-            ", ".join(settings.channels),
+            ", ".join(settings.channel_names),
             self._target_rate,
         )
 

@@ -32,8 +32,9 @@ from serd.decisions import Decision
 from serd.discovery import Discovery
 from serd.events import STATUS_SUFFIX, EmotionResult, emotion_event, status_event
 from serd.model import Classifier, load_classifier
-from serd.pipeline import Pipeline
+from serd.pipeline import ChannelSet
 from serd.publisher import EventPublisher, make_publisher
+from serd.roles import LAWFUL_USE_DOC, UNSPECIFIED, describe
 from serd.state import STATE_SUFFIX, Availability, LiveState
 
 _LOGGER = logging.getLogger(__name__)
@@ -92,11 +93,16 @@ class Daemon:
 
             source = Capture(cfg.audio, target_rate=self.rate)
         self.source = source
-        self.channels = tuple(cfg.audio.channels)
-        self.pipelines = [
-            Pipeline(self.classifier, vad=cfg.vad, decisions=cfg.decisions, channel=name)
-            for name in self.channels
-        ]
+        # Only channels whose role is analysed get a pipeline (serd.roles): an agent
+        # channel feeds the bleed muting and nothing else, so it never reaches events,
+        # health, state, discovery or alerts (they all see self.channels).
+        self.channel_set = ChannelSet(self.classifier, cfg.audio.resolved_channels,
+                                      vad=cfg.vad, decisions=cfg.decisions,
+                                      crosstalk=cfg.audio.bleed_mute)
+        self.pipelines = self.channel_set.pipelines
+        self.channels = tuple(c.name for c in self.channel_set.analysed)
+        self.roles = {c.name: c.role for c in self.channel_set.analysed}
+        """Role of each analysed channel (customer, unspecified, ...); never agent."""
         self.publisher = publisher or make_publisher(
             cfg.mqtt, self.device_id, cfg.resolved_state_dir
         )
@@ -115,7 +121,8 @@ class Daemon:
         # Alert rules (serd.alerts; a no-op unless alerts.enabled) and Home Assistant
         # discovery (its own small MQTT connection; None unless discovery.enabled).
         self.alerts = AlertEngine(cfg.alerts, device_id=self.device_id,
-                                  model=self.classifier.name, labels=self.classifier.labels)
+                                  model=self.classifier.name, labels=self.classifier.labels,
+                                  roles=self.roles)
         self.discovery = Discovery(
             cfg.discovery, cfg.mqtt, device_id=self.device_id, channels=self.channels,
             labels=self.classifier.labels, model=self.classifier.name,
@@ -143,6 +150,7 @@ class Daemon:
         self._publish_live(self.clock(), force=True)
         if self.discovery is not None:
             self.discovery.start()
+        self._log_roles()
         notify.status(f"opening input device {self.cfg.audio.device or '(default)'}")
         self._open_source()
         watchdog = notify.watchdog_interval_seconds()
@@ -162,6 +170,17 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _log_roles(self) -> None:
+        """Once at start: whose voice is analysed, and a pointer where it is not declared."""
+        _LOGGER.info("%s", describe(self.cfg.audio.resolved_channels))
+        unspecified = [c for c in self.channel_set.analysed if c.role == UNSPECIFIED]
+        if unspecified:
+            _LOGGER.warning(
+                "channel %s has no declared role and is analysed as 'unspecified': in the EU "
+                "an employee's (agent's) voice must not be analysed; declare the caller's "
+                "channel as customer and the agent's as agent, see %s",
+                ", ".join(c.name for c in unspecified), LAWFUL_USE_DOC)
 
     def _open_source(self) -> None:
         try:
@@ -221,9 +240,8 @@ class Daemon:
         if self.source.reopens != self._reopens_seen:
             # The device came back: audio before and after the gap must not share a window.
             self._reopens_seen = self.source.reopens
-            for pipe in self.pipelines:
-                self._publish(pipe.flush())
-                pipe.reset()
+            self._publish(self.channel_set.flush())
+            self.channel_set.reset()
             self._anchor = None
         self._maybe_ready()
         if block is not None and block.size:
@@ -240,9 +258,7 @@ class Daemon:
         # The block's last sample was captured (about) now: anchor stream time to wall time.
         self._anchor = (self._samples, now)
         out: list[Decision] = []
-        data = block if block.ndim == 2 else block[:, None]
-        for i, pipe in enumerate(self.pipelines):
-            out.extend(pipe(data[:, i]))
+        out.extend(self.channel_set(block))
         self._publish(out)
         busy = time.perf_counter() - t0
         audio = frames / self.rate
@@ -273,6 +289,7 @@ class Daemon:
                 EmotionResult(
                     type=d.type,
                     channel=d.channel,
+                    role=self.roles.get(d.channel, UNSPECIFIED),
                     start_epoch_seconds=start,
                     end_epoch_seconds=end,
                     label=d.label,
@@ -324,7 +341,10 @@ class Daemon:
             "input_open": bool(self.source.is_open),
             "input_reopens": int(self.source.reopens),
             "channels": list(self.channels),
+            "roles": [self.roles[c] for c in self.channels],
             "in_speech": [p.in_speech for p in self.pipelines],
+            # Windows of analysed channels not classified because the agent was speaking.
+            "windows_muted": self.channel_set.windows_muted,
             "windows": self.counters.windows,
             "utterances": self.counters.utterances,
             "events": self.counters.events,

@@ -4,7 +4,8 @@ Used by ``serd --once`` (and by tests and the bench to feed the streaming path f
 files).  Files are read block by block, so an hour-long recording needs no more memory than
 a short one; resampling uses ``soxr``'s streaming resampler, the same one the microphone
 capture uses, so results do not depend on block size.  Anything libsndfile reads works
-(WAV of any sample format, FLAC, OGG/Vorbis, ...).
+(WAV of any sample format, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...:
+``soundfile.available_formats()``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def probe(path: str | Path) -> AudioInfo:
         info = sf.info(str(p))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(
-            f"not a readable audio file ({_describe(exc)}); serd reads WAV, FLAC and OGG"
+            f"not a readable audio file ({_describe(exc)}); serd reads what libsndfile "
+            "reads: WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF and more (serd --help lists them)"
         ) from None
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioError("the header gives no valid sample rate or channel count")
@@ -90,15 +92,17 @@ def probe(path: str | Path) -> AudioInfo:
 
 
 class Resampler:
-    """Streaming mono resampler to ``target_rate`` (a pass-through when rates match)."""
+    """Streaming resampler to ``target_rate`` (a pass-through when rates match); mono
+    unless ``channels`` says otherwise (then blocks are (frames, channels))."""
 
-    def __init__(self, source_rate: int, target_rate: int) -> None:
+    def __init__(self, source_rate: int, target_rate: int, channels: int = 1) -> None:
         self.source_rate = source_rate
         self.target_rate = target_rate
         self._stream = (
             None
             if source_rate == target_rate
-            else soxr.ResampleStream(source_rate, target_rate, 1, dtype="float32", quality="HQ")
+            else soxr.ResampleStream(source_rate, target_rate, channels, dtype="float32",
+                                     quality="HQ")
         )
 
     def __call__(self, x: npt.NDArray[np.float32], last: bool = False) -> npt.NDArray[np.float32]:
@@ -122,10 +126,13 @@ def read_blocks(
     target_rate: int,
     block_seconds: float = 1.0,
     info: AudioInfo | None = None,
+    *,
+    mix: bool = True,
 ) -> Iterator[npt.NDArray[np.float32]]:
-    """Yield the file as mono float32 blocks at ``target_rate`` (channels are averaged)."""
+    """Yield the file as mono float32 blocks at ``target_rate`` (channels are averaged);
+    with ``mix=False``, as (frames, channels) blocks, each channel kept apart."""
     info = info or probe(path)
-    resample = Resampler(info.sample_rate, target_rate)
+    resample = Resampler(info.sample_rate, target_rate, 1 if mix else info.channels)
     block_frames = max(1, min(int(block_seconds * info.sample_rate),
                               _MAX_BLOCK_SAMPLES // info.channels))
     bad_total = 0
@@ -135,7 +142,12 @@ def read_blocks(
                 data = f.read(block_frames, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:
                     break
-                mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+                if not mix:
+                    mono = data
+                elif data.shape[1] > 1:
+                    mono = data.mean(axis=1, dtype=np.float32)
+                else:
+                    mono = data[:, 0]
                 mono, bad = sanitise(np.ascontiguousarray(mono))
                 bad_total += bad
                 out = resample(mono)
@@ -145,7 +157,7 @@ def read_blocks(
         raise AudioError(
             f"decoding failed part-way ({_describe(exc)}); the file may be truncated"
         ) from None
-    tail = resample(np.zeros(0, np.float32), last=True)
+    tail = resample(np.zeros(0 if mix else (0, info.channels), np.float32), last=True)
     if tail.size:
         yield tail
     if bad_total:

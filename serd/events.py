@@ -104,11 +104,15 @@ class EmotionResult:
     probs: Mapping[str, float]
     # Model name (with version), e.g. "crema-cnn-int8-v3".
     model: str
+    # Whose voice the channel carries (serd.roles): customer, unspecified or another
+    # analysed role; never agent.
+    role: str = "unspecified"
 
     def __post_init__(self) -> None:
         if self.type not in ("window", "utterance"):
             raise ValueError(f"type: {self.type!r} is not 'window' or 'utterance'")
         _require_text(self.channel, "channel")
+        _require_role(self.role)
         _require_text(self.model, "model")
         _require_span(self.start_epoch_seconds, self.end_epoch_seconds)
         if self.label is not None:
@@ -142,9 +146,12 @@ class AlertResult:
     message: str | None = None
     # "started" when the rule begins to hold, "cleared" when it stops holding.
     state: Literal["started", "cleared"] = "started"
+    # The channel's role, as in emotion events.
+    role: str = "unspecified"
 
     def __post_init__(self) -> None:
         _require_text(self.channel, "channel")
+        _require_role(self.role)
         _require_text(self.rule, "rule")
         _require_text(self.label, "label")
         _require_text(self.model, "model")
@@ -163,6 +170,7 @@ def emotion_event(
         "type": result.type,
         "device_id": validate_device_id(device_id),
         "channel": result.channel,
+        "role": result.role,
         "seq": None,
         "ts": _ts(now_epoch_seconds),
         "start": iso_utc(result.start_epoch_seconds),
@@ -183,6 +191,7 @@ def alert_event(
         "type": "alert",
         "device_id": validate_device_id(device_id),
         "channel": alert.channel,
+        "role": alert.role,
         "seq": None,
         "ts": _ts(now_epoch_seconds),
         "rule": alert.rule,
@@ -257,6 +266,13 @@ def _ts(now_epoch_seconds: float | None) -> str:
 def _require_text(value: object, name: str) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name}: must be a non-empty string, got {value!r}")
+
+
+def _require_role(role: object) -> None:
+    _require_text(role, "role")
+    if role == "agent":
+        # The daemon never builds a pipeline for an agent channel; this is the last guard.
+        raise ValueError("role: an agent channel is never analysed (docs/lawful-use.md)")
 
 
 def _require_finite(value: object, name: str) -> None:

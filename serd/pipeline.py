@@ -5,6 +5,9 @@ window's audio through it and fuses the two opinions.
 
 The daemon runs one :class:`Pipeline` per analysed channel; ``serd --once`` runs the very
 same class on a file's blocks, so both give the same windows and labels on the same audio.
+:class:`ChannelSet` holds the pipelines of a multi-channel line: only the channels whose
+role is analysed get one (:mod:`serd.roles`), and an agent channel only feeds the bleed
+muting (:mod:`serd.crosstalk`) that keeps the agent's voice out of the others' windows.
 Time is counted in samples at the model rate since the stream began, and reported in
 seconds (``start_s``/``end_s``); the daemon turns those into wall-clock timestamps.
 """
@@ -12,15 +15,18 @@ seconds (``start_s``/``end_s``); the daemon turns those into wall-clock timestam
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from serd.crosstalk import Crosstalk, CrosstalkSettings
 from serd.decisions import Decider, Decision, DecisionSettings, Verdict
 from serd.gate import VadSettings
 from serd.model import Classifier
+from serd.roles import Channel
 from serd.windows import SegmentEnd, SegmentStart, Window, Windower
 
 
@@ -47,9 +53,12 @@ class Pipeline:
         vad: VadSettings | None = None,
         decisions: DecisionSettings | None = None,
         channel: str = "main",
+        mute: Crosstalk | None = None,
     ) -> None:
         self.classifier = classifier
         self.channel = channel
+        # Bleed muting: windows it covers are not classified (the agent is speaking).
+        self.mute = mute
         card = classifier.card
         self.sample_rate = card.features.sample_rate
         # A voice branch reads each window's audio as well as its MFCCs.
@@ -60,6 +69,8 @@ class Pipeline:
         self.voice = classifier.voice.stream() if classifier.voice is not None else None
         self._times = StageTimes()
         self.windows_classified = 0
+        self.windows_muted = 0
+        self._segment_muted = 0
 
     def reset(self) -> None:
         self.windower.reset()
@@ -92,6 +103,13 @@ class Pipeline:
         out: list[Decision] = []
         for item in items:
             if isinstance(item, Window):
+                if self.mute is not None and self.mute.mutes(item.start_sample, item.end_sample):
+                    self.windows_muted += 1
+                    self._segment_muted += 1
+                    if self.voice is not None:
+                        # Its LSTM state must not carry the agent's voice into later windows.
+                        self.voice.reset()
+                    continue
                 t0 = time.perf_counter()
                 probs = self.classifier(item.features)
                 if self.voice is not None and self.classifier.voice is not None:
@@ -105,13 +123,15 @@ class Pipeline:
                                           item.end_sample, v, probs))
             elif isinstance(item, SegmentStart):
                 self.decider.reset()
+                self._segment_muted = 0
             else:
                 t0 = time.perf_counter()
                 final = self.decider.end()
                 self._times.decisions += time.perf_counter() - t0
                 if final is not None:
                     out.append(self._decision("utterance", item.segment, item.start_sample,
-                                              item.end_sample, final, None, item.windows))
+                                              item.end_sample, final, None,
+                                              item.windows - self._segment_muted))
         return out
 
     def _decision(
@@ -137,3 +157,56 @@ class Pipeline:
             raw_probs=tuple(round(float(p), 4) for p in probs) if probs is not None else (),
             windows=windows,
         )
+
+
+class ChannelSet:
+    """``__call__(block)`` for a ``(frames, channels)`` block -> the analysed channels'
+    decisions; ``flush()`` at end of stream, ``reset()`` after a gap in the audio.
+
+    Channels whose role is not analysed get no pipeline: their audio is never classified.
+    When an agent channel is among them (and ``crosstalk.enabled``), its levels drive the
+    muting of every analysed channel while the agent speaks.
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        channels: Sequence[Channel],
+        *,
+        vad: VadSettings | None = None,
+        decisions: DecisionSettings | None = None,
+        crosstalk: CrosstalkSettings | None = None,
+    ) -> None:
+        self.analysed = [c for c in channels if c.analysed]
+        self._agents = [c.index for c in channels if c.mutes_others]
+        settings = crosstalk or CrosstalkSettings()
+        self.mute = (Crosstalk(settings, classifier.card.features.sample_rate)
+                     if self._agents and settings.enabled else None)
+        self.pipelines = [Pipeline(classifier, vad=vad, decisions=decisions, channel=c.name,
+                                   mute=self.mute) for c in self.analysed]
+        self.width = max((c.index for c in channels), default=0) + 1
+        """Channels a block must have (the highest channel index used, plus one)."""
+
+    def __call__(self, block: npt.NDArray[np.float32]) -> list[Decision]:
+        data = block if block.ndim == 2 else block[:, None]
+        if self.mute is not None:
+            # First, so that the analysed channels' windows ending in this block are judged
+            # with this block's agent speech known.
+            self.mute(data[:, self._agents])
+        out: list[Decision] = []
+        for c, pipe in zip(self.analysed, self.pipelines, strict=True):
+            out.extend(pipe(data[:, c.index]))
+        return out
+
+    def flush(self) -> list[Decision]:
+        return [d for pipe in self.pipelines for d in pipe.flush()]
+
+    def reset(self) -> None:
+        for pipe in self.pipelines:
+            pipe.reset()
+        if self.mute is not None:
+            self.mute.reset()
+
+    @property
+    def windows_muted(self) -> int:
+        return sum(p.windows_muted for p in self.pipelines)

@@ -29,7 +29,10 @@ class ReplaySource:
         speed: float = 1.0,
         loop: bool = False,
         gap_seconds: float = 0.0,
+        channels: int | None = None,
     ) -> None:
+        """``channels``: None mixes each file to mono; a number keeps that many of each
+        file's first channels apart, as a multi-channel microphone would deliver them."""
         if not paths:
             raise ValueError("ReplaySource needs at least one file")
         self.paths = [Path(p) for p in paths]
@@ -37,21 +40,25 @@ class ReplaySource:
         self.block = max(1, round(block_seconds * rate))
         self.speed = speed
         self.loop = loop
-        self.gap = np.zeros(round(gap_seconds * rate), np.float32)
+        self.channels = channels
+        width = 1 if channels is None else channels
+        self.gap = np.zeros((round(gap_seconds * rate), width), np.float32)
         self.is_open = False
         self.device_name: str | None = f"replay:{self.paths[0].name}"
         self.overflows = 0
         self.reopens = 0
         self.finished = False
         self._blocks: Iterator[npt.NDArray[np.float32]] | None = None
-        self._pending = np.zeros(0, np.float32)
+        self._pending = np.zeros((0, width), np.float32)
         self._t0 = 0.0
         self._samples = 0
 
     def _audio(self) -> Iterator[npt.NDArray[np.float32]]:
         while True:
             for p in self.paths:
-                yield from read_blocks(p, self.rate, block_seconds=1.0)
+                for block in read_blocks(p, self.rate, block_seconds=1.0,
+                                         mix=self.channels is None):
+                    yield block[:, None] if block.ndim == 1 else block[:, : self.channels]
                 if self.gap.size:
                     yield self.gap
             if not self.loop:
@@ -68,10 +75,11 @@ class ReplaySource:
         self._blocks = None
 
     def read(self, timeout_seconds: float) -> npt.NDArray[np.float32] | None:
-        """The next (block, 1) array, or None when finished (after waiting ``timeout``)."""
+        """The next (block, channels) array, or None when finished (after waiting
+        ``timeout``)."""
         if self._blocks is None:
             return None
-        while self._pending.size < self.block:
+        while self._pending.shape[0] < self.block:
             nxt = next(self._blocks, None)
             if nxt is None:
                 break
@@ -81,10 +89,10 @@ class ReplaySource:
             time.sleep(min(timeout_seconds, 0.05))
             return None
         out, self._pending = self._pending[: self.block], self._pending[self.block :]
-        self._samples += out.size
+        self._samples += out.shape[0]
         if self.speed > 0:
             due = self._t0 + self._samples / (self.rate * self.speed)
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        return out[:, None]
+        return out

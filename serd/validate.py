@@ -76,6 +76,11 @@ def _convert(value: Any, tp: Any, path: str, as_written: bool) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        mappings = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, Mapping) and len(mappings) == 1:
+            # Only one arm takes a mapping: its own message (e.g. an unknown key) says more
+            # than "expected a string or a mapping".
+            return _convert(value, mappings[0], path, as_written)
         for arg in args:
             if arg is type(None):
                 continue

@@ -66,9 +66,10 @@ def test_iso_utc_has_milliseconds_and_z() -> None:
 def test_emotion_event_fields_and_schema() -> None:
     payload = events.emotion_event("pi-desk-7", result(), now_epoch_seconds=T0 + 2)
     assert list(payload) == [
-        "schema", "type", "device_id", "channel", "seq", "ts", "start", "end",
+        "schema", "type", "device_id", "channel", "role", "seq", "ts", "start", "end",
         "label", "confidence", "probs", "model",
     ]  # fmt: skip
+    assert payload["role"] == "unspecified"  # no role declared
     assert payload["seq"] is None  # the spool assigns it
     assert payload["ts"] == "2024-05-01T12:00:02.000Z"
     assert payload["start"] == "2024-05-01T12:00:00.000Z"
@@ -137,7 +138,8 @@ def test_topic() -> None:
 
 def test_alert_event_schema() -> None:
     alert = events.AlertResult(
-        channel="agent",
+        channel="caller",
+        role="customer",
         rule="sustained_anger",
         label="angry",
         start_epoch_seconds=T0,
@@ -151,6 +153,7 @@ def test_alert_event_schema() -> None:
     assert payload["seq"] is None
     validator("alert").validate(with_seq(payload, 3))
     validator("alert").validate(with_seq({**payload, "message": None}, 3))
+    assert payload["role"] == "customer"
     with pytest.raises(ValueError, match="rule"):
         events.AlertResult("agent", "", "angry", T0, T0 + 1, 0.5, "m")
 
@@ -191,3 +194,18 @@ def test_health_event() -> None:
 def test_to_json_refuses_nan() -> None:
     with pytest.raises(ValueError, match="JSON compliant"):
         events.to_json({"x": math.nan})
+
+
+def test_role_never_agent() -> None:
+    """An agent's voice is never analysed: no event can say so, and consumers refuse one."""
+    with pytest.raises(ValueError, match="agent"):
+        result(role="agent")
+    with pytest.raises(ValueError, match="role"):
+        result(role="")
+    payload = with_seq(events.emotion_event("pi", result(role="customer")), 1)
+    validator("event").validate(payload)
+    for bad in ("agent", "Customer", ""):
+        with pytest.raises(jsonschema.ValidationError):
+            validator("event").validate({**payload, "role": bad})
+    # Events of older versions carry no role: still valid.
+    validator("event").validate({k: v for k, v in payload.items() if k != "role"})
