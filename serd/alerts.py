@@ -147,6 +147,9 @@ class _Channel:
     covered_from: float = 0.0  # stream seconds covered by that utterance's windows
     covered_to: float = 0.0
     last_speech: float | None = None  # epoch seconds of the end of the last speech seen
+    # The same moment on the monotonic clock, when the caller gives one: silence is timed
+    # on it, so a wall-clock step back cannot keep an alert open for the step's length.
+    last_speech_mono: float | None = None
     active: dict[str, _Active] = field(default_factory=dict)
 
 
@@ -189,9 +192,11 @@ class AlertEngine:
     # -- feeding -----------------------------------------------------------------------
 
     def observe(
-        self, decision: Decision, start: float, end: float, now: float
+        self, decision: Decision, start: float, end: float, now: float,
+        mono: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Count ``decision`` (audio from epoch ``start`` to ``end``); alerts to publish."""
+        """Count ``decision`` (audio from epoch ``start`` to ``end``); alerts to publish.
+        ``mono``: the monotonic clock at ``now``, for :meth:`tick`."""
         if not self.enabled:
             return []
         ch = self._channels.setdefault(decision.channel, _Channel())
@@ -211,23 +216,32 @@ class AlertEngine:
                 self._add(ch, d.start_s, d.end_s, d, end)
             ch.segment = None
         ch.last_speech = end if ch.last_speech is None else max(ch.last_speech, end)
+        if mono is not None:
+            ch.last_speech_mono = mono - max(0.0, now - end)
         return self._evaluate(decision.channel, ch, now)
 
-    def tick(self, now: float) -> list[dict[str, Any]]:
-        """Time passes: forget channels silent for ``clear_after_silence_seconds``."""
+    def tick(self, now: float, mono: float | None = None) -> list[dict[str, Any]]:
+        """Time passes: forget channels silent for ``clear_after_silence_seconds``
+        (timed on ``mono``, the monotonic clock, when given and observe() had it too)."""
         limit = self.settings.clear_after_silence_seconds
         if not self.enabled or limit is None:
             return []
         out: list[dict[str, Any]] = []
         for name, ch in self._channels.items():
-            if ch.last_speech is None or now - ch.last_speech < limit:
+            if ch.last_speech is None:
+                continue
+            if mono is not None and ch.last_speech_mono is not None:
+                silent = mono - ch.last_speech_mono
+            else:
+                silent = now - ch.last_speech
+            if silent < limit:
                 continue
             message = f"no speech on {name} for {limit:g} s"
             out.extend(self._clear_all(name, ch, now, message))
             ch.pieces.clear()
             ch.seconds = 0.0
             ch.segment = None
-            ch.last_speech = None
+            ch.last_speech = ch.last_speech_mono = None
         return out
 
     def close(self, now: float) -> list[dict[str, Any]]:

@@ -7,7 +7,9 @@ and bad values are refused with one line naming the key and what is allowed.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +24,20 @@ from serd.model import ModelSettings
 from serd.mqttsettings import MqttSettings
 from serd.validate import ConfigError, build, read_yaml, require
 
+# The one device_id rule (an MQTT topic level that every consumer can print and match);
+# serd.events.validate_device_id checks payloads against the same pattern.
+DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+# Where the per-machine id lives (systemd; the D-Bus copy on older systems).
+MACHINE_ID_PATHS = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+_SUFFIX_CHARS = 6
+
 # Exit codes shared with systemd's RestartPreventExitStatus= (see systemd/serd.service).
 EXIT_USAGE = 2
 EXIT_DATAERR = 65  # the model or its card is unusable
 EXIT_CONFIG = 78  # the configuration is wrong (EX_CONFIG)
+EXIT_STATE = 73  # the state directory cannot be used (EX_CANTCREAT): a storage fault
+EXIT_TEMPFAIL = 75  # another serd holds the state directory (EX_TEMPFAIL): retried later
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,8 @@ class Config:
     """Everything the daemon and ``serd --once`` read from the configuration file."""
 
     device_id: str | None = None
-    """Names this device in topics and events; null = the host name."""
+    """Names this device in topics and events; null = the host name plus a short suffix
+    derived from /etc/machine-id (unique per device, stable across restarts)."""
     state_dir: str | None = None
     """Spool and sequence counter; null = $STATE_DIRECTORY (systemd) or ~/.local/state/serd."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -50,9 +63,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.device_id is not None:
             require(
-                bool(self.device_id) and not any(c in self.device_id for c in "/+#\0 "),
+                _DEVICE_ID_RE.fullmatch(self.device_id) is not None,
                 "device_id",
-                "must be non-empty without '/', '+', '#' or spaces (it is an MQTT topic level)",
+                f"{self.device_id!r} is not usable: 1 to 64 of A-Z a-z 0-9 . _ - starting "
+                "with a letter or digit (it is an MQTT topic level)",
             )
         require(self.health_interval_seconds >= 1, "health_interval_seconds", "must be >= 1")
 
@@ -60,8 +74,7 @@ class Config:
     def resolved_device_id(self) -> str:
         if self.device_id:
             return self.device_id
-        host = socket.gethostname().split(".")[0] or "serd"
-        return "".join(c if c.isalnum() or c in "-_" else "-" for c in host)
+        return default_device_id(socket.gethostname(), machine_id())
 
     @property
     def resolved_state_dir(self) -> Path:
@@ -97,3 +110,33 @@ def load(path: str | Path | None = None) -> Config:
         return Config()
     p = Path(path).expanduser()
     return parse(read_yaml(p), str(p))
+
+
+def machine_id() -> str | None:
+    """This machine's id (systemd's /etc/machine-id), or None where there is none."""
+    for path in MACHINE_ID_PATHS:
+        try:
+            text = Path(path).read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return None
+
+
+def default_device_id(host: str, machine: str | None) -> str:
+    """The host name, sanitised to the device_id rule, plus ``-`` and a short suffix of
+    the machine id.
+
+    Every Raspberry Pi OS image is called ``raspberrypi``: a host name alone puts twin
+    devices on one topic and one MQTT client id.  The suffix is a hash of the machine id
+    (never the id itself, which systemd asks applications not to publish), so it is
+    stable across restarts and differs between devices.
+    """
+    name = host.split(".", maxsplit=1)[0]
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)
+    name = name.lstrip("-_") or "serd"
+    if not machine:
+        return name[:64]
+    suffix = hashlib.sha256(b"serd device id\0" + machine.encode()).hexdigest()[:_SUFFIX_CHARS]
+    return f"{name[: 63 - _SUFFIX_CHARS]}-{suffix}"

@@ -8,7 +8,17 @@ survive (microphone gone, broker down) is logged in one line and retried, and sy
 ``Restart=on-failure`` is the outer guard.
 
 SIGTERM/SIGINT stop capture, close open utterances, flush what can be sent, publish
-``offline`` and exit 0 within a few seconds.
+``offline`` and exit 0 within a few seconds.  SIGHUP is logged and ignored (the
+configuration is read at start only: ``systemctl restart serd`` applies a change), SIGUSR1
+logs one status line; neither stops the daemon.
+
+Every timer (health period, alert clearing, stall and reconnect waits) runs on the
+monotonic clock, so a wall-clock step (NTP's first sync on a Pi without a real-time
+clock) delays nothing; events keep wall-clock timestamps.
+
+The state directory is checked and locked before anything is spooled (serd.statedir): an
+unusable one, or one held by another serd, ends the daemon in one line with an exit code
+systemd does not loop on.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import numpy.typing as npt
 
 from serd import __version__, notify
 from serd.alerts import AlertEngine
-from serd.config import Config
+from serd.config import EXIT_STATE, EXIT_TEMPFAIL, Config
 from serd.decisions import Decision
 from serd.discovery import Discovery
 from serd.events import STATUS_SUFFIX, EmotionResult, emotion_event, status_event
@@ -36,6 +46,7 @@ from serd.pipeline import ChannelSet
 from serd.publisher import EventPublisher, make_publisher
 from serd.roles import LAWFUL_USE_DOC, UNSPECIFIED, describe
 from serd.state import STATE_SUFFIX, Availability, LiveState
+from serd.statedir import StateDirBusyError, StateDirError, StateLock, prepare
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,6 +94,7 @@ class Daemon:
         publisher: EventPublisher | None = None,
         classifier: Classifier | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.device_id = cfg.resolved_device_id
@@ -107,13 +119,17 @@ class Daemon:
             cfg.mqtt, self.device_id, cfg.resolved_state_dir
         )
         self.clock = clock
+        # Timers; a simulated wall clock (bench.soak) is monotonic by construction.
+        self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self.stop_event = threading.Event()
         self.counters = Counters(time.monotonic())
         self._samples = 0  # samples per channel since start, at the model rate
         self._anchor: tuple[int, float] | None = None  # (sample count, epoch seconds)
         self._reopens_seen = 0
         self._ready = False
-        self._last_health = 0.0
+        self._last_health: float | None = None  # monotonic
+        self._signals: list[int] = []  # SIGHUP/SIGUSR1 seen by the handler, for the loop
+        self._state_lock: StateLock | None = None
         self._interval_audio = 0.0
         self._interval_busy = 0.0
         self._rtf = 0.0
@@ -141,12 +157,55 @@ class Daemon:
             _LOGGER.info("received %s: stopping", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def later(signum: int, _frame: FrameType | None) -> None:
+            # Only note it: the loop logs it (a handler interrupts arbitrary code).
+            self._signals.append(signum)
+
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        # Their default action kills the process without a flush, and systemd counts
+        # death by SIGHUP as clean (no restart): neither may stop the daemon.
+        signal.signal(signal.SIGHUP, later)
+        signal.signal(signal.SIGUSR1, later)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:
+                _LOGGER.warning("received SIGHUP: ignored; the configuration is read at start "
+                                "only (systemctl restart serd applies a change)")
+            else:
+                h = self.health()
+                _LOGGER.info(
+                    "received SIGUSR1: %s; %d events, spool %d, %s, input %s",
+                    "running", h["events"], h["spool_depth"],
+                    "connected" if h["connected"] else "broker unreachable",
+                    "open" if h["input_open"] else "missing",
+                )
+
+    def _lock_state_dir(self) -> int | None:
+        """Check and lock the state directory; the exit code when it cannot be used."""
+        try:
+            self._state_lock = StateLock(prepare(self.cfg.resolved_state_dir)).acquire()
+        except StateDirBusyError as exc:
+            _LOGGER.error("%s", exc)
+            return EXIT_TEMPFAIL
+        except StateDirError as exc:
+            _LOGGER.error("%s", exc)
+            return EXIT_STATE
+        return None
 
     def run(self) -> int:
         """Run until :meth:`request_stop` (or a signal); returns the exit code."""
-        self.publisher.start()
+        refused = self._lock_state_dir()
+        if refused is not None:
+            return refused
+        try:
+            self.publisher.start()
+        except StateDirError as exc:
+            _LOGGER.error("%s", exc)
+            self._unlock_state_dir()
+            return EXIT_STATE
         self._publish_live(self.clock(), force=True)
         if self.discovery is not None:
             self.discovery.start()
@@ -230,7 +289,13 @@ class Daemon:
         if self.discovery is not None:
             self.discovery.stop()
         self.publisher.close(timeout_seconds=3.0)
+        self._unlock_state_dir()
         _LOGGER.info("stopped")
+
+    def _unlock_state_dir(self) -> None:
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
 
     # -- the loop --------------------------------------------------------------------
 
@@ -244,9 +309,11 @@ class Daemon:
             self.channel_set.reset()
             self._anchor = None
         self._maybe_ready()
+        if self._signals:
+            self._handle_signals()
         if block is not None and block.size:
             self.process_block(block, now)
-        self._publish_alerts(self.alerts.tick(now))
+        self._publish_alerts(self.alerts.tick(now, self.monotonic()))
         self._publish_live(now)
         self._maybe_health(now)
 
@@ -304,7 +371,8 @@ class Daemon:
             self.live(payload)
             if self.on_decision is not None:
                 self.on_decision(d, payload)
-            self._publish_alerts(self.alerts.observe(d, start, end, self.clock()))
+            self._publish_alerts(
+                self.alerts.observe(d, start, end, self.clock(), self.monotonic()))
 
     def _publish_alerts(self, alerts: list[dict[str, Any]]) -> None:
         for payload in alerts:
@@ -363,9 +431,11 @@ class Daemon:
         }
 
     def _maybe_health(self, now: float) -> None:
-        if now - self._last_health < self.cfg.health_interval_seconds:
+        mono = self.monotonic()
+        if (self._last_health is not None
+                and mono - self._last_health < self.cfg.health_interval_seconds):
             return
-        self._last_health = now
+        self._last_health = mono
         if self._interval_audio > 0:
             self._rtf = self._interval_busy / self._interval_audio
         self._interval_audio = self._interval_busy = 0.0

@@ -51,6 +51,9 @@ class MqttSettings:
     reconnect_max_seconds: float = 30.0
     # Spool bound: beyond this many undelivered events the oldest are dropped (counted).
     spool_max_events: int = 100_000
+    # Retention: undelivered events spooled longer ago than this are dropped (counted in
+    # health as expired); null = kept until delivered or pushed out by spool_max_events.
+    spool_max_age_seconds: float | None = 604_800.0
     # Events published but not yet acknowledged (PUBACK) at any time.
     inflight_max_messages: int = 20
 
@@ -96,6 +99,12 @@ class MqttSettings:
             "must be >= reconnect_min_seconds",
         )
         require(self.spool_max_events >= 1, "spool_max_events", "must be at least 1")
+        if self.spool_max_age_seconds is not None:
+            require(
+                self.spool_max_age_seconds >= 60,
+                "spool_max_age_seconds",
+                "must be at least 60 (or null: no age limit)",
+            )
         require(
             1 <= self.inflight_max_messages <= 1000,
             "inflight_max_messages",

@@ -6,7 +6,22 @@ thread publishes the spool in order with QoS 1, deleting a row only after the br
 PUBACK.  After every (re)connect the sender starts again from the oldest unacked row,
 so an outage, a broker restart or a ``kill -9`` of the daemon can cause duplicates
 (same ``seq``, byte-identical payload) but never gaps, except for events dropped because
-the spool was full, which are counted.  ``status`` is retained (``online`` on connect,
+the spool was full or older than ``spool_max_age_seconds``, which are counted.
+
+Delivery is only ever counted when it happened.  An event the broker refuses (an MQTT 5
+PUBACK reason code >= 0x80, e.g. 0x87 Not authorized by an ACL) stays in the spool,
+is logged once per episode, counted (``rejected``, ``refused_kept``) and retried after
+every reconnect and every ``_REFUSED_RETRY_SECONDS``.  MQTT 3.1.1 has no reason code in
+PUBACK: Mosquitto (2.0.11 checked) acknowledges a publish its ACL denies exactly like a
+delivered one.  Under 3.1.1 the publisher therefore subscribes to its own event topics
+and deletes a row only when the broker echoes the event back; a PUBACK without the echo
+within ``_ECHO_TIMEOUT_SECONDS`` is treated as a refusal.  Where the broker refuses
+that subscription, PUBACKs are trusted, with one warning.
+
+A session taken over by another client with the same client id (MQTT 5 DISCONNECT
+reason 0x8E; under 3.1.1, the broker closing the connection right after accepting it
+several times in a row) is logged as exactly that, once, and counted in health
+(``session_taken_over``).  ``status`` is retained (``online`` on connect,
 ``offline`` as Last Will and on clean shutdown); ``health`` is best effort (QoS 0, not
 spooled, skipped while disconnected).  :class:`StdoutPublisher` is the no-broker sink:
 same interface, JSON lines on stdout, still persistent ``seq`` numbers.
@@ -45,7 +60,7 @@ from serd.events import (
 )
 from serd.mqttclient import connect_async, create_client, describe_error
 from serd.mqttsettings import MqttSettings
-from serd.spool import SPOOL_FILENAME, Spool
+from serd.spool import SPOOL_FILENAME, Spool, SpoolEntry
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -57,6 +72,17 @@ _EVENT_QOS = 1
 _REPEAT_ERROR_SECONDS = 300.0
 _SENDER_POLL_SECONDS = 0.5
 _SENDER_ERROR_BACKOFF_SECONDS = 1.0
+# Refused events are offered again this often (and after each reconnect): an ACL fixed
+# on the broker lets them through without a restart.
+_REFUSED_RETRY_SECONDS = 60.0
+# MQTT 3.1.1: a PUBACKed event not echoed back within this long was refused.
+_ECHO_TIMEOUT_SECONDS = 10.0
+_SESSION_TAKEN_OVER = 0x8E
+# MQTT 3.1.1: this many connections in a row closed by the broker within
+# _SHORT_CONNECTION_SECONDS of being accepted mean another client takes the session.
+_SHORT_CONNECTION_SECONDS = 3.0
+_SHORT_CONNECTIONS_TAKEOVER = 3
+_EXPIRE_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +99,19 @@ class PublisherStats:
     held_in_memory: int
     # Events delivered since start (PUBACKs; a re-sent event can count twice).
     sent: int
-    # Events refused by the broker (MQTT 5 PUBACK failure) or unwritable; discarded.
+    # Refusals by the broker since start (MQTT 5 PUBACK failure, or under 3.1.1 no echo);
+    # a refused event stays in the spool and is retried, so one event can count again.
     rejected: int
     # Successful connections since start (1 + reconnects).
     connects: int
+    # Events in the spool that the broker refused at their last try.
+    refused_kept: int = 0
+    # Times another client took this client id's session (a twin device_id).
+    session_taken_over: int = 0
+    # Undelivered events dropped for age (mqtt.spool_max_age_seconds); persisted.
+    expired: int = 0
+    # Damaged spool files moved aside and replaced (serd.spool); persisted.
+    spool_recovered: int = 0
 
 
 class EventPublisher(Protocol):
@@ -139,6 +174,15 @@ class MqttPublisher:
         self._last_error = ""
         self._last_error_time = 0.0
         self._answered = False  # a CONNACK (success or refusal) came for this attempt
+        self._refused_kept = 0
+        self._refusal_logged = False
+        self._taken_over = 0
+        self._takeover_logged = False
+        self._connected_at = 0.0  # monotonic
+        self._short_connections = 0
+        # MQTT 3.1.1 delivery check (see the module docstring): "off" trusts PUBACKs.
+        self._echo_state: Literal["off", "pending", "on"] = "off"
+        self._echoes: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         # Latest retained payload per suffix (serd.state): re-sent on every connect, so a
         # broker restarted without persistence learns the present again.
         self._retained: dict[str, str] = {}
@@ -167,6 +211,8 @@ class MqttPublisher:
         self._spool = Spool(self._spool_path, max_events=settings.spool_max_events)
         self._client = client
         self._started = True
+        if settings.spool_max_age_seconds is not None:
+            self._spool.expire(settings.spool_max_age_seconds)
         depth = self._spool.depth()
         if depth:
             _LOGGER.info("spool holds %d undelivered events; they go first", depth)
@@ -244,12 +290,17 @@ class MqttPublisher:
                 sent=self._sent,
                 rejected=self._rejected,
                 connects=self._connects,
+                refused_kept=self._refused_kept,
+                session_taken_over=self._taken_over,
+                expired=spool.expired if spool else 0,
+                spool_recovered=spool.recovered if spool else 0,
             )
 
     def close(self, timeout_seconds: float = 5.0) -> None:
         """Flush for up to ``timeout_seconds`` while connected, publish retained
         ``offline`` and disconnect cleanly.  Undelivered events stay in the spool for
-        the next start.  Idempotent."""
+        the next start.  Idempotent.  The closing line counts what the broker
+        acknowledged (under 3.1.1: echoed), never what was merely sent."""
         if not self._started or self._closing:
             return
         client, spool = self._client, self._spool
@@ -258,7 +309,7 @@ class MqttPublisher:
         deadline = time.monotonic() + timeout_seconds
         # Waiting only makes sense while connected: during an outage give up at once.
         # depth 0 means every event has its PUBACK (rows are deleted only then).
-        while spool.depth() and self._connected:
+        while spool.depth() > self._refused_kept and self._connected:
             if time.monotonic() >= deadline:
                 break
             self._wake.set()
@@ -281,10 +332,15 @@ class MqttPublisher:
         spool.close()
         with self._lock:
             self._connected = False
+            sent, refused = self._sent, self._refused_kept
         if left:
-            _LOGGER.info("closed with %d undelivered events kept in the spool", left)
+            _LOGGER.info(
+                "closed: %d events acknowledged by the broker; %d undelivered kept in the "
+                "spool%s", sent, left,
+                f" ({refused} of them refused by the broker)" if refused else "",
+            )
         else:
-            _LOGGER.info("closed; all events delivered")
+            _LOGGER.info("closed: %d events acknowledged by the broker; none left", sent)
 
     # -- client setup ----------------------------------------------------------------
 
@@ -309,6 +365,10 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        if settings.protocol == "3.1.1":
+            client.on_subscribe = self._on_subscribe
+            for suffix in _EVENT_KINDS:
+                client.message_callback_add(self.topic(suffix), self._on_echo)
         return client
 
     # -- paho callbacks (network thread; must not raise or block) --------------------
@@ -329,10 +389,15 @@ class MqttPublisher:
                     f"connection: {reason_code}; retrying"
                 )
                 return
+            if self._settings.protocol == "3.1.1":
+                # Echo check first: its SUBACK decides whether PUBACKs are trusted.
+                self._echo_state = "pending"
+                client.subscribe([(self.topic(k), _EVENT_QOS) for k in _EVENT_KINDS])
             with self._lock:
                 self._connected = True
                 self._epoch += 1
                 self._connects += 1
+            self._connected_at = time.monotonic()
             self._last_error = ""
             _LOGGER.info("connected to MQTT broker %s:%d", self._host, self._settings.port)
             online = status_event(self._device_id, "online", "connected", version=__version__)
@@ -375,6 +440,8 @@ class MqttPublisher:
                 f"the broker accepted it ({reason_code}); check mqtt.port and mqtt.tls; "
                 "retrying"
             )
+        if was_connected and self._taken_over_now(reason_code):
+            return
         if was_connected:
             _LOGGER.warning(
                 "lost connection to MQTT broker %s:%d (%s); reconnecting",
@@ -382,6 +449,64 @@ class MqttPublisher:
                 self._settings.port,
                 reason_code,
             )
+
+    def _taken_over_now(self, reason_code: ReasonCode) -> bool:
+        """Whether this disconnect is another client taking our session; logs it once."""
+        if reason_code.value == _SESSION_TAKEN_OVER:
+            taken = True
+        else:
+            # MQTT 3.1.1 has no reason: the broker just closes the socket, right after
+            # accepting us, each time the twin connects.
+            lasted = time.monotonic() - self._connected_at
+            self._short_connections = (
+                self._short_connections + 1 if lasted < _SHORT_CONNECTION_SECONDS else 0
+            )
+            taken = self._short_connections >= _SHORT_CONNECTIONS_TAKEOVER
+        if not taken:
+            return False
+        with self._lock:
+            self._taken_over += 1
+        client_id = self._settings.client_id or f"serd-{self._device_id}"
+        if self._takeover_logged:
+            _LOGGER.debug("session taken over again (%d times)", self._taken_over)
+        else:
+            self._takeover_logged = True
+            _LOGGER.error(
+                "MQTT session taken over: another client connected to %s:%d with client id "
+                "%r, so the broker closed ours (%s). Two devices (or two serd) use device_id "
+                "%r: give each its own device_id (null = host name + machine-id suffix); "
+                "reconnecting, and counting this in health (session_taken_over)",
+                self._host, self._settings.port, client_id, reason_code, self._device_id,
+            )
+        return True
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            if self._echo_state != "off":
+                _LOGGER.warning(
+                    "the broker refused serd's subscription to its own topics %s: under "
+                    "MQTT 3.1.1 a refused publish cannot be told from a delivered one, so "
+                    "PUBACKs are trusted (allow read on them, or use mqtt.protocol \"5\")",
+                    self.topic("+"),
+                )
+            self._echo_state = "off"
+        else:
+            self._echo_state = "on"
+        self._wake.set()
+
+    def _on_echo(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Anyone allowed to publish here could send anything: only an exact copy of a
+        # spooled payload confirms a row (compared in the sender thread).
+        if len(msg.payload) <= 65536:
+            self._echoes.put((msg.topic, bytes(msg.payload).decode("utf-8", "replace")))
+            self._wake.set()
 
     def _on_publish(
         self,
@@ -407,53 +532,59 @@ class MqttPublisher:
     # -- sender thread ---------------------------------------------------------------
 
     def _run_sender(self) -> None:
-        inflight: dict[int, int] = {}  # paho mid -> spool row id; this thread only
-        cursor = 0  # last spool row id handed to paho in this connection epoch
+        track = _Tracking()  # this thread only
         epoch_seen = 0
         last_flush_attempt = 0.0
+        last_expire = time.monotonic()
         spool, client = self._spool, self._client
         assert spool is not None
         assert client is not None
+        max_age = self._settings.spool_max_age_seconds
         while not self._stop_sender.is_set():
             self._wake.wait(_SENDER_POLL_SECONDS)
             self._wake.clear()
             if self._stop_sender.is_set():
                 break
             try:
-                self._drain_acks(spool, inflight)
                 now = time.monotonic()
+                self._drain_acks(spool, track, now)
                 if spool.stats().held_in_memory and now - last_flush_attempt >= 1.0:
                     last_flush_attempt = now
                     spool.flush_held()
+                if max_age is not None and now - last_expire >= _EXPIRE_EVERY_SECONDS:
+                    last_expire = now
+                    spool.expire(max_age)
                 with self._lock:
                     connected, epoch = self._connected, self._epoch
                 if not connected:
                     continue
-                if epoch != epoch_seen:
+                if epoch != epoch_seen or now >= track.retry_at:
                     # New connection: whatever was in flight may be lost; resend from the
                     # oldest unacked row.  paho may also resend its own copies: duplicates
-                    # (same seq) are allowed, gaps are not.
-                    epoch_seen = epoch
-                    inflight.clear()
-                    cursor = 0
-                room = self._settings.inflight_max_messages - len(inflight)
+                    # (same seq) are allowed, gaps are not.  Refused rows get another try
+                    # here too.
+                    if epoch != epoch_seen:
+                        epoch_seen = epoch
+                        track.new_connection()
+                    track.retry_refused(now)
+                    self._set_refused(len(track.refused))
+                room = self._settings.inflight_max_messages - len(track.busy)
                 if room > 0:
-                    cursor = self._send_batch(client, spool, inflight, cursor, room)
+                    self._send_batch(client, spool, track, room)
             except Exception:
                 _LOGGER.exception(
                     "MQTT sender error; retrying in %.0f s", _SENDER_ERROR_BACKOFF_SECONDS
                 )
                 self._stop_sender.wait(_SENDER_ERROR_BACKOFF_SECONDS)
 
-    def _send_batch(
-        self,
-        client: mqtt.Client,
-        spool: Spool,
-        inflight: dict[int, int],
-        cursor: int,
-        room: int,
-    ) -> int:
-        for entry in spool.peek(room, after_id=cursor):
+    def _send_batch(self, client: mqtt.Client, spool: Spool, track: _Tracking, room: int) -> None:
+        for entry in spool.peek(room + len(track.busy) + len(track.refused),
+                                after_id=track.cursor):
+            if room <= 0:
+                break
+            track.cursor = entry.id
+            if entry.id in track.busy or entry.id in track.refused:
+                continue
             info = client.publish(
                 self.topic(entry.stream), entry.payload_json, qos=entry.qos, retain=False
             )
@@ -464,36 +595,79 @@ class MqttPublisher:
                     entry.seq,
                     mqtt.error_string(info.rc),
                 )
+                track.cursor = entry.id - 1
                 break
             # NO_CONN: paho keeps it queued; the next connect resends from the spool too.
-            inflight[info.mid] = entry.id
-            cursor = entry.id
-        return cursor
+            track.sent(info.mid, entry, self.topic(entry.stream))
+            room -= 1
 
-    def _drain_acks(self, spool: Spool, inflight: dict[int, int]) -> None:
+    def _drain_acks(self, spool: Spool, track: _Tracking, now: float) -> None:
         delivered: list[int] = []
-        sent = rejected = 0
+        refusals: list[tuple[SpoolEntry, str]] = []
+        echo = self._echo_state
         while True:
             try:
                 mid, failed, reason = self._acks.get_nowait()
             except queue.Empty:
                 break
-            row = inflight.pop(mid, None)
-            if row is None:
-                continue  # status/health message, or a mid from a previous connection
-            delivered.append(row)
+            entry = track.inflight.pop(mid, None)
+            if entry is None or entry.id not in track.busy:
+                continue  # status/health message, a mid from before, or already echoed
             if failed:
-                # A refusal (e.g. not authorized) is final: retrying would block the
-                # queue forever, so the event is discarded and counted.
-                rejected += 1
-                self._report_error(f"MQTT broker refused an event: {reason}; discarded")
+                track.refuse(entry)
+                refusals.append((entry, reason))
+            elif echo == "off":
+                track.done(entry)
+                delivered.append(entry.id)
             else:
-                sent += 1
+                track.acked_at[entry.id] = now
+        while True:
+            try:
+                key = self._echoes.get_nowait()
+            except queue.Empty:
+                break
+            got = track.echo_wait.get(key)
+            if got is not None:
+                track.done(got)
+                delivered.append(got.id)
+        if echo == "off" and track.acked_at:
+            # The subscription was refused after all: trust the PUBACKs already in.
+            for entry in list(track.echo_wait.values()):
+                if entry.id in track.acked_at:
+                    track.done(entry)
+                    delivered.append(entry.id)
+        elif echo == "on":
+            for entry in list(track.echo_wait.values()):
+                acked = track.acked_at.get(entry.id)
+                if acked is not None and now - acked >= _ECHO_TIMEOUT_SECONDS:
+                    track.refuse(entry)
+                    refusals.append((entry, "acknowledged but never delivered (MQTT 3.1.1 "
+                                            "cannot say why: probably the broker's ACL)"))
         if delivered:
             spool.ack(delivered)
             with self._lock:
-                self._sent += sent
-                self._rejected += rejected
+                self._sent += len(delivered)
+            self._refusal_logged = False
+        if refusals:
+            with self._lock:
+                self._rejected += len(refusals)
+            entry, reason = refusals[0]
+            if not self._refusal_logged:
+                self._refusal_logged = True
+                _LOGGER.error(
+                    "MQTT broker refused %s seq %d on %s: %s; kept in the spool (with any "
+                    "others it refuses) and retried every %.0f s; check the broker's ACL "
+                    "for this client", entry.stream, entry.seq, self.topic(entry.stream),
+                    reason, _REFUSED_RETRY_SECONDS,
+                )
+            else:
+                _LOGGER.debug("broker refused %d more events", len(refusals))
+        if refusals or delivered:
+            self._set_refused(len(track.refused))
+
+    def _set_refused(self, count: int) -> None:
+        with self._lock:
+            self._refused_kept = count
 
     def _require_running(self) -> Spool:
         if self._spool is None or not self._started:
@@ -501,6 +675,51 @@ class MqttPublisher:
         if self._closing or self._stop_sender.is_set():
             raise RuntimeError("publisher is closed")
         return self._spool
+
+
+@dataclass
+class _Tracking:
+    """The sender thread's view of rows handed to paho (one connection epoch)."""
+
+    cursor: int = 0  # last spool row id looked at in this epoch
+    inflight: dict[int, SpoolEntry] = dataclasses.field(default_factory=dict)  # by paho mid
+    busy: set[int] = dataclasses.field(default_factory=set)  # row ids sent, not settled
+    refused: set[int] = dataclasses.field(default_factory=set)  # row ids the broker refused
+    # MQTT 3.1.1 echo check: (topic, payload) -> entry, and when its PUBACK came.
+    echo_wait: dict[tuple[str, str], SpoolEntry] = dataclasses.field(default_factory=dict)
+    acked_at: dict[int, float] = dataclasses.field(default_factory=dict)
+    keys: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    retry_at: float = 0.0  # monotonic
+
+    def new_connection(self) -> None:
+        self.inflight.clear()
+        self.busy.clear()
+        self.echo_wait.clear()
+        self.acked_at.clear()
+        self.keys.clear()
+
+    def retry_refused(self, now: float) -> None:
+        self.refused.clear()
+        self.cursor = 0
+        self.retry_at = now + _REFUSED_RETRY_SECONDS
+
+    def sent(self, mid: int, entry: SpoolEntry, full_topic: str) -> None:
+        self.inflight[mid] = entry
+        self.busy.add(entry.id)
+        key = (full_topic, entry.payload_json)
+        self.echo_wait[key] = entry
+        self.keys[entry.id] = key
+
+    def done(self, entry: SpoolEntry) -> None:
+        self.busy.discard(entry.id)
+        self.acked_at.pop(entry.id, None)
+        key = self.keys.pop(entry.id, None)
+        if key is not None:
+            self.echo_wait.pop(key, None)
+
+    def refuse(self, entry: SpoolEntry) -> None:
+        self.done(entry)
+        self.refused.add(entry.id)
 
 
 class StdoutPublisher:

@@ -34,6 +34,19 @@ Design notes (the why):
   full (or reports I/O errors), the spool starts anyway in the same held-in-memory
   mode and opens the file on a later write; a daemon restarted on a full SD card keeps
   analysing instead of crash-looping under systemd.  Other open errors still raise.
+* **Full spool, one line a minute**: the first drop is a WARNING; later drops are summed
+  into at most one line per ``_DROP_LOG_SECONDS`` (a full spool on an SD card once logged
+  a line per event).
+* **Retention**: :meth:`Spool.expire` deletes undelivered events spooled longer ago than
+  a given age (``mqtt.spool_max_age_seconds``), counted in the persisted ``expired``
+  counter.  Deleted rows are overwritten (``secure_delete``) and the WAL is truncated at
+  each checkpoint, so a delivered or expired event does not linger in free pages.
+* **A damaged spool** (garbage, truncated, not a database) is moved aside as
+  ``spool.sqlite3.damaged-<UTC time>``, as journald does with a damaged journal, and a
+  fresh one is started: every row still readable is copied into it first (seq numbers
+  kept, counters continued above the highest seq seen), the recovery is counted
+  (``recovered``, persisted) and logged in one line.  Moved-aside files are deleted by
+  :meth:`Spool.expire` once older than the retention age.
 * **Thread safety**: one connection shared under a lock (``check_same_thread=False``);
   the pipeline thread puts, the sender thread peeks and acks.  One process per spool
   file: the cached depth assumes no other writer.
@@ -44,8 +57,10 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,6 +75,11 @@ SPOOL_FILENAME = "spool.sqlite3"
 """File name of the spool inside the state directory."""
 
 _DROPPED = "dropped"
+_EXPIRED = "expired"
+_RECOVERED = "recovered"
+_DAMAGED_INFIX = ".damaged-"
+_DROP_LOG_SECONDS = 60.0
+_STREAMS = ("emotion", "alert")  # the event topics (serd.events), for a lost counter
 _SEQ_PREFIX = "seq/"
 _BUSY_TIMEOUT_MS = 5000
 # SQLite primary result codes that mean "the disk is full or failing right now": the
@@ -73,7 +93,8 @@ CREATE TABLE IF NOT EXISTS events (
     stream  TEXT    NOT NULL,
     seq     INTEGER NOT NULL,
     qos     INTEGER NOT NULL,
-    payload TEXT    NOT NULL
+    payload TEXT    NOT NULL,
+    created REAL
 );
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -115,7 +136,11 @@ class SpoolStats:
     # Events held in memory, without a seq yet, because the disk is full.
     held_in_memory: int
     # Writes that failed with a disk-full/I/O error since this process started.
-    write_failures: int
+    write_failures: int = 0
+    # Undelivered events deleted for being older than the retention age (persisted).
+    expired: int = 0
+    # Damaged spool files moved aside and replaced by a fresh spool (persisted).
+    recovered: int = 0
 
 
 class Spool:
@@ -142,6 +167,10 @@ class Spool:
         self._write_failures = 0
         self._disk_full = False
         self._closed = False
+        self._expired = 0
+        self._recovered = 0
+        self._drops_unlogged = 0
+        self._drop_logged_at: float | None = None  # monotonic
         try:
             self._db_locked()
         except (sqlite3.Error, OSError) as exc:
@@ -270,7 +299,50 @@ class Spool:
                 dropped=self._dropped + self._unpersisted_drops,
                 held_in_memory=len(self._held),
                 write_failures=self._write_failures,
+                expired=self._expired,
+                recovered=self._recovered,
             )
+
+    def expire(self, max_age_seconds: float, now_epoch_seconds: float | None = None) -> int:
+        """Delete undelivered events spooled more than ``max_age_seconds`` ago (and
+        moved-aside damaged spools as old); returns how many events."""
+        now = time.time() if now_epoch_seconds is None else now_epoch_seconds
+        cutoff = now - max_age_seconds
+        self._remove_old_damaged(cutoff)
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            if conn is None:
+                return 0
+            try:
+                self._set_sync_full_locked(True)
+                conn.execute("BEGIN IMMEDIATE")
+                gone = conn.execute("DELETE FROM events WHERE created < ?", (cutoff,)).rowcount
+                if gone:
+                    self._add_counter_locked(_EXPIRED, gone)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback_locked()
+                self._write_failed_locked(exc)
+                return 0
+            if gone:
+                self._depth -= gone
+                self._expired += gone
+                _LOGGER.warning(
+                    "dropped %d undelivered events spooled more than %g s ago "
+                    "(mqtt.spool_max_age_seconds); %d expired in total",
+                    gone, max_age_seconds, self._expired,
+                )
+            return gone
+
+    def _remove_old_damaged(self, cutoff: float) -> None:
+        for old in self.path.parent.glob(self.path.name + _DAMAGED_INFIX + "*"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+                    _LOGGER.info("deleted %s: older than the retention age", old)
+            except OSError as exc:
+                _LOGGER.debug("cannot delete %s: %s", old, exc)
 
     def close(self) -> None:
         """Close the database; held-in-memory events are lost (and were never numbered)."""
@@ -300,6 +372,21 @@ class Spool:
         if self._conn is not None:
             return self._conn
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir() or (self.path.is_symlink() and not self.path.exists()):
+            salvaged = self._move_aside_locked(
+                "a folder" if self.path.is_dir() else "a dangling symlink")
+        else:
+            try:
+                return self._open_locked()
+            except sqlite3.DatabaseError as exc:
+                if _disk_trouble(exc) or isinstance(exc, sqlite3.OperationalError):
+                    raise  # full, failing or read-only: not the file's fault
+                salvaged = self._move_aside_locked(str(exc))
+        conn = self._open_locked()
+        self._restore_locked(conn, salvaged)
+        return conn
+
+    def _open_locked(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves so every put
         # is exactly one transaction, and a failed one is rolled back explicitly.
         conn = sqlite3.connect(
@@ -311,17 +398,99 @@ class Spool:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            # Nothing about a delivered event stays behind in free pages or the WAL.
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA journal_size_limit=0")
+            # Finds a garbage or truncated file here, not at the first write.
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
             conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+            if "created" not in columns:  # a spool from before retention existed
+                conn.execute("ALTER TABLE events ADD COLUMN created REAL")
+                conn.execute("UPDATE events SET created = ?", (time.time(),))
             depth = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-            row = conn.execute("SELECT value FROM counters WHERE name = ?", (_DROPPED,)).fetchone()
+            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         self._sync_full = True
         self._depth = depth
-        self._dropped = int(row[0]) if row else 0
+        self._dropped = int(counters.get(_DROPPED, 0))
+        self._expired = int(counters.get(_EXPIRED, 0))
+        self._recovered = int(counters.get(_RECOVERED, 0))
         return conn
+
+    def _move_aside_locked(self, why: str) -> _Salvage:
+        """Rename the damaged file (and its WAL) aside; what could still be read from it."""
+        salvage = _salvage(self.path)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}{_DAMAGED_INFIX}{stamp}")
+        n = 1
+        while aside.exists() or aside.is_symlink():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}{_DAMAGED_INFIX}{stamp}.{n}")
+        if not salvage.counters:
+            # The counters are unreadable, so the last seq handed out is unknown: continue
+            # from the wall clock in milliseconds, above any count this device can have
+            # reached, so no consumer mistakes a new event for a duplicate.
+            floor = int(time.time() * 1000)
+            for stream in _STREAMS:
+                salvage.seqs[stream] = max(salvage.seqs.get(stream, 0), floor)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.is_dir() and not suffix:
+                # A folder where the spool belongs: move it aside the same way.
+                src.rename(aside)
+            elif src.exists() or src.is_symlink():
+                src.rename(Path(str(aside) + suffix))
+        _LOGGER.error(
+            "spool %s is damaged (%s): moved aside to %s, started a fresh one with the %d "
+            "readable events; seq numbers continue above %s",
+            self.path, why, aside.name, len(salvage.rows),
+            max(salvage.seqs.values(), default=0),
+        )
+        return salvage
+
+    def _restore_locked(self, conn: sqlite3.Connection, salvage: _Salvage) -> None:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        for stream, seq, qos, payload in salvage.rows:
+            conn.execute(
+                "INSERT INTO events(stream, seq, qos, payload, created) VALUES (?, ?, ?, ?, ?)",
+                (stream, seq, qos, payload, now),
+            )
+        for name, value in salvage.counters.items():
+            conn.execute("INSERT OR REPLACE INTO counters(name, value) VALUES (?, ?)",
+                         (name, value))
+        for stream, seq in salvage.seqs.items():
+            # Never hand out a seq a consumer may already have seen: a gap is honest, a
+            # reused number would be dropped as a duplicate.
+            conn.execute(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",
+                (_SEQ_PREFIX + stream, seq),
+            )
+        conn.execute(
+            "INSERT INTO counters(name, value) VALUES (?, 1) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            (_RECOVERED,),
+        )
+        conn.execute("COMMIT")
+        self._depth = len(salvage.rows)
+        self._recovered = int(salvage.counters.get(_RECOVERED, 0)) + 1
+        self._dropped = int(salvage.counters.get(_DROPPED, 0))
+        self._expired = int(salvage.counters.get(_EXPIRED, 0))
+
+    def _add_counter_locked(self, name: str, value: int) -> None:
+        assert self._conn is not None
+        self._conn.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, value),
+        )
 
     def _insert_locked(self, stream: str, qos: int, record: dict[str, Any]) -> int:
         name = _SEQ_PREFIX + stream
@@ -337,8 +506,8 @@ class Spool:
             seq = self._counter(name)
             record["seq"] = seq
             conn.execute(
-                "INSERT INTO events(stream, seq, qos, payload) VALUES (?, ?, ?, ?)",
-                (stream, seq, qos, to_json(record)),
+                "INSERT INTO events(stream, seq, qos, payload, created) VALUES (?, ?, ?, ?, ?)",
+                (stream, seq, qos, to_json(record), time.time()),
             )
             overflow = max(0, self._depth + 1 - self.max_events)
             new_drops = overflow + self._unpersisted_drops
@@ -362,16 +531,27 @@ class Spool:
         self._dropped += new_drops
         self._unpersisted_drops = 0
         if overflow:
-            _LOGGER.warning(
-                "spool full (%d events): dropped the %d oldest; %d dropped in total",
-                self.max_events,
-                overflow,
-                self._dropped,
-            )
+            self._log_drops_locked(overflow)
         if self._disk_full:
             self._disk_full = False
             _LOGGER.warning("spool writable again after %d failed writes", self._write_failures)
         return seq
+
+    def _log_drops_locked(self, count: int) -> None:
+        """The first drop at once, then at most one line per _DROP_LOG_SECONDS."""
+        self._drops_unlogged += count
+        now = time.monotonic()
+        if self._drop_logged_at is not None and now - self._drop_logged_at < _DROP_LOG_SECONDS:
+            return
+        _LOGGER.warning(
+            "spool full (%d events): dropped the %d oldest%s; %d dropped in total",
+            self.max_events,
+            self._drops_unlogged,
+            "" if self._drop_logged_at is None else f" in the last {_DROP_LOG_SECONDS:g} s",
+            self._dropped,
+        )
+        self._drop_logged_at = now
+        self._drops_unlogged = 0
 
     def _flush_held_locked(self) -> bool:
         while self._held:
@@ -433,3 +613,82 @@ def _disk_trouble(exc: BaseException) -> bool:
         return (int(code) & 0xFF) in (_SQLITE_FULL, _SQLITE_IOERR)
     text = str(exc)
     return "disk is full" in text or "disk I/O error" in text
+
+
+@dataclass
+class _Salvage:
+    """What could be read from a damaged spool."""
+
+    rows: list[tuple[str, int, int, str]]
+    counters: dict[str, int]
+    seqs: dict[str, int]  # highest seq seen per stream, counters and rows together
+
+
+def _salvage(path: Path) -> _Salvage:
+    """Best effort: rows and counters still readable from a damaged spool, read-only."""
+    out = _Salvage([], {}, {})
+    if not path.is_file():
+        return out
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return out
+    try:
+        try:
+            for name, value in db.execute("SELECT name, value FROM counters"):
+                if isinstance(name, str) and isinstance(value, int):
+                    out.counters[name] = value
+        except sqlite3.Error:
+            pass
+        try:
+            cur = db.execute("SELECT stream, seq, qos, payload FROM events ORDER BY id")
+            while True:
+                try:
+                    row = cur.fetchone()
+                except sqlite3.Error:
+                    break
+                if row is None:
+                    break
+                stream, seq, qos, payload = row
+                if (isinstance(stream, str) and isinstance(seq, int) and qos in (0, 1, 2)
+                        and isinstance(payload, str)):
+                    out.rows.append((stream, seq, qos, payload))
+        except sqlite3.Error:
+            pass
+    finally:
+        db.close()
+    for name, value in out.counters.items():
+        if name.startswith(_SEQ_PREFIX):
+            stream = name[len(_SEQ_PREFIX):]
+            out.seqs[stream] = max(out.seqs.get(stream, 0), value)
+    for stream, seq, _qos, _payload in out.rows:
+        out.seqs[stream] = max(out.seqs.get(stream, 0), seq)
+    return out
+
+
+def inspect(path: Path) -> str | None:
+    """For ``serd --check-config``: what is wrong with the spool file, or None.
+
+    Read-only; a missing file is fine (it is created at start).
+    """
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_dir():
+        return f"{path} is a folder; serd will move it aside and start a fresh spool"
+    if not path.is_file():
+        return f"{path} is not a regular file; serd will move it aside"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            db.execute("SELECT COUNT(*) FROM events").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        check = str(exc)
+    if check != "ok":
+        return (f"spool {path} is damaged ({check}); serd will move it aside and start a "
+                "fresh one with the readable events")
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"spool {path} is not readable and writable by this user"
+    return None
