@@ -143,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --publish: the device id to publish as (default: the "
                    "configured one plus -replay, so a live daemon is not disturbed)")
     p.add_argument("--model", metavar="FILE.tflite", help="override model.path")
+    p.add_argument("--channels", metavar="NAMES",
+                   help="override audio.channels: names in channel order, each optionally "
+                   "with its role, e.g. agent,customer or left:agent,right:customer; with "
+                   "--once, a file's channels are then analysed apart (the agent's only "
+                   "mutes the others; docs/lawful-use.md)")
     p.add_argument("--check-config", action="store_true",
                    help="check everything the daemon checks when it starts (config, model "
                    "and card, alert labels, TLS and password files, discovery), print the "
@@ -209,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import dataclasses  # noqa: PLC0415
 
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=args.model))
+        if args.channels is not None:
+            cfg = _with_channels(cfg, args.channels)
     except ConfigError as exc:
         _setup_logging("error")
         print(f"serd: configuration error: {exc}", file=sys.stderr)
@@ -245,6 +252,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+
+
+def _with_channels(cfg: Config, text: str) -> Config:
+    """``cfg`` with ``--channels`` as its ``audio.channels``; ConfigError if unusable."""
+    import dataclasses  # noqa: PLC0415
+
+    from serd.roles import parse_channels_flag  # noqa: PLC0415
+    from serd.validate import ConfigError  # noqa: PLC0415
+
+    try:
+        return dataclasses.replace(cfg, audio=dataclasses.replace(
+            cfg.audio, channels=parse_channels_flag(text)))
+    except ValueError as exc:
+        raise ConfigError(f"--channels {text}: {exc}") from None
 
 
 STDIN_NAME = "-"
@@ -292,6 +313,19 @@ def _check_config(cfg: Config, *, probe: bool = False) -> int:
     print(f"model {clf.name}: {len(clf.labels)} labels ({', '.join(clf.labels)}), "
           f"runtime {clf.runtime}"
           f"{', with its voice branch' if clf.voice is not None else ''}", file=sys.stderr)
+    from serd.roles import describe  # noqa: PLC0415
+
+    print(describe(cfg.audio.resolved_channels), file=sys.stderr)
+    # The state directory and spool, as the daemon will find them (serd.statedir).
+    from serd.config import EXIT_STATE  # noqa: PLC0415
+    from serd.statedir import StateDirError, inspect  # noqa: PLC0415
+
+    try:
+        for line in inspect(cfg.resolved_state_dir):
+            print(f"serd: warning: {line}", file=sys.stderr)
+    except StateDirError as exc:
+        print(f"serd: storage error: {exc}", file=sys.stderr)
+        return EXIT_STATE
     if probe:
         return _probe(cfg, clf.card.features.sample_rate)
     return EXIT_OK
@@ -325,20 +359,48 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
     from serd.events import validate_device_id  # noqa: PLC0415
     from serd.model import load_classifier  # noqa: PLC0415
     from serd.replay import ReplaySource  # noqa: PLC0415
+    from serd.roles import UNSPECIFIED, ChannelSpec  # noqa: PLC0415
+    from serd.validate import ConfigError  # noqa: PLC0415
 
     files: list[Path] = []
     failed = 0
+    # Named channels (several in audio.channels or --channels): each file's channels are
+    # replayed apart, as the line's device would deliver them, and the roles apply.
+    width = len(cfg.audio.channels) if len(cfg.audio.channels) > 1 else 0
+    counts: list[int] = []
     for path in find_audio(list(paths)):
         try:
-            probe(path)
+            n = probe(path).channels
+            if width and 1 < n < width:
+                raise AudioError(f"has {n} channels but audio.channels names {width} "
+                                 f"({', '.join(cfg.audio.channel_names)})")
         except AudioError as exc:
             failed += 1
             print(f"serd: {_shown(path)}: {exc}", file=sys.stderr)
             continue
         files.append(path)
+        counts.append(n)
     if not files:
         print("serd: no usable audio files in " + ", ".join(paths), file=sys.stderr)
         return EXIT_BAD_INPUT
+    split = bool(width) and min(counts) > 1
+    if width and not split:
+        # One stream: mono files can only be replayed as one mixed line.
+        mono = [f for f, n in zip(files, counts, strict=True) if n == 1]
+        print(f"serd: {_shown(mono[0])}{' and others' if len(mono) > 1 else ''} "
+              f"{'have' if len(mono) > 1 else 'has'} one channel: all files are replayed "
+              "as one mixed line 'main' (role unspecified), which also carries the agent's "
+              "voice (docs/lawful-use.md)", file=sys.stderr)
+    elif not width and max(counts) > 1:
+        print(f"serd: multi-channel files are mixed to one channel "
+              f"'{cfg.audio.channel_names[0]}'; name the channels to replay each apart, e.g. "
+              "--channels agent,customer or audio.channels in the config", file=sys.stderr)
+    try:
+        audio = cfg.audio if split else dataclasses.replace(
+            cfg.audio, channels=(ChannelSpec("main", UNSPECIFIED),) if width
+            else cfg.audio.channels[:1])
+    except ValueError as exc:  # e.g. unspecified is not in audio.analyse_roles
+        raise ConfigError(f"audio.{exc} (replaying the files as one mixed line)") from None
     device = device_id or f"{cfg.resolved_device_id}-replay"
     try:
         validate_device_id(device)
@@ -359,7 +421,7 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
         device_id=device,
         state_dir=str(cfg.resolved_state_dir / "replay" / device),
         mqtt=mqtt,
-        audio=dataclasses.replace(cfg.audio, channels=cfg.audio.channels[:1]),
+        audio=audio,
     )
     clf = load_classifier(cfg.model)
 
@@ -381,7 +443,7 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
 
     # A second of silence between files closes each file's last utterance, as a pause would.
     source = UntilEnd(files, clf.card.features.sample_rate, speed=speed, loop=loop,
-                      gap_seconds=1.0)
+                      gap_seconds=1.0, channels=width if split else None)
     daemon = Daemon(cfg, source=source, classifier=clf)
     daemon.install_signal_handlers()
     print(f"serd: replaying {len(files)} file(s) "
@@ -412,19 +474,21 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
     """Analyse files through the daemon's pipeline; exit code 2 if any file failed."""
     from serd.decode import AudioError, find_audio  # noqa: PLC0415
     from serd.model import load_classifier  # noqa: PLC0415
-    from serd.once import analyse_file  # noqa: PLC0415
+    from serd.once import analyse_channels, mixing_note  # noqa: PLC0415
     from serd.report import Progress, RunTotals  # noqa: PLC0415
 
     out = out or sys.stdout
     clf = load_classifier(cfg.model)
     files = list(find_audio(list(paths)))
     totals = RunTotals()
+    notes: set[str] = set()
     # A bar only for runs of several files, on a terminal; cleared before any other line.
     progress = Progress(len(files), sys.stderr, enabled=None if len(files) > 1 else False)
     for i, path in enumerate(files):
         progress(i, totals.unreadable, str(_shown(path)))
         try:
-            result = analyse_file(cfg, clf, path)
+            # One result per analysed channel when channels are named (serd.once).
+            results = analyse_channels(cfg, clf, path)
         except AudioError as exc:
             totals.unreadable += 1
             progress.clear()
@@ -435,23 +499,27 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
             progress.clear()
             print(f"serd: {_shown(path)}: out of memory while decoding", file=sys.stderr)
             continue
-        result.path = _shown(result.path)
-        totals.add(result)
         progress.clear()
-        if as_json:
-            _print_json(result, out)
-        else:
-            _print_timeline(result, out)
+        for result in results:
+            result.path = _shown(result.path)
+            note = mixing_note(result, cfg.audio)
+            if note is not None and note[0] not in notes:
+                notes.add(note[0])  # each kind once per run
+                print(f"serd: {note[1]}", file=sys.stderr)
+            totals.add(result)
+            if as_json:
+                _print_json(result, out)
+            else:
+                _print_timeline(result, out)
         out.flush()
     progress.close()
     if not files:
         print("serd: no audio files found in " + ", ".join(paths), file=sys.stderr)
         return EXIT_BAD_INPUT
-    # The closing summary: always a JSON line; in text, for runs of more than one file.
-    if as_json:
-        out.write(json.dumps(totals.record()) + "\n")
-    elif len(files) > 1:
-        out.write(totals.text())
+    # The closing summary, for runs of more than one file (one file's summary line says
+    # it all, and stays the last line for scripts that read one file).
+    if len(files) > 1:
+        out.write(json.dumps(totals.record()) + "\n" if as_json else totals.text())
     out.flush()
     return EXIT_BAD_INPUT if totals.unreadable else EXIT_OK
 
@@ -493,9 +561,18 @@ def _print_json(result: FileResult, out: TextIO) -> None:
     # Time order; at equal start, windows before the utterance that contains them.
     order = {"window": 0, "utterance": 1}
     records.sort(key=lambda r: (r["start_s"], order[r["type"]], r["end_s"]))
-    for rec in records:
-        out.write(json.dumps(rec) + "\n")
-    out.write(json.dumps(_summary_record(result)) + "\n")
+    for rec in [*records, _summary_record(result)]:
+        out.write(json.dumps(_with_channel(rec, result)) + "\n")
+
+
+def _with_channel(record: dict[str, Any], result: FileResult) -> dict[str, Any]:
+    """``record`` with the channel and its role after ``file``."""
+    head = {k: record[k] for k in ("type", "file")}
+    out = {**head, "channel": result.channel, "role": result.role, **record}
+    if record["type"] == "summary":
+        # Windows of this channel kept from the classifier while the agent spoke.
+        out["windows_muted"] = result.windows_muted
+    return out
 
 
 def _summary_record(result: FileResult) -> dict[str, Any]:
@@ -522,7 +599,10 @@ def _bar(p: float, width: int = 20) -> str:
 
 def _print_timeline(result: FileResult, out: TextIO) -> None:
     w = out.write
-    w(f"{result.path}  ({result.duration_s:.1f} s, speech {result.speech_s:.1f} s)\n")
+    muted = f", {result.windows_muted} windows muted: agent speaking" \
+        if result.windows_muted else ""
+    where = f"  channel {result.channel} ({result.role}{muted})" if result.split else ""
+    w(f"{result.path}{where}  ({result.duration_s:.1f} s, speech {result.speech_s:.1f} s)\n")
     for d in result.decisions:
         label = d.label or "(unsure)"
         if d.type == "window":
