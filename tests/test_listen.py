@@ -11,20 +11,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import yaml
-from fixtures_broker import wait_until
 
 from serd import events
-from serd.listen import Board
+from serd.listen import Board, json_line
 from serd.publisher import MqttPublisher, MqttSettings
+from serd_testkit import wait_until
 
 T0 = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 
 
-def emotion(channel: str, label: str | None, t: float = T0, type_: str = "window") -> dict:
+def emotion(channel: str, label: str | None, t: float = T0,
+            type_: Literal["window", "utterance"] = "window") -> dict:
     return events.emotion_event("desk-1", events.EmotionResult(
         type_, channel, t, t + 2.0, label, 0.8, {"angry": 0.8, "neutral": 0.2}, "m"),
         now_epoch_seconds=t + 2.0)
@@ -33,7 +34,8 @@ def emotion(channel: str, label: str | None, t: float = T0, type_: str = "window
 def alert(channel: str, message: str) -> dict:
     state, _, text = message.partition(": ")
     return events.alert_event("desk-1", events.AlertResult(
-        channel, "sustained_distress", "angry", T0, T0 + 12, 0.8, "m", text, state=state))
+        channel, "sustained_distress", "angry", T0, T0 + 12, 0.8, "m", text,
+        state="cleared" if state == "cleared" else "started"))
 
 
 def with_seq(p: dict, seq: int) -> dict:
@@ -272,3 +274,205 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 78
     assert r.stderr.strip().count("\n") == 0
     assert "mqtt.port" in r.stderr
+
+
+# -- hostile payloads (issue 24 findings 5, 6, 8; issue 22's listen lies) ------------------
+
+
+def _retain(broker: Any, messages: list[tuple[str, bytes | str]], *, protocol: Any = 4) -> None:
+    """Publish ``messages`` retained (QoS 1) with a plain client, and wait for each."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                         protocol=protocol)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(t, p, qos=1, retain=True) for t, p in messages]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+HOSTILE: list[dict[str, Any]] = [
+    {"channel": "a", "label": ["x"], "type": "window", "confidence": 0.5},
+    {"channel": "a", "label": 7, "type": "window"},
+    {"channel": ["a"], "label": "sad"},
+    {"channel": "a", "label": "sad", "confidence": "0.9", "seq": "1"},
+    {"channel": "a", "label": "sad", "confidence": 1e308, "seq": 3},
+    {"channel": "a", "label": "sad", "seq": True},
+    {"channel": "a", "rule": {"x": 1}, "label": "angry", "state": "started"},
+    {"channel": "a", "rule": "r", "label": "angry", "start": ["2024"], "end": 5},
+    {"channel": "a", "rule": "r", "label": "angry", "start": "9999999-01-01T00:00:00Z"},
+    {"channel": "a", "label": "sad", "seq": 10**40},
+    {"state": {"online": 1}, "reason": ["x"]},
+]
+
+
+def test_board_survives_every_hostile_field() -> None:
+    b = Board("serd")
+    for i, p in enumerate(HOSTILE):
+        for suffix in ("emotion", "alert", "status"):
+            b.feed(f"serd/d{i}/{suffix}", p)
+    table = b.table(color=True, now=T0)
+    assert "DEVICE" in table
+    assert b.invalid > 0
+    # A list label or a numeric one is dropped, never shown as a verdict.
+    assert "['x']" not in table
+    assert b.rows[("d4", "a")].confidence is None  # 1e308 is no confidence
+
+
+ESC_CHANNEL = "\x1b]0;pwned\x07"  # OSC 0: set the window title
+ESC_LABEL = "\x1b]52;c;cm0gLXJmIH4K\x07"  # OSC 52: write the clipboard
+ESC_REASON = "\x1b[2J\x1b[1;1H\x9b2K\x7f"  # erase the screen, C1 CSI, DEL
+
+
+def test_control_characters_are_escaped() -> None:
+    b = Board("serd")
+    b.feed("serd/x\x1b[2Jy/status", {"state": "degraded", "reason": ESC_REASON})
+    b.feed("serd/x\x1b[2Jy/emotion", {"channel": ESC_CHANNEL, "label": ESC_LABEL,
+                                      "confidence": 0.5, "type": "window"})
+    b.feed("serd/x\x1b[2Jy/alert", {"channel": ESC_CHANNEL, "rule": "\u202erule",
+                                    "label": "\x9d8;;x\x9c", "state": "started"})
+    table = b.table(color=False)
+    assert not any(c in table for c in "\x1b\x07\x9b\x9d\x9c\x7f\u202e"), repr(table)
+    assert "\\x1b]0;pwned\\x07" in table  # shown, visibly
+    line = json_line({"topic": "t", "label": ESC_LABEL + "\x9b\x7f\u202e"})
+    assert not any(c in line for c in "\x1b\x07\x9b\x7f\u202e")
+    assert json.loads(line)["label"] == ESC_LABEL + "\x9b\x7f\u202e"  # same data
+
+
+def test_degraded_is_shown_distinctly() -> None:
+    b = Board("serd")
+    b.feed("serd/pi-1/status", {"state": "degraded", "reason": "input_missing"})
+    b.feed("serd/pi-2/status", {"state": "online", "reason": "connected"})
+    table = b.table(color=True)
+    row = next(r for r in table.splitlines() if "pi-1" in r)
+    assert "degraded (input missing)" in row
+    assert "online" not in row
+    assert row.startswith("\x1b[33m")
+    assert "2 devices, 1 online, 1 degraded" in table
+
+
+def test_devices_bounded_stale_aged_out_and_redraw_cheap() -> None:
+    b = Board("serd", max_devices=1000, stale_seconds=60)
+    for i in range(8000):
+        b.feed(f"serd/fake-{i}/status", {"state": "online" if i % 2 else "offline"})
+        b.feed(f"serd/fake-{i}/emotion", {"channel": "main", "label": "angry", "seq": 1,
+                                          "confidence": 0.5, "type": "window"})
+    assert len(b.devices) == 1000
+    assert b.refused > 0
+    assert b.forgotten > 0
+    # Offline devices made room; online ones are never pushed out by newcomers.
+    assert sum(d.availability == "online" for d in b.devices.values()) == 1000
+    t0 = time.perf_counter()
+    screen = b.table(color=True, max_rows=40)
+    assert time.perf_counter() - t0 < 0.25
+    assert "... 960 more rows" in screen
+    assert len(screen.splitlines()) == 1 + 40 + 1 + 2
+    for dev in b.devices.values():
+        dev.availability = "offline"
+    assert b.sweep(time.monotonic() + 61) == 1000
+    assert not b.devices
+    # A device cannot grow without bound either.
+    for i in range(100):
+        b.feed("serd/one/emotion", {"channel": f"c{i}", "label": "sad"})
+    assert len(b.devices["one"].rows) == 32
+
+
+@pytest.mark.broker
+def test_hostile_retained_messages_do_not_kill_listen(
+    mosquitto: Any, listens: list[Listen]
+) -> None:
+    msgs: list[tuple[str, bytes | str]] = [
+        (f"serd/bad-{i}/{s}", json.dumps(p)) for i, p in enumerate(HOSTILE)
+        for s in ("emotion", "alert", "status")]
+    msgs += [("serd/bad-x/emotion", b"\xff\xfe"), ("serd/bad-y/emotion", "[" * 100_000),
+             ("serd/bad-z/emotion", '{"channel": "a", "label": NaN}'),
+             ("serd/ok-1/status", json.dumps({"state": "degraded", "reason": "input_missing"})),
+             # (Mosquitto refuses control characters in topics: a payload must carry them.)
+             ("serd/esc/status", json.dumps({"state": "degraded", "reason": ESC_REASON})),
+             ("serd/esc/emotion", json.dumps({"channel": ESC_CHANNEL, "label": ESC_LABEL,
+                                              "seq": 1, "type": "window"}))]
+    _retain(mosquitto, msgs)
+    table = Listen("--host", mosquitto.host, "--port", str(mosquitto.port))
+    js = Listen("--host", mosquitto.host, "--port", str(mosquitto.port), "--json")
+    listens += [table, js]
+    table.wait_for("degraded (input missing)")
+    js.wait_for("pwned")
+    time.sleep(1.5)  # every retained message has been handled (and the table redrawn)
+    for lst in (table, js):
+        assert lst.proc.poll() is None, lst.proc.communicate()
+        lst.proc.terminate()
+        out, err = lst.proc.communicate(timeout=10)
+        text = "\n".join(lst.out) + out
+        assert not any(c in text for c in "\x1b\x07\x9b\x7f"), repr(text[-500:])
+        assert "Traceback" not in err, err
+    assert "invalid dropped" in "\n".join(table.out)
+
+
+@pytest.mark.broker
+def test_count_n_prints_exactly_n_lines(mosquitto: Any, listens: list[Listen]) -> None:
+    _retain(mosquitto, [(f"serd/d{i}/status", json.dumps({"state": "online"}))
+                        for i in range(50)])
+    for n in (1, 3):
+        lst = Listen("--host", mosquitto.host, "--port", str(mosquitto.port), "--json",
+                     "--count", str(n))
+        listens.append(lst)
+        assert len(lst.lines()) == n
+
+
+@pytest.mark.broker
+def test_broker_down_is_one_line_then_connected(
+    mosquitto: Any, listens: list[Listen]
+) -> None:
+    mosquitto.stop()
+    cfg = Path(mosquitto.workdir) / "listen.yaml"
+    cfg.write_text(yaml.safe_dump({"mqtt": {
+        "host": mosquitto.host, "port": mosquitto.port, "reconnect_min_seconds": 0.1,
+        "reconnect_max_seconds": 0.4}}))
+    lst = Listen("--config", str(cfg), "--json")
+    listens.append(lst)
+    time.sleep(3.0)  # several retries
+    mosquitto.start()
+    _retain(mosquitto, [("serd/d1/status", json.dumps({"state": "online"}))])
+    lst.wait_for('"state": "online"')
+    lst.proc.terminate()
+    _, err = lst.proc.communicate(timeout=10)
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert "cannot connect" in lines[0]
+    assert "retrying" in lines[0]
+    assert lines[1] == f"serd listen: connected to {mosquitto.host}:{mosquitto.port}"
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_oversize_payload_is_never_handled(
+    mosquitto: Any, listens: list[Listen], protocol: str
+) -> None:
+    from serd.mqttclient import MAX_PACKET_BYTES  # noqa: PLC0415
+
+    big = json.dumps({"state": "online", "reason": "x" * (MAX_PACKET_BYTES + 10)})
+    _retain(mosquitto, [("serd/big/status", big),
+                        ("serd/small/status", json.dumps({"state": "online"}))], protocol=5)
+    cfg = Path(mosquitto.workdir) / "listen.yaml"
+    cfg.write_text(yaml.safe_dump({"mqtt": {"host": mosquitto.host, "port": mosquitto.port,
+                                            "protocol": protocol}}))
+    lst = Listen("--config", str(cfg))
+    listens.append(lst)
+    lst.wait_for("small")
+    time.sleep(1.5)
+    lst.proc.terminate()
+    lst.proc.communicate(timeout=10)
+    text = "\n".join(lst.out)
+    assert "big" not in text
+    last = text.strip().splitlines()[-1]
+    if protocol == "3.1.1":  # no Maximum Packet Size in 3.1.1: dropped by listen, counted
+        assert "1 invalid dropped" in last, last
+    else:  # the broker never sent it
+        assert "invalid dropped" not in last, last
