@@ -182,16 +182,27 @@ def test_check_config_refuses_what_the_daemon_refuses(
 
 
 def test_probe_opens_the_microphone_and_connects_to_the_broker(
-    tmp_path: Path, model_path: Path, mic: Any, mosquitto: Any
+    tmp_path: Path, model_path: Path, mic: Any, mosquitto: Any, subscriber: Any
 ) -> None:
     doc: dict[str, Any] = {"state_dir": str(tmp_path / "s"), "model": {"path": str(model_path)},
-                           "audio": {"device": mic.alsa_device},
+                           "device_id": "h5probe", "audio": {"device": mic.alsa_device},
                            "mqtt": {"host": mosquitto.host, "port": mosquitto.port}}
     r = serd("--config", str(config(tmp_path, doc)), "--check-config", "--probe")
     assert r.returncode == 0, r.stderr
     ok = [x for x in serd_lines(r.stderr) if x.startswith("serd: ok: ")]
     assert len(ok) == 2, r.stderr
     assert mic.alsa_device in ok[0] and f"{mosquitto.port}" in ok[1]
+    # A config that passes starts: the daemon comes online with it, and stops cleanly.
+    status = subscriber(mosquitto, "serd/h5probe/status")
+    daemon = subprocess.Popen([sys.executable, "-m", "serd.cli", "--config",
+                               str(config(tmp_path, doc))], env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        status.wait_for(lambda msgs: any(m.json()["state"] == "online" for m in msgs), 30)
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err.decode()[-2000:]
     mosquitto.stop()
     mic.unplug()
     try:
