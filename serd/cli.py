@@ -48,7 +48,7 @@ _SUBCOMMANDS = {"listen": "serd.listen", "dashboard": "serd.dashboard.server",
                 "devices": "serd.devices"}
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line (what is wrong and where to look), exit code 2."""
 
     def error(self, message: str) -> Any:
@@ -106,7 +106,7 @@ def _version_text() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="serd",
         description="Speech-emotion recognition on the device: microphone -> emotion events "
         "over MQTT.  With --once, run the same pipeline on audio files and print the result.",

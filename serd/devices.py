@@ -18,7 +18,9 @@ EXIT_NO_DEVICES = 69  # EX_UNAVAILABLE: PortAudio is missing or lists no input d
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from serd.cli import OneLineParser  # noqa: PLC0415
+
+    p = OneLineParser(
         prog="serd devices",
         description="List the audio input devices (index, name, input channels, default "
         "sample rate); set audio.device in the config to an index or part of a name.",
