@@ -21,7 +21,6 @@ the real line.  Only the agent channel's levels are read here; its audio is neve
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,8 +51,17 @@ class CrosstalkSettings:
     max_muted_fraction: float = 0.0
     """A window of an analysed channel muted for more than this share of its length is
     not classified; 0 = any muted audio in a window keeps it from the classifier."""
+    double_talk_margin_db: float | None = None
+    """null: mute whenever the agent speaks.  A number: not while the analysed channel is
+    louder than the agent's channel minus this many dB (both speak at once, and the
+    caller's voice dominates); it must exceed how far the agent's bleed lies below the
+    agent's own channel, or bleed would pass for double talk."""
 
     def __post_init__(self) -> None:
+        if self.double_talk_margin_db is not None:
+            require(math.isfinite(self.double_talk_margin_db) and
+                    0 < self.double_talk_margin_db <= 60, "double_talk_margin_db",
+                    "must be 0..60 dB or null")
         for name in ("threshold_db", "min_level_dbfs", "preroll_seconds", "hangover_seconds",
                      "max_muted_fraction"):
             value = getattr(self, name)
@@ -67,8 +75,9 @@ class CrosstalkSettings:
 
 
 class Crosstalk:
-    """``__call__(agent_audio)`` per block (the agent channels' samples, 1-D or (n, k)),
-    then :meth:`mutes` for each window of an analysed channel over the same samples."""
+    """One analysed channel's muting: ``__call__(agent_audio, own_audio)`` per block (the
+    agent channels' samples, 1-D or (n, k), and this channel's), then :meth:`mutes` for
+    each of this channel's windows over the same samples."""
 
     def __init__(self, settings: CrosstalkSettings, sample_rate: int) -> None:
         self.settings = settings
@@ -77,28 +86,30 @@ class Crosstalk:
         self._gate = EnergyGate(
             VadSettings(threshold_db=settings.threshold_db,
                         min_level_dbfs=settings.min_level_dbfs), _BLOCK_SECONDS)
-        self._preroll = round(settings.preroll_seconds * sample_rate)
-        self._hangover = round(settings.hangover_seconds * sample_rate)
-        self._keep = round(_KEEP_SECONDS * sample_rate)
+        self._preroll = round(settings.preroll_seconds / _BLOCK_SECONDS)
+        self._hangover = round(settings.hangover_seconds / _BLOCK_SECONDS)
+        self._keep = round(_KEEP_SECONDS / _BLOCK_SECONDS)
         self.sample_rate = sample_rate
         self.reset()
 
     def reset(self) -> None:
         self._gate.reset()
-        self._leftover = np.zeros((0, 1), np.float32)
+        self._leftover = np.zeros((0, 2), np.float32)
+        self._first = 0  # block index of _ref[0] / _own[0]
+        # Per 10 ms block: the loudest agent level whose muting reaches it (-inf: none)
+        # and this channel's own level.  A few blocks beyond the last one read are kept
+        # for the hangover of the latest agent speech.
+        self._ref = np.full(0, -np.inf)
+        self._own = np.zeros(0)
         self._blocks = 0
-        self._spans: deque[list[int]] = deque()  # [start, end) sample ranges, merged
         self.samples_in = 0
         self.agent_blocks = 0
-        """10 ms blocks in which the agent was heard (for health and measurements)."""
+        """10 ms blocks in which the agent was heard (for measurements)."""
 
-    @property
-    def agent_seconds(self) -> float:
-        return self.agent_blocks * self.block / self.sample_rate
-
-    def __call__(self, audio: npt.NDArray[np.float32]) -> None:
-        x = np.asarray(audio, dtype=np.float32)
-        x = x.reshape(-1, 1) if x.ndim == 1 else x
+    def __call__(self, agent: npt.NDArray[np.float32], own: npt.NDArray[np.float32]) -> None:
+        a = np.asarray(agent, dtype=np.float32)
+        a = a.reshape(-1, 1) if a.ndim == 1 else a
+        x = np.concatenate((a, np.asarray(own, dtype=np.float32).reshape(-1, 1)), axis=1)
         self.samples_in += x.shape[0]
         if self._leftover.shape[1] != x.shape[1]:
             self._leftover = np.zeros((0, x.shape[1]), np.float32)
@@ -107,42 +118,43 @@ class Crosstalk:
         self._leftover = x[n * self.block:].copy()
         if n == 0:
             return
-        blocks = x[: n * self.block]
-        # Several agent channels: the loudest one counts, each against its own floor would
-        # need a gate each; one floor over the loudest is enough to say "an agent speaks".
-        levels = np.max([block_levels_db(np.ascontiguousarray(
-            blocks[:, j].reshape(n, self.block))) for j in range(blocks.shape[1])], axis=0)
-        for i, loud in enumerate(self._gate.candidates(levels)):
+        levels = [block_levels_db(np.ascontiguousarray(x[: n * self.block, j]).reshape(
+            n, self.block)) for j in range(x.shape[1])]
+        # Several agent channels: the loudest one speaks for them all.
+        agent_db = np.max(levels[:-1], axis=0)
+        b0 = self._blocks
+        need = b0 + n + self._hangover - self._first
+        if self._ref.size < need:
+            self._ref = np.concatenate((self._ref, np.full(need - self._ref.size, -np.inf)))
+        self._own = np.concatenate((self._own, levels[-1]))
+        for i, loud in enumerate(self._gate.candidates(agent_db)):
             if loud:
                 self.agent_blocks += 1
-                b = self._blocks + i
-                self._mark(b * self.block - self._preroll,
-                           (b + 1) * self.block + self._hangover)
+                lo = max(b0 + i - self._preroll, self._first) - self._first
+                hi = b0 + i + self._hangover + 1 - self._first
+                np.maximum(self._ref[lo:hi], agent_db[i], out=self._ref[lo:hi])
         self._blocks += n
-        horizon = self.samples_in - self._keep
-        while self._spans and self._spans[0][1] < horizon:
-            self._spans.popleft()
+        drop = self._blocks - self._keep - self._first
+        if drop > 0:
+            self._ref, self._own = self._ref[drop:], self._own[drop:]
+            self._first += drop
 
-    def _mark(self, start: int, end: int) -> None:
-        start = max(0, start)
-        if self._spans and start <= self._spans[-1][1]:
-            self._spans[-1][1] = max(self._spans[-1][1], end)
-        else:
-            self._spans.append([start, end])
-
-    def muted_samples(self, start: int, end: int) -> int:
-        """How many of the samples ``start:end`` (since the last reset) are muted."""
-        total = 0
-        for a, b in self._spans:
-            if b <= start:
-                continue
-            if a >= end:
-                break
-            total += min(b, end) - max(a, start)
-        return total
+    def muted_blocks(self, start: int, end: int) -> npt.NDArray[np.bool_]:
+        """Per 10 ms block of the samples ``start:end``: muted or not."""
+        lo = max(start // self.block - self._first, 0)
+        hi = max(min(-(-end // self.block), self._blocks) - self._first, lo)
+        ref = self._ref[lo:hi]
+        muted = ref > -np.inf
+        margin = self.settings.double_talk_margin_db
+        if margin is not None:
+            # This channel much louder than the agent's bleed could be: the caller speaks
+            # too (double talk), and the window is the caller's voice.
+            muted &= self._own[lo:hi] <= ref - margin
+        return muted
 
     def mutes(self, start: int, end: int) -> bool:
         """True when the window ``start:end`` must not be classified."""
-        if end <= start:
+        blocks = self.muted_blocks(start, end)
+        if blocks.size == 0:
             return False
-        return self.muted_samples(start, end) > self.settings.max_muted_fraction * (end - start)
+        return float(blocks.mean()) > self.settings.max_muted_fraction

@@ -3,6 +3,13 @@
 :func:`analyse_file` decodes a file in blocks (:mod:`serd.decode`) and feeds them to the
 same :class:`serd.pipeline.Pipeline` the daemon runs per channel; :class:`FileResult` holds
 what the command line prints about it.  The bench and the tests use these directly.
+
+:func:`analyse_channels` follows the channel roles as the daemon does: when
+``audio.channels`` names more than one channel (in config.yaml or with ``--channels``), a
+multi-channel file is analysed channel by channel, one :class:`FileResult` per analysed
+channel, and an agent channel is never analysed but mutes the others while it speaks
+(:class:`serd.pipeline.ChannelSet`).  Otherwise a file is mixed to mono, as a single
+microphone would hear it, and the result says how many channels were mixed.
 """
 
 from __future__ import annotations
@@ -10,18 +17,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serd.roles import UNSPECIFIED, Channel
+
 if TYPE_CHECKING:
+    from serd.capture import AudioSettings
     from serd.config import Config
     from serd.decisions import Decision, Verdict
+    from serd.decode import AudioInfo
     from serd.model import Classifier
+
+MIXED = Channel(0, "main", UNSPECIFIED, analysed=True, declared=False)
+"""How a file is analysed when its channels are mixed although several are named."""
 
 
 class FileResult:
-    """Everything ``--once`` prints about one file."""
+    """Everything ``--once`` prints about one file (or one channel of it)."""
 
     def __init__(self, path: Path, duration_s: float, speech_s: float,
                  decisions: list[Decision], labels: tuple[str, ...], threshold: float,
-                 hop_s: float) -> None:
+                 hop_s: float, *, channel: str = "main", role: str = UNSPECIFIED,
+                 split: bool = False, mixed_channels: int = 1, windows_muted: int = 0) -> None:
         from serd.decisions import verdict  # noqa: PLC0415
 
         self.path = path
@@ -30,6 +45,16 @@ class FileResult:
         self.decisions = decisions
         self.labels = labels
         self.hop_s = hop_s
+        self.channel = channel
+        """The channel's name (``main`` for a mono or mixed file, unless configured)."""
+        self.role = role
+        """The channel's role (serd.roles); never agent."""
+        self.split = split
+        """True when this is one channel of a file analysed channel by channel."""
+        self.mixed_channels = mixed_channels
+        """How many of the file's channels were averaged into this one (1: none)."""
+        self.windows_muted = windows_muted
+        """Windows not classified because an agent channel was speaking (serd.crosstalk)."""
         windows = [d for d in decisions if d.type == "window"]
         self.summary: Verdict | None = None
         if windows:
@@ -40,18 +65,78 @@ class FileResult:
 
 
 def analyse_file(cfg: Config, clf: Classifier, path: Path) -> FileResult:
-    """Run one file through the pipeline; raises :class:`serd.decode.AudioError`."""
-    from serd.decode import probe, read_blocks  # noqa: PLC0415
-    from serd.pipeline import Pipeline  # noqa: PLC0415
+    """Run one file, mixed to mono, through the pipeline; raises
+    :class:`serd.decode.AudioError`."""
+    from serd.decode import probe  # noqa: PLC0415
 
     info = probe(path)
+    return _run(cfg, clf, path, info, [_single(cfg.audio)], mix=True)[0]
+
+
+def analyse_channels(cfg: Config, clf: Classifier, path: Path) -> list[FileResult]:
+    """One result per analysed channel when several channels are named and the file has
+    several; else the file mixed to mono (one result).  Raises
+    :class:`serd.decode.AudioError`, also when the file has fewer channels than named."""
+    from serd.decode import AudioError, probe  # noqa: PLC0415
+
+    info = probe(path)
+    named = cfg.audio.resolved_channels
+    if len(named) < 2:
+        return _run(cfg, clf, path, info, [_single(cfg.audio)], mix=True)
+    if info.channels == 1:
+        # A recording of one mixed line: there is no agent channel to tell voices apart.
+        return _run(cfg, clf, path, info, [MIXED], mix=True)
+    if info.channels < len(named):
+        raise AudioError(
+            f"has {info.channels} channels but audio.channels names {len(named)} "
+            f"({', '.join(c.name for c in named)}); name as many as the file has")
+    return _run(cfg, clf, path, info, named, mix=False)
+
+
+def _single(audio: AudioSettings) -> Channel:
+    """The one configured channel (validation guarantees it is analysed)."""
+    channels = audio.resolved_channels
+    return channels[0] if len(channels) == 1 else MIXED
+
+
+def _run(cfg: Config, clf: Classifier, path: Path, info: AudioInfo, channels: list[Channel],
+         *, mix: bool) -> list[FileResult]:
+    from serd.decode import read_blocks  # noqa: PLC0415
+    from serd.pipeline import ChannelSet  # noqa: PLC0415
+
     rate = clf.card.features.sample_rate
-    pipe = Pipeline(clf, vad=cfg.vad, decisions=cfg.decisions, channel="main")
-    decisions: list[Decision] = []
-    for block in read_blocks(info.path, rate, block_seconds=0.5, info=info):
-        decisions.extend(pipe(block))
-    decisions.extend(pipe.flush())
-    duration = pipe.windower.samples_in / rate
-    speech = pipe.windower.speech_samples / rate
-    return FileResult(path, duration, speech, decisions, clf.labels, cfg.decisions.threshold,
-                      clf.card.windows.hop_seconds)
+    if mix:
+        # The mono stream is column 0, whatever the channel's index on a device.
+        channels = [Channel(0, c.name, c.role, c.analysed, c.declared) for c in channels]
+    cs = ChannelSet(clf, channels, vad=cfg.vad, decisions=cfg.decisions,
+                    crosstalk=cfg.audio.bleed_mute)
+    by_channel: dict[str, list[Decision]] = {c.name: [] for c in cs.analysed}
+    for block in read_blocks(info.path, rate, block_seconds=0.5, info=info, mix=mix):
+        for d in cs(block if mix else block[:, : cs.width]):
+            by_channel[d.channel].append(d)
+    for d in cs.flush():
+        by_channel[d.channel].append(d)
+    out = []
+    for c, pipe in zip(cs.analysed, cs.pipelines, strict=True):
+        out.append(FileResult(
+            path, pipe.windower.samples_in / rate, pipe.windower.speech_samples / rate,
+            by_channel[c.name], clf.labels, cfg.decisions.threshold,
+            clf.card.windows.hop_seconds, channel=c.name, role=c.role, split=not mix,
+            mixed_channels=info.channels if mix else 1, windows_muted=pipe.windows_muted))
+    return out
+
+
+def mixing_note(result: FileResult, audio: AudioSettings) -> tuple[str, str] | None:
+    """``(kind, line)`` when ``result`` was mixed although its file has several channels, or
+    analysed as one line although several are named; the command line says each kind once."""
+    names = audio.channel_names
+    if len(names) > 1 and not result.split:
+        return ("one-channel", f"{result.path} has one channel: analysed as one mixed line "
+                f"'{result.channel}' (role {result.role}), although audio.channels names "
+                f"{', '.join(names)}; such a recording also carries the agent's voice "
+                "(docs/lawful-use.md)")
+    if result.mixed_channels > 1:
+        return ("mixed", f"{result.path} has {result.mixed_channels} channels: mixed to one "
+                f"(channel '{result.channel}', role {result.role}); name them to analyse each "
+                "apart, e.g. --channels agent,customer or audio.channels in the config")
+    return None

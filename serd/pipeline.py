@@ -71,6 +71,7 @@ class Pipeline:
         self.windows_classified = 0
         self.windows_muted = 0
         self._segment_muted = 0
+        self._classified_span: tuple[int, int] | None = None  # this segment's windows
 
     def reset(self) -> None:
         self.windower.reset()
@@ -110,6 +111,9 @@ class Pipeline:
                         # Its LSTM state must not carry the agent's voice into later windows.
                         self.voice.reset()
                     continue
+                span = self._classified_span
+                self._classified_span = (span[0] if span else item.start_sample,
+                                         item.end_sample)
                 t0 = time.perf_counter()
                 probs = self.classifier(item.features)
                 if self.voice is not None and self.classifier.voice is not None:
@@ -124,14 +128,19 @@ class Pipeline:
             elif isinstance(item, SegmentStart):
                 self.decider.reset()
                 self._segment_muted = 0
+                self._classified_span = None
             else:
                 t0 = time.perf_counter()
                 final = self.decider.end()
                 self._times.decisions += time.perf_counter() - t0
+                start, end = item.start_sample, item.end_sample
+                if self._segment_muted and self._classified_span is not None:
+                    # Part of the segment was the agent's: the utterance covers only the
+                    # windows that were classified.
+                    start, end = self._classified_span
                 if final is not None:
-                    out.append(self._decision("utterance", item.segment, item.start_sample,
-                                              item.end_sample, final, None,
-                                              item.windows - self._segment_muted))
+                    out.append(self._decision("utterance", item.segment, start, end, final,
+                                              None, item.windows - self._segment_muted))
         return out
 
     def _decision(
@@ -180,21 +189,24 @@ class ChannelSet:
         self.analysed = [c for c in channels if c.analysed]
         self._agents = [c.index for c in channels if c.mutes_others]
         settings = crosstalk or CrosstalkSettings()
-        self.mute = (Crosstalk(settings, classifier.card.features.sample_rate)
-                     if self._agents and settings.enabled else None)
+        rate = classifier.card.features.sample_rate
+        # One muting stage per analysed channel: double talk is judged on its own level.
+        self.mutes = [Crosstalk(settings, rate) if self._agents and settings.enabled else None
+                      for _ in self.analysed]
         self.pipelines = [Pipeline(classifier, vad=vad, decisions=decisions, channel=c.name,
-                                   mute=self.mute) for c in self.analysed]
+                                   mute=m) for c, m in zip(self.analysed, self.mutes,
+                                                           strict=True)]
         self.width = max((c.index for c in channels), default=0) + 1
         """Channels a block must have (the highest channel index used, plus one)."""
 
     def __call__(self, block: npt.NDArray[np.float32]) -> list[Decision]:
         data = block if block.ndim == 2 else block[:, None]
-        if self.mute is not None:
-            # First, so that the analysed channels' windows ending in this block are judged
-            # with this block's agent speech known.
-            self.mute(data[:, self._agents])
         out: list[Decision] = []
-        for c, pipe in zip(self.analysed, self.pipelines, strict=True):
+        for c, pipe, mute in zip(self.analysed, self.pipelines, self.mutes, strict=True):
+            if mute is not None:
+                # First, so that the windows ending in this block are judged with this
+                # block's agent speech known.
+                mute(data[:, self._agents], data[:, c.index])
             out.extend(pipe(data[:, c.index]))
         return out
 
@@ -202,10 +214,10 @@ class ChannelSet:
         return [d for pipe in self.pipelines for d in pipe.flush()]
 
     def reset(self) -> None:
-        for pipe in self.pipelines:
+        for pipe, mute in zip(self.pipelines, self.mutes, strict=True):
             pipe.reset()
-        if self.mute is not None:
-            self.mute.reset()
+            if mute is not None:
+                mute.reset()
 
     @property
     def windows_muted(self) -> int:
