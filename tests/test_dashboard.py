@@ -28,11 +28,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from fixtures_broker import Broker, free_port, wait_until
 
 from serd import events
 from serd.dashboard import STATIC_DIR
 from serd.dashboard.server import CSP, make_server
+from serd_testkit import Broker, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -41,7 +41,7 @@ CHROMIUM = os.environ.get("SERD_TEST_CHROMIUM") or shutil.which("chromium") or (
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
-ANGRY_RGB = (0xD9, 0x37, 0x2B)  # app.js COLORS.angry
+ANGRY_RGB = (0xD5, 0x5E, 0x00)  # app.js COLORS.angry (Okabe-Ito vermillion)
 
 
 # -- server ---------------------------------------------------------------------------------
@@ -284,14 +284,16 @@ def test_page_shows_events_alerts_and_offline_devices(
               now - 13, now - 3)
     page.wait_for_selector(agent + '[data-alert="active"]', timeout=10_000)
     banner = page.inner_text(agent + " .alert-banner")
-    assert banner.startswith("ALERT sustained_distress (angry)")
+    assert banner.startswith("ALERT since ")
+    assert "sustained_distress (angry): angry or fearful 10.5 s" in banner
     assert page.locator(line("desk-1", "customer")).get_attribute("data-alert") == "none"
-    wait_text(page, "#summary", "1 active alert")
+    wait_text(page, "#alerts", "1 active alert")
+    assert page.inner_text("#alerts .alert-link") == "desk-1 / agent"
 
     # desk-2 vanishes: the broker publishes its Last Will (retained offline).
     pub.status("desk-2", "offline", "connection_lost")
     page.wait_for_selector(line("desk-2") + '[data-availability="offline"]', timeout=10_000)
-    assert "offline (connection lost)" in page.text_content(line("desk-2") + " .availability")
+    assert page.text_content(line("desk-2") + " .availability") == "offline \u00b7 lost"
 
     # The timeline is a plot: the angry windows and the alert are drawn on the canvas.
     page.wait_for_timeout(700)  # one redraw tick
@@ -303,8 +305,10 @@ def test_page_shows_events_alerts_and_offline_devices(
     pub.alert("desk-1", "agent", "cleared: angry or fearful 4.5 s of the last 30 s of speech",
               now - 13, now)
     page.wait_for_selector(agent + '[data-alert="cleared"]', timeout=10_000)
-    assert page.inner_text(agent + " .alert-banner").startswith("last alert: sustained_distress")
-    wait_text(page, "#summary", "no active alerts")
+    assert page.inner_text(agent + " .alert-banner").startswith("last alert ")
+    assert "sustained_distress (angry): angry or fearful 4.5 s" in page.inner_text(
+        agent + " .alert-banner")
+    wait_text(page, "#alerts", "no active alerts")
     assert page.serd_errors == []
     pub.close()
 
@@ -320,8 +324,10 @@ def test_page_reconnects_by_itself(
     page.wait_for_selector('#conn[data-state="connected"]', timeout=15_000)
     assert page.input_value("#broker") == f"ws://127.0.0.1:{ws}"
     broker.stop()
-    page.wait_for_selector('#conn[data-state="reconnecting"], #conn[data-state="error"]',
-                           timeout=15_000)
+    page.wait_for_selector('#conn[data-state="unreachable"]', timeout=15_000)
+    # An unreachable broker says so, not "waiting for devices".
+    assert "Cannot reach the broker at ws://127.0.0.1:" in page.inner_text("#notice")
+    assert "Waiting for devices" not in page.inner_text("body")
     broker.start()
     page.wait_for_selector('#conn[data-state="connected"]', timeout=20_000)
     pub = Pub(broker)
@@ -389,7 +395,7 @@ def test_quick_start_replay_fills_the_dashboard(
         counts = page.eval_on_selector_all(
             sel + " .count b", "els => els.map(e => Number(e.textContent))")
         assert sum(counts) == len(clips)  # one utterance per clip
-        assert "shutdown" in page.text_content(sel + " .availability")
+        assert page.text_content(sel + " .availability") == "offline \u00b7 stopped"
         screenshot(page, "dashboard-replay.png")
         assert page.serd_errors == []
     finally:
@@ -403,3 +409,165 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# -- the wallboard: fifty lines, late joiners, hostile neighbours ----------------------------
+
+DOCS = ROOT / "docs"
+FLOOR_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
+PROBS = {k: round(1 / len(FLOOR_LABELS), 4) for k in FLOOR_LABELS}
+
+
+class Floor:
+    """A simulated call-centre floor: 50 lines (44 one-channel desks, 3 stereo desks),
+    two retired replays, one deaf desk; recent history, then the present."""
+
+    def __init__(self, pub: Pub, now: float) -> None:
+        import random  # noqa: PLC0415
+
+        self.pub = pub
+        self.now = now
+        self.rng = random.Random(22)
+        self.lines: list[tuple[str, str]] = []
+        for i in range(1, 45):
+            self.lines.append((f"desk-{i:02d}", "customer"))
+        for i in range(45, 48):
+            self.lines += [(f"desk-{i:02d}", "left"), (f"desk-{i:02d}", "right")]
+
+    def emit(self, device: str, channel: str, label: str | None, conf: float, start: float,
+             end: float, kind: str = "window", role: str = "customer") -> None:
+        probs = dict(PROBS)
+        if label:
+            probs[label] = conf
+        payload = events.emotion_event(device, events.EmotionResult(
+            kind, channel, start, end, label, conf, probs, "serd-emotion-6"))  # type: ignore[arg-type]
+        payload["role"] = role
+        self.pub.send(device, "emotion", payload)
+
+    def fill(self, minutes: float = 2.0, *,
+             statuses: bool = True) -> dict[tuple[str, str], tuple[str | None, float]]:
+        """History: utterances with a few windows each over the last ``minutes``; the last
+        verdict of each line is returned."""
+        last: dict[tuple[str, str], tuple[str | None, float]] = {}
+        weights = [5, 2, 2, 1, 1, 1]
+        for device, channel in self.lines:
+            role = "customer" if channel == "customer" else "unspecified"
+            if statuses:
+                self.pub.status(device, "online", "connected")
+            t = self.now - minutes * 60 + self.rng.uniform(0, 10)
+            while t < self.now - 4:
+                seconds = self.rng.uniform(2.0, 7.0)
+                label = self.rng.choices(FLOOR_LABELS, weights)[0]
+                conf = round(self.rng.uniform(0.3, 0.95), 2)
+                shown = label if conf >= 0.4 else None
+                w = t
+                while w + 2.0 <= t + seconds:
+                    self.emit(device, channel, shown, conf, w, w + 2.0, role=role)
+                    w += 1.0
+                self.emit(device, channel, shown, conf, t, t + seconds, "utterance", role)
+                last[(device, channel)] = (shown, conf)
+                t += seconds + self.rng.uniform(1.0, 8.0)
+        return last
+
+    def incident(self, device: str, channel: str, since: float, *, role: str = "customer",
+                 label: str = "angry") -> None:
+        """Sustained anger on a line, and the alert it started."""
+        t = since
+        while t + 2.0 <= self.now:
+            self.emit(device, channel, label, 0.86, t, t + 2.0, role=role)
+            t += 1.0
+        alert = events.alert_event(device, events.AlertResult(
+            channel, "sustained_distress", label, since, since + 10.5, 0.84, "serd-emotion-6",
+            f"started: angry or fearful 10.5 s of the last 30 s of speech on {channel}"))
+        alert["role"] = role
+        self.pub.send(device, "alert", alert)
+
+
+def topbar_metrics(page: Any) -> dict[str, float]:
+    return page.evaluate("""() => {
+        const r = e => document.querySelector(e).getBoundingClientRect();
+        return {header: r('.topbar').height, connRight: r('#conn').right,
+                connLeft: r('#conn').left, width: window.innerWidth}; }""")
+
+
+@pytest.mark.broker
+def test_wallboard_fifty_lines_alerts_first_phone_and_desktop(
+    mosquitto_factory: Callable[..., Broker], dashboard_url: Callable[..., str],
+    page_factory: Callable[..., Any],
+) -> None:
+    broker, ws = ws_broker(mosquitto_factory)
+    pub = Pub(broker)
+    now = time.time()
+    floor = Floor(pub, now)
+    floor.fill()
+    floor.incident("desk-07", "customer", now - 40)
+    floor.incident("desk-46", "right", now - 25, role="unspecified", label="fearful")
+    # Replays long gone, and a desk whose microphone is missing.
+    pub.status("desk-01-replay", "offline", "shutdown")
+    pub.status("old-replay", "offline", "shutdown")
+    pub.send("desk-30", "status", {**events.status_event(
+        "desk-30", "degraded", "input_missing", version="0.1.0")}, retain=True)
+    url = dashboard_url() + f"?broker=ws://127.0.0.1:{ws}&prefix=serd&minutes=2"
+    page = page_factory(url)
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    page.wait_for_selector('#conn[data-state="connected"]', timeout=15_000)
+    # Events are not retained: this page saw only the retained statuses. Send the floor's
+    # present again now that it listens (as the devices would, live).
+    floor.fill(minutes=1.5, statuses=False)
+    floor.incident("desk-07", "customer", now - 40)
+    floor.incident("desk-46", "right", now - 25, role="unspecified", label="fearful")
+    page.wait_for_selector(line("desk-07", "customer") + '[data-alert="active"]', timeout=15_000)
+    page.wait_for_function("() => window.serdDashboard.lines.size >= 52", timeout=30_000)
+    page.wait_for_timeout(1500)  # a sort tick
+
+    # Lines in alert first; then by how negative and confident; offline at the end.
+    order = page.eval_on_selector_all(".line:not([hidden])", """els => els
+        .map(e => [Number(getComputedStyle(e).order), e.dataset.device, e.dataset.channel,
+                   e.dataset.alert, e.dataset.availability])
+        .sort((a, b) => a[0] - b[0])""")
+    assert {tuple(o[1:3]) for o in order[:2]} == {("desk-07", "customer"), ("desk-46", "right")}
+    assert all(o[3] == "active" for o in order[:2])
+    assert all(o[4] == "offline" for o in order[-2:])
+    # The alert count names its lines and jumps to them.
+    links = page.locator("#alerts .alert-link")
+    assert links.count() == 2
+    assert "2 active alerts" in page.inner_text("#alerts")
+    assert {links.nth(i).inner_text() for i in range(2)} == {"desk-07 / customer",
+                                                             "desk-46 / right"}
+    # Status and confidence are visible; the deaf desk says so.
+    assert page.text_content(line("desk-30", "customer") + " .availability") == "degraded \u00b7 no mic"
+    widths = page.eval_on_selector_all(".line .confbar i", "els => els.map(e => e.style.width)")
+    assert len({w for w in widths if w}) > 5
+    # Fifty lines on one 1080p screen: every line of the first 50 is within the viewport.
+    bottoms = page.eval_on_selector_all(".line:not([hidden])", """els => els
+        .map(e => [Number(getComputedStyle(e).order), e.getBoundingClientRect().bottom])
+        .sort((a, b) => a[0] - b[0]).slice(0, 50).map(x => x[1])""")
+    assert max(bottoms) <= 1080, max(bottoms)
+    shot = screenshot_viewport(page, "dashboard.png")
+    assert shot.stat().st_size > 30_000
+
+    # A phone: the header stays short, the connection pill on screen, the alert on top.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(1200)
+    m = topbar_metrics(page)
+    assert m["connRight"] <= m["width"] and m["connLeft"] >= 0, m
+    assert m["header"] <= 110, m  # three short rows at most (was seven)
+    first = page.evaluate("""() => [...document.querySelectorAll('.line')]
+        .sort((a, b) => Number(getComputedStyle(a).order) - Number(getComputedStyle(b).order))[0]
+        .getBoundingClientRect().top""")
+    assert first < 300
+    screenshot_viewport(page, "dashboard-phone.png")
+    links.nth(1).click()
+    page.wait_for_timeout(800)
+    target = links.nth(1).inner_text().split(" / ")
+    box = page.locator(line(target[0], target[1])).bounding_box()
+    assert box is not None and 0 <= box["y"] <= 844
+    assert page.serd_errors == []
+    pub.close()
+
+
+def screenshot_viewport(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=False)
+    return path
