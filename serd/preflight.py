@@ -1,9 +1,9 @@
 """``serd --check-config``: everything the daemon checks when it starts, without starting.
 
-:func:`start_checks` builds, from a loaded config and model, each thing the daemon builds
-before its loop and that can refuse the config: the alert rules against the model's labels,
-the device id as a topic level, the MQTT client (TLS files, password file or variable)
-and Home Assistant discovery.  So a config that passes ``--check-config`` starts.
+:func:`start_checks` builds, from a loaded config and model, the daemon itself (channels,
+alert rules against the model's labels, discovery, the device id as a topic level) and the
+MQTT client its publisher starts (TLS files, password file or variable).  So a config that
+passes ``--check-config`` starts.
 
 ``--check-config --probe`` also tries what the daemon only retries: :func:`probe_microphone`
 opens the input device and reads a block, :func:`probe_broker` connects to the broker
@@ -32,28 +32,45 @@ PROBE_MIC_SECONDS = 3.0
 """How long the microphone probe waits for its first block of audio."""
 
 
+class _NoAudio:
+    """An input that is never opened: the checks build the daemon, they do not run it."""
+
+    is_open = False
+    device_name: str | None = None
+    overflows = 0
+    reopens = 0
+
+    def open(self) -> None:
+        raise RuntimeError("preflight never opens the input (see probe_microphone)")
+
+    def read(self, timeout_seconds: float) -> Any:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 def start_checks(cfg: Config, clf: Classifier) -> None:
-    """Raise :class:`ConfigError` (one line) for what would stop the daemon at start."""
-    from serd.alerts import AlertEngine  # noqa: PLC0415
+    """Raise :class:`ConfigError` (one line) for what would stop the daemon at start.
+
+    Builds the daemon itself (channels and roles, pipelines, alert rules against the
+    model's labels, discovery, publisher; none of them does I/O when built), then what its
+    publisher reads when it starts: the TLS files and the password.  Following the daemon's
+    own constructor keeps the two from drifting apart.
+    """
+    from serd.daemon import Daemon  # noqa: PLC0415
     from serd.events import validate_device_id  # noqa: PLC0415
 
-    device = cfg.resolved_device_id
-    try:
-        validate_device_id(device)
+    try:  # the daemon's publisher refuses it with a bare ValueError
+        validate_device_id(cfg.resolved_device_id)
     except ValueError as exc:
-        raise ConfigError(f"device_id {device!r}: {exc}") from None
-    AlertEngine(cfg.alerts, device_id=device, model=clf.name, labels=clf.labels)
+        raise ConfigError(f"device_id {cfg.resolved_device_id!r}: {exc}") from None
+    Daemon(cfg, source=_NoAudio(), classifier=clf)
     if cfg.mqtt.host is not None:
         from serd.mqttclient import create_client  # noqa: PLC0415
 
         # Reads the TLS files and the password as the publisher's start does; connects nowhere.
         create_client(cfg.mqtt, f"serd-check-{os.getpid()}", logger=_LOGGER)
-    if cfg.discovery.enabled:
-        from serd.discovery import Discovery  # noqa: PLC0415
-
-        analysed = tuple(c.name for c in cfg.audio.resolved_channels if c.analysed)
-        Discovery(cfg.discovery, cfg.mqtt, device_id=device, channels=analysed,
-                  labels=clf.labels, model=clf.name)
 
 
 @dataclass(frozen=True)
