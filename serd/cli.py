@@ -37,7 +37,7 @@ EXIT_BAD_INPUT = 2
 # --check-config --probe: the microphone or the broker could not be reached (EX_UNAVAILABLE).
 EXIT_UNAVAILABLE = 69
 # --once --publish: events are still in the replay spool when serd gives up waiting for
-# the broker (EX_TEMPFAIL: the same command later delivers them).
+# the broker (EX_TEMPFAIL, as serd.config.EXIT_TEMPFAIL: the same command later delivers them).
 EXIT_UNDELIVERED = 75
 # --once --publish waits this long by default, after the last file, for the broker's
 # acknowledgements (--wait).
