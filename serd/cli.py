@@ -455,7 +455,8 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
     stats = daemon.publisher.stats()
     left = stats.spool_depth + stats.held_in_memory
     print(f"serd: {'done' if not left else 'stopped'}: {c.audio_seconds:.1f} s of audio, "
-          f"{c.events} emotion events ({c.utterances} utterances), {c.alerts} alert events",
+          f"{c.events} emotion events ({c.utterances} "
+          f"utterance{'' if c.utterances == 1 else 's'}), {c.alerts} alert events",
           file=sys.stderr)
     if left:
         # Not "done": the events are safe in the spool, not at the broker.
