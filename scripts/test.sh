@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
-.venv/bin/ruff check serd train tests bench
-.venv/bin/mypy  # the packages of [tool.mypy] in pyproject.toml: serd, train, bench
+.venv/bin/ruff check serd train tests bench serd_testkit
+.venv/bin/mypy  # the packages of [tool.mypy] in pyproject.toml: serd, train, bench, serd_testkit
 scripts/check-wheel.sh  # the wheel, alone in a new venv, runs with its shipped model
 exec .venv/bin/python -m pytest "$@"

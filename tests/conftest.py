@@ -2,7 +2,9 @@
 
 Fixtures for real components live in their own plugin modules:
 ``fixtures_broker`` (a Mosquitto broker on a free loopback port) and
-``fixtures_audio`` (a PulseAudio null-sink virtual microphone fed by ``paplay``).
+``fixtures_audio`` (a PulseAudio null-sink virtual microphone fed by ``paplay``), both over
+the kit ``serd_testkit`` (shared with the bench).  Helpers a test calls come from the kit
+too (``from serd_testkit import ArraySource, edit_card``), never from this file.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest_plugins = ["fixtures_broker", "fixtures_audio"]
@@ -58,52 +59,6 @@ def model_copy(tmp_path: Path, model_path: Path) -> Path:
     if voice_head_path(model_path).is_file():
         shutil.copy(voice_head_path(model_path), voice_head_path(dst))
     return dst
-
-
-def edit_card(model: Path, **changes: object) -> None:
-    """Change keys of ``model``'s card; ``a__b=1`` sets ``card["a"]["b"] = 1``."""
-    import json  # noqa: PLC0415
-
-    from serd.model import card_path_for  # noqa: PLC0415
-
-    cp = card_path_for(model)
-    data = json.loads(cp.read_text())
-    for dotted, value in changes.items():
-        node = data
-        keys = dotted.split("__")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    cp.write_text(json.dumps(data))
-
-
-class ArraySource:
-    """A stand-in microphone for in-process tests: hands out a prepared array in chunks."""
-
-    def __init__(self, audio: np.ndarray, chunks: list[int]) -> None:
-        self.audio = audio
-        self.chunks = chunks
-        self.pos = 0
-        self.i = 0
-        self.is_open = False
-        self.device_name = "array"
-        self.overflows = 0
-        self.reopens = 0
-
-    def open(self) -> None:
-        self.is_open = True
-
-    def close(self) -> None:
-        self.is_open = False
-
-    def read(self, timeout_seconds: float) -> np.ndarray | None:
-        if self.pos >= self.audio.size:
-            return None
-        n = self.chunks[self.i % len(self.chunks)]
-        self.i += 1
-        block = self.audio[self.pos : self.pos + n]
-        self.pos += n
-        return block[:, None]
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from typing import Any, Literal, Union
 import numpy as np
 import pytest
 import yaml
-from conftest import ArraySource, edit_card
 
 from serd import cli
 from serd.capture import Capture
@@ -43,6 +42,7 @@ from serd.decode import load
 from serd.model import Classifier, card_path_for, sha256_of
 from serd.publisher import StdoutPublisher
 from serd.validate import ConfigError
+from serd_testkit import ArraySource, edit_card
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "serd.service"

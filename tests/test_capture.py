@@ -17,7 +17,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile as sf
-from fixtures_audio import VirtualMic
 
 from serd.capture import (
     AudioSettings,
@@ -28,6 +27,7 @@ from serd.capture import (
     resolve_device,
 )
 from serd.validate import ConfigError, build
+from serd_testkit import VirtualMic
 
 RATE = 16000
 SILENCE_RMS = 1e-3  # a null sink's monitor is digital silence: exactly zero

@@ -21,13 +21,13 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
-from conftest import ArraySource
 
 from serd.config import Config, parse
 from serd.daemon import Daemon
 from serd.decisions import Decision
 from serd.decode import load
 from serd.publisher import StdoutPublisher
+from serd_testkit import ArraySource
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "serd" / "schema" / "event.schema.json").read_text()

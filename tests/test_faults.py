@@ -37,7 +37,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from fixtures_broker import Broker, Message, Subscriber, wait_until
 from tcp_proxy import TcpProxy
 
 from serd.config import Config, parse
@@ -45,6 +44,7 @@ from serd.daemon import Daemon
 from serd.model import Classifier
 from serd.replay import ReplaySource
 from serd.spool import SPOOL_FILENAME
+from serd_testkit import Broker, Message, Subscriber, wait_until
 
 DEVICE = "fault-desk"
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}

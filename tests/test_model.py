@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import edit_card
 
 from serd.features import FeatureParams
 from serd.model import (
@@ -19,6 +18,7 @@ from serd.model import (
     check_card,
     load_classifier,
 )
+from serd_testkit import edit_card
 
 
 def test_shipped_model_loads_and_classifies(classifier: Classifier) -> None:

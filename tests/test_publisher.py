@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_broker import Broker, Message, Subscriber, free_port, wait_until
 
 import serd
 from serd import events
@@ -33,6 +32,7 @@ from serd.publisher import (
     make_publisher,
 )
 from serd.validate import ConfigError, build
+from serd_testkit import Broker, Message, Subscriber, free_port, wait_until
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -39,13 +39,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from fixtures_broker import Broker, wait_until
 from test_faults import InProcess, Speech
 
 from serd.config import Config, parse
 from serd.model import Classifier
 from serd.spool import Spool
 from serd.validate import ConfigError
+from serd_testkit import Broker, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SERD = ROOT / "serd"

@@ -14,7 +14,6 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
-from fixtures_broker import Broker, Message, Subscriber, wait_until
 
 from serd.config import parse
 from serd.daemon import Daemon
@@ -22,6 +21,7 @@ from serd.events import AlertResult as AlertIn
 from serd.events import EmotionResult, alert_event, emotion_event, status_event
 from serd.replay import ReplaySource
 from serd.state import Availability, AvailabilitySettings, LiveState
+from serd_testkit import Broker, Message, Subscriber, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_SCHEMA = json.loads((ROOT / "serd" / "schema" / "state.schema.json").read_text())
