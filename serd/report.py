@@ -102,18 +102,24 @@ class RunTotals:
     """The closing summary of a ``serd --once`` run."""
 
     files: int = 0
-    """Files analysed (readable)."""
+    """Files analysed (readable); a file analysed channel by channel counts once."""
     unreadable: int = 0
     no_speech: int = 0
-    """Readable files in which the gate found no speech."""
+    """Results (files, or channels of a file analysed channel by channel) in which the
+    gate found no speech."""
     audio_s: float = 0.0
     speech_s: float = 0.0
     verdicts: dict[str, int] = field(default_factory=dict)
-    """File verdicts per label, :data:`UNSURE` included, files without speech not."""
+    """Verdicts (per file, or per channel) per label, :data:`UNSURE` included, results
+    without speech not."""
+    _last_path: str | None = field(default=None, repr=False)
 
     def add(self, result: FileResult) -> None:
-        self.files += 1
-        self.audio_s += result.duration_s
+        # The channels of one file come one after another and share its duration.
+        if str(result.path) != self._last_path:
+            self._last_path = str(result.path)
+            self.files += 1
+            self.audio_s += result.duration_s
         self.speech_s += result.speech_s
         name = verdict_name(result)
         if name == NO_SPEECH:

@@ -398,3 +398,20 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, data_dir: Path,
     # Not a terminal: no bar at all.
     r = serd("--model", str(model_path), "-q", "--once", str(folder), "--json")
     assert "\r" not in r.stderr and "files" not in r.stderr
+
+
+def test_totals_count_a_file_analysed_per_channel_once() -> None:
+    from serd.report import RunTotals  # noqa: PLC0415
+
+    win = Decision("window", "customer", 0, 0.0, 2.0, "angry", 0.9, raw_probs=(0.1, 0.9))
+    t = RunTotals()
+    t.add(FileResult(Path("call.wav"), 60.0, 20.0, [win], ("neutral", "angry"), 0.3, 0.5,
+                     channel="customer"))
+    t.add(FileResult(Path("call.wav"), 60.0, 0.0, [], ("neutral", "angry"), 0.3, 0.5,
+                     channel="other"))
+    t.add(FileResult(Path("b.wav"), 3.0, 0.0, [], ("neutral", "angry"), 0.3, 0.5))
+    t.unreadable = 1
+    assert t.record() == {"type": "total", "files": 2, "unreadable": 1, "no_speech": 2,
+                          "audio_s": 63.0, "speech_s": 20.0, "verdicts": {"angry": 1}}
+    assert t.text().startswith("total: 2 files, 20.0 s of speech in 1:03 of audio; "
+                               "verdicts: angry 1; no speech found: 2; unreadable: 1")
