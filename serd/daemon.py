@@ -142,6 +142,7 @@ class Daemon:
         self.discovery = Discovery(
             cfg.discovery, cfg.mqtt, device_id=self.device_id, channels=self.channels,
             labels=self.classifier.labels, model=self.classifier.name,
+            rules=[r.name for r in cfg.alerts.rules] if cfg.alerts.enabled else (),
         ) if cfg.discovery.enabled else None
         # Retained current state and degraded/online status for late joiners (serd.state).
         self.live = LiveState(self.device_id, self.classifier.name, self.channels)

@@ -3,7 +3,9 @@ Home Assistant does), and announcing on a real broker (retained, again on HA's b
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -14,9 +16,19 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from serd.discovery import UNSURE, Discovery, DiscoverySettings, configs, object_id
+from serd.discovery import (
+    UNSURE,
+    Discovery,
+    DiscoverySettings,
+    config_filter,
+    configs,
+    forget_payloads,
+    node_id,
+    object_id,
+)
 from serd.publisher import MqttSettings
 from serd.validate import ConfigError
+from serd_testkit.broker import wait_until
 
 LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
 
@@ -37,37 +49,73 @@ def emotion(channel: str, type_: str = "utterance", label: str | None = "angry")
         "probs": {"angry": 0.81, "neutral": 0.19}, "model": "crema-cnn-v1"})
 
 
+NODE = node_id("pi-desk.7")
+
+
 def test_each_channel_is_an_event_and_a_sensor_bound_to_status() -> None:
     cfgs = make_configs()
-    node = "serd_pi-desk_7"  # '.' is not allowed in discovery ids
+    assert NODE.startswith("serd_pi-desk_7_")  # '.' is not allowed in discovery ids
     assert sorted(cfgs) == sorted([
-        f"homeassistant/event/{node}/agent_emotion_event/config",
-        f"homeassistant/sensor/{node}/agent_emotion/config",
-        f"homeassistant/event/{node}/customer_emotion_event/config",
-        f"homeassistant/sensor/{node}/customer_emotion/config",
+        f"homeassistant/event/{NODE}/agent_emotion_event/config",
+        f"homeassistant/sensor/{NODE}/agent_emotion/config",
+        f"homeassistant/event/{NODE}/customer_emotion_event/config",
+        f"homeassistant/sensor/{NODE}/customer_emotion/config",
+        f"homeassistant/binary_sensor/{NODE}/device_problem/config",
+        f"homeassistant/binary_sensor/{NODE}/device_input/config",
+        f"homeassistant/sensor/{NODE}/device_spool_backlog/config",
+        f"homeassistant/sensor/{NODE}/device_dropped_events/config",
     ])
     ids = [c["unique_id"] for c in cfgs.values()]
-    assert len(set(ids)) == 4
+    assert len(set(ids)) == len(ids)
     for c in cfgs.values():
         json.dumps(c)  # publishable
-        assert c["state_topic"] == "serd/pi-desk.7/emotion"
-        assert c["availability"] == [{
-            "topic": "serd/pi-desk.7/status", "value_template": "{{ value_json.state }}",
-            "payload_available": "online", "payload_not_available": "offline"}]
-        assert c["device"]["identifiers"] == [node]
+        assert c["availability"][0]["topic"] == "serd/pi-desk.7/status"
+        assert c["device"]["identifiers"] == [NODE]
         assert c["device"]["model"] == "crema-cnn-v1"
         assert c["qos"] == 1
-    event = cfgs[f"homeassistant/event/{node}/agent_emotion_event/config"]
+    event = cfgs[f"homeassistant/event/{NODE}/agent_emotion_event/config"]
     assert event["event_types"] == list(LABELS)
     assert event["name"] == "agent emotion event"
+    assert event["state_topic"] == "serd/pi-desk.7/emotion"
+    sensor = cfgs[f"homeassistant/sensor/{NODE}/agent_emotion/config"]
+    assert sensor["device_class"] == "enum"
+    assert sensor["options"] == [*LABELS, UNSURE]
 
 
-def test_prefixes_and_odd_channel_names() -> None:
-    cfgs = configs(DiscoverySettings(enabled=True, prefix="ha/disc"), topic_prefix="acme/site1",
-                   device_id="d1", channels=("left mic/1",), labels=LABELS, model="m")
-    assert all(t.startswith("ha/disc/") and "/serd_d1/left_mic_1_" in t for t in cfgs)
-    assert all(c["state_topic"] == "acme/site1/d1/emotion" for c in cfgs.values())
-    assert object_id("a.b c/d") == "a_b_c_d"
+def test_availability_online_while_degraded() -> None:
+    avail = make_configs()[f"homeassistant/sensor/{NODE}/agent_emotion/config"][
+        "availability"][0]
+    for state, shown in (("online", "online"), ("degraded", "online"),
+                         ("offline", "offline"), ("bogus", "offline")):
+        assert render(avail["value_template"], json.dumps({"state": state})) == shown
+
+
+def test_ids_are_injective() -> None:
+    names = ("a b", "a_b", "a.b", "a/b", "a-b", "ab", "a__b", "_", "", "é")
+    ids = [object_id(n) for n in names]
+    assert len(set(ids)) == len(ids)
+    assert object_id("agent") == "agent"
+    assert object_id("left-1") == "left-1"
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
+    cfgs = configs(DiscoverySettings(enabled=True), topic_prefix="serd", device_id="d1",
+                   channels=("a b", "a_b"), labels=LABELS, model="m",
+                   rules=("x y", "x_y"))
+    assert len(cfgs) == 2 * (2 + 2) + 4  # nothing overwrote anything
+    assert len({c["unique_id"] for c in cfgs.values()}) == len(cfgs)
+    assert {c["name"] for c in cfgs.values() if "emotion" in c["name"]} == {
+        "a b emotion", "a b emotion event", "a_b emotion", "a_b emotion event"}
+
+
+def test_forget_payloads_clear_every_config() -> None:
+    cfgs = make_configs(rules=("sustained_distress",))
+    forget = forget_payloads("homeassistant", "pi-desk.7", ("agent", "customer"),
+                             ("sustained_distress",))
+    assert set(forget) == set(cfgs)
+    assert set(forget.values()) == {b""}
+    flt = config_filter("homeassistant", "pi-desk.7")
+    assert flt == f"homeassistant/+/{NODE}/+/config"
+    assert all(mqtt.topic_matches_sub(flt, t) for t in cfgs)
+    assert not mqtt.topic_matches_sub(flt, config_filter("homeassistant", "pi-desk_7"))
 
 
 @pytest.mark.parametrize("prefix", ["", "/ha", "ha/#", "ha//x", "$SYS"])
@@ -95,9 +143,12 @@ def render(template: str, payload: str, this: _This | None = None) -> str:
     )
 
 
+def _entity(cfgs: dict[str, dict[str, Any]], suffix: str) -> dict[str, Any]:
+    return next(c for c in cfgs.values() if c["unique_id"].endswith(suffix))
+
+
 def test_event_template_fires_only_for_its_channel_utterances_with_a_label() -> None:
-    cfgs = make_configs()
-    t = next(c for c in cfgs.values() if c["unique_id"].endswith("agent_emotion_event"))
+    t = _entity(make_configs(), "agent_emotion_event")
     ev = json.loads(render(t["value_template"], emotion("agent")))
     assert ev == {"event_type": "angry", "confidence": 0.81, "start": "2024-05-01T12:00:00.000Z",
                   "end": "2024-05-01T12:00:01.750Z", "seq": 9}
@@ -108,18 +159,66 @@ def test_event_template_fires_only_for_its_channel_utterances_with_a_label() -> 
     assert render(t["value_template"], emotion("agent", label=None)).strip() == ""
 
 
-def test_sensor_template_shows_its_channel_and_keeps_state_for_others() -> None:
-    cfgs = make_configs()
-    s = next(c for c in cfgs.values() if c["unique_id"].endswith("customer_emotion"))
-    assert render(s["value_template"], emotion("customer", "window", "sad")) == "sad"
-    assert render(s["value_template"], emotion("customer", "window", None)) == UNSURE
-    keep = _This("happy", {"confidence": 0.5})
-    assert render(s["value_template"], emotion("agent", "window", "angry"), keep) == "happy"
+def test_enum_sensor_changes_only_on_an_utterance() -> None:
+    s = _entity(make_configs(), "customer_emotion")
+    assert render(s["value_template"], emotion("customer", "utterance", "sad")) == "sad"
+    assert render(s["value_template"], emotion("customer", "utterance", None)) == UNSURE
+    keep = _This("happy", {"confidence": 0.5, "start": "s", "end": "e"})
+    # Windows (every half second) and other channels keep state and attributes.
+    for other in (emotion("customer", "window", "angry"), emotion("agent", "utterance")):
+        assert render(s["value_template"], other, keep) == "happy"
+        assert json.loads(render(s["json_attributes_template"], other, keep)) == \
+            keep.attributes
     attrs = json.loads(render(s["json_attributes_template"], emotion("customer")))
-    assert attrs["confidence"] == 0.81
-    assert attrs["probs"] == {"angry": 0.81, "neutral": 0.19}
-    assert json.loads(render(s["json_attributes_template"], emotion("agent"), keep)) == {
-        "confidence": 0.5}
+    assert attrs == {"confidence": 0.81, "start": "2024-05-01T12:00:00.000Z",
+                     "end": "2024-05-01T12:00:01.750Z"}  # no probs, nothing per window
+    # A label the model does not have is not an option: shown as unsure.
+    assert render(s["value_template"], emotion("customer", "utterance", "x" * 300)) == UNSURE
+
+
+def state(*alerts: tuple[str, str]) -> str:
+    return json.dumps({
+        "schema": 1, "type": "state", "device_id": "pi-desk.7", "ts": "2024-05-01T12:00:02.000Z",
+        "model": "m", "channels": [],
+        "alerts": [{"channel": c, "rule": r, "label": "angry", "since": "x", "confidence": 0.9,
+                    "message": None} for c, r in alerts]})
+
+
+def test_binary_sensor_per_alert_rule_follows_the_retained_state() -> None:
+    cfgs = make_configs(rules=("sustained_distress", "shouting"))
+    b = _entity(cfgs, f"agent_alert_{object_id('sustained_distress')}")
+    assert b["state_topic"] == "serd/pi-desk.7/state"
+    assert b["device_class"] == "problem"
+    assert b["name"] == "agent sustained_distress"
+    t = b["value_template"]
+    assert render(t, state()) == "OFF"
+    assert render(t, state(("agent", "sustained_distress"))) == "ON"
+    assert render(t, state(("customer", "sustained_distress"), ("agent", "shouting"))) == "OFF"
+
+
+def test_diagnostic_entities() -> None:
+    cfgs = make_configs()
+    problem = _entity(cfgs, "device_problem")
+    assert problem["entity_category"] == "diagnostic"
+    degraded = json.dumps({"state": "degraded", "reason": "input_missing"})
+    assert render(problem["value_template"], degraded) == "ON"
+    assert render(problem["value_template"], json.dumps({"state": "online"})) == "OFF"
+    assert json.loads(render(problem["json_attributes_template"], degraded)) == {
+        "reason": "input_missing"}
+    health = json.dumps({"input_open": False, "publisher": {"spool_depth": 12, "dropped": 3}})
+    assert render(_entity(cfgs, "device_input")["value_template"], health) == "OFF"
+    assert render(_entity(cfgs, "device_input")["value_template"],
+                  json.dumps({"input_open": True})) == "ON"
+    backlog = _entity(cfgs, "device_spool_backlog")
+    assert render(backlog["value_template"], health) == "12"
+    assert render(_entity(cfgs, "device_dropped_events")["value_template"], health) == "3"
+    # A health payload without the figure keeps the last one.
+    assert render(backlog["value_template"], json.dumps({"publisher": "x"}),
+                  _This("7", {})) == "7"
+    for key in ("device_problem", "device_input", "device_spool_backlog",
+                "device_dropped_events"):
+        assert _entity(cfgs, key)["entity_category"] == "diagnostic"
+    assert "entity_category" not in _entity(cfgs, "agent_emotion")
 
 
 def test_needs_a_broker() -> None:
@@ -141,36 +240,101 @@ def _configs_in(msgs: list[Any]) -> list[Any]:
             m.topic.endswith("/config")]
 
 
+def _ha(broker: Any, protocol: Any = mqtt.MQTTv311) -> mqtt.Client:
+    """A client playing Home Assistant (publishes its birth messages)."""
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                         protocol=protocol)
+    client.max_inflight_messages_set(1000)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
 @pytest.mark.broker
 def test_announces_retained_and_again_on_home_assistant_birth(
     mosquitto: Any, subscriber: Any
 ) -> None:
     disc = Discovery(DiscoverySettings(enabled=True), _settings(mosquitto), device_id="desk-3",
-                     channels=("agent", "customer"), labels=LABELS, model="m")
+                     channels=("agent", "customer"), labels=LABELS, model="m",
+                     reannounce_min_seconds=0.5)
+    n = len(disc.configs)
     sub = subscriber(mosquitto, "homeassistant/#", persistent=False)
     disc.start()
     try:
-        msgs = sub.wait_for(lambda ms: len(_configs_in(ms)) >= 4)
+        msgs = sub.wait_for(lambda ms: len(_configs_in(ms)) >= n)
         assert {m.topic for m in _configs_in(msgs)} == set(disc.configs)
         for m in _configs_in(msgs):
             assert m.json() == disc.configs[m.topic]
         # Home Assistant (re)starts: it publishes its birth message; we announce again.
-        client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
-        client.connect(mosquitto.host, mosquitto.port)
-        client.loop_start()
+        client = _ha(mosquitto)
         client.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
-        sub.wait_for(lambda ms: len(_configs_in(ms)) >= 8)
-        assert disc.announcements >= 2
+        sub.wait_for(lambda ms: len(_configs_in(ms)) >= 2 * n)
+        assert disc.announcements == 2
         client.publish("homeassistant/status", "offline", qos=1).wait_for_publish(5)
-        time.sleep(0.3)
-        assert len(_configs_in(sub.snapshot())) == 8  # offline is not a reason to announce
+        time.sleep(1.0)
+        assert len(_configs_in(sub.snapshot())) == 2 * n  # offline is no reason to announce
         client.disconnect()
         client.loop_stop()
     finally:
         disc.stop()
     # Retained: Home Assistant finds them whenever it connects.
     late = subscriber(mosquitto, "homeassistant/#", persistent=False)
-    late.wait_for(lambda ms: len(_configs_in(ms)) == 4 and all(m.retain for m in ms))
+    late.wait_for(lambda ms: len(_configs_in(ms)) == n and all(m.retain for m in ms))
+
+
+@pytest.mark.broker
+def test_birth_flood_is_coalesced(mosquitto: Any, subscriber: Any) -> None:
+    """Issue 24 finding 9: 5,000 births made 5,000 announces (20,004 retained configs)."""
+    disc = Discovery(DiscoverySettings(enabled=True), _settings(mosquitto), device_id="desk-4",
+                     channels=("main",), labels=LABELS, model="m", reannounce_min_seconds=1.0)
+    n = len(disc.configs)
+    sub = subscriber(mosquitto, "homeassistant/+/+/+/config", persistent=False)
+    disc.start()
+    client = _ha(mosquitto)
+    try:
+        sub.wait_for(lambda ms: len(ms) >= n)
+        t0 = time.monotonic()
+        infos = [client.publish("homeassistant/status", "online", qos=1) for _ in range(5000)]
+        for info in infos:
+            info.wait_for_publish(30)
+        assert wait_until(lambda: disc.births == 5000, 30), disc.births
+        flood_seconds = time.monotonic() - t0
+        time.sleep(1.5)  # the one coalesced announce after the flood
+        announces = disc.announcements
+        assert 2 <= announces <= 2 + flood_seconds / 1.0 + 1, (announces, flood_seconds)
+        assert len(sub.snapshot()) == announces * n
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        disc.stop()
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_huge_birth_payload_is_never_handled(
+    mosquitto: Any, protocol: Any
+) -> None:
+    from serd.mqttclient import MAX_PACKET_BYTES  # noqa: PLC0415
+
+    settings = dataclasses.replace(_settings(mosquitto), protocol=protocol)
+    disc = Discovery(DiscoverySettings(enabled=True), settings, device_id="desk-5",
+                     channels=("main",), labels=LABELS, model="m")
+    client = _ha(mosquitto, mqtt.MQTTv5)
+    client.publish("homeassistant/status", b"online" + b" " * (MAX_PACKET_BYTES + 1),
+                   qos=1, retain=True).wait_for_publish(10)
+    disc.start()
+    try:
+        assert wait_until(lambda: disc.announcements == 1, 10)
+        time.sleep(1.0)
+        # MQTT 5: the broker never sends it (Maximum Packet Size); 3.1.1: read and ignored.
+        assert disc.ignored == (1 if protocol == "3.1.1" else 0)
+        assert disc.births == 0
+        assert disc.announcements == 1
+    finally:
+        client.publish("homeassistant/status", b"", qos=1, retain=True).wait_for_publish(5)
+        client.disconnect()
+        client.loop_stop()
+        disc.stop()
 
 
 @pytest.mark.broker
@@ -189,9 +353,10 @@ def test_daemon_announces_when_enabled(
         capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     sub = subscriber(mosquitto, "homeassistant/#", persistent=False)
-    msgs = sub.wait_for(lambda ms: len(_configs_in(ms)) >= 2)
+    msgs = sub.wait_for(lambda ms: len(_configs_in(ms)) >= 6)
     topics = {m.topic for m in _configs_in(msgs)}
-    assert topics == {"homeassistant/event/serd_desk-9/main_emotion_event/config",
-                      "homeassistant/sensor/serd_desk-9/main_emotion/config"}
+    assert {"homeassistant/event/serd_desk-9/main_emotion_event/config",
+            "homeassistant/sensor/serd_desk-9/main_emotion/config",
+            "homeassistant/binary_sensor/serd_desk-9/device_problem/config"} <= topics
     event = next(m.json() for m in msgs if "/event/" in m.topic)
     assert set(event["event_types"]) == set(LABELS)
