@@ -532,7 +532,9 @@ def test_nothing_audio_sized_reaches_the_broker_the_spool_or_the_log(
 AUDIO_MODULES = {"capture", "decode", "replay", "pipeline", "features", "normalise", "gate",
                  "windows", "model", "voice", "decisions"}
 # They orchestrate the path (blocks pass through them) but send and store nothing raw.
-ORCHESTRATORS = {"daemon", "cli", "once"}
+# preflight (--check-config --probe) reads one block from the microphone and drops it;
+# devices (serd devices) lists the input devices.
+ORCHESTRATORS = {"daemon", "cli", "once", "preflight", "devices"}
 ARRAY_LIBS = {"numpy", "soundfile", "sounddevice", "soxr", "wave", "scipy", "librosa"}
 WRITERS = {"tobytes", "tofile", "save", "savez", "savez_compressed", "savetxt", "write"}
 
