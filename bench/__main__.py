@@ -6,7 +6,8 @@ average recorded.  See bench/README.md and docs/performance.md.
 
     .venv/bin/python -m bench                       # everything, shipped model (~8 min)
     .venv/bin/python -m bench --quick               # shorter runs (~2-3 min)
-    .venv/bin/python -m bench --model /tmp/devmodel/dev.tflite --only stream,model
+    .venv/bin/python -m bench --model my-models/serd-emotion-6.tflite --only stream,model
+    SERD_CORPORA=../shared/corpora .venv/bin/python -m bench   # speech from CREMA-D there
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=None,
                    help="the .tflite to measure (its card beside it); default: the shipped "
-                        "model models/serd-emotion-6.tflite")
+                        "model serd-emotion-6.tflite of the serd installed")
     p.add_argument("--quick", action="store_true",
                    help="shorter audio, fewer repeats, 15 s daemon phases, 20 s fleet")
     p.add_argument("--smoke", action="store_true",
@@ -61,8 +62,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip", default="", help="comma-separated sections to leave out")
     p.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 5)")
     p.add_argument("--corpus", type=Path, default=None,
-                   help="folder of speech clips (default /work/shared/corpora/cremad, "
-                        "else tests/data)")
+                   help="folder of speech clips (default $SERD_CORPORA/cremad or "
+                        "/ravdess, else the clips in tests/data)")
     p.add_argument("--mic-seconds", type=float, default=None,
                    help="length of each daemon phase (default 60, quick 15)")
     p.add_argument("--fleet-devices", type=int, default=100)
@@ -273,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     model = (args.model or default_model()).resolve()
     if not model.is_file():
-        print(f"bench: model {model} does not exist (the shipped model is still being "
-              "trained?); pass --model /tmp/devmodel/dev.tflite", file=sys.stderr)
+        print(f"bench: model {model} does not exist; pass --model FILE (a .tflite with its "
+              "card beside it)", file=sys.stderr)
         return 2
     chosen = [s for s in (args.only.split(",") if args.only else SECTIONS) if s]
     unknown = [s for s in chosen + args.skip.split(",") if s and s not in SECTIONS]
@@ -304,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         "threads": "interpreter num_threads=1; BLAS/OpenMP pinned to 1 thread in-process",
     }
     log(f"model {model}; sections {','.join(chosen)}; mode {mode}")
-    clips = signals.find_clips(args.corpus, clip_count)
+    try:
+        clips = signals.find_clips(args.corpus, clip_count)
+    except FileNotFoundError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     audio = [signals.load_clip(c) for c in clips]
     speech = signals.continuous_speech(audio, seconds[0])
     silence = signals.room_noise(seconds[1])

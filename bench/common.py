@@ -18,18 +18,31 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serd_testkit import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DEV_MODEL = Path("/tmp/devmodel/dev.tflite")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def default_model() -> Path:
-    """The shipped model (what ``serd`` runs when model.path is null)."""
-    return ROOT / "models" / "serd-emotion-6.tflite"
+    """The shipped model (what ``serd`` runs when model.path is null), where serd is installed."""
+    from serd.model import DEFAULT_MODEL  # noqa: PLC0415  (numpy: after the thread pinning)
+
+    return DEFAULT_MODEL
+
+
+def bench_broker(workdir: Path) -> Broker:
+    """The bench's private Mosquitto (the kit's, not started yet): nothing kept across
+    restarts, room for a fleet's backlog and in-flight messages."""
+    from serd_testkit import Broker  # noqa: PLC0415
+
+    return Broker(workdir, persistence=False, max_queued_messages=1_000_000,
+                  extra_config="max_inflight_messages 100")
 
 
 # -- statistics ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import yaml
 
 from bench.common import (
     RESULTS,
+    bench_broker,
     log,
     median,
     percentile,
@@ -39,8 +40,8 @@ from bench.common import (
     proc_status_kb,
     user_env,
 )
-from bench.infra import Broker, Subscriber, VirtualMic
 from bench.signals import write_wav
+from serd_testkit import Subscriber, VirtualMic
 
 SETTLE_S = 3.0  # after "ready", before anything is measured
 WARMUP_S = 2.0  # after playback starts, before the phase is measured
@@ -49,8 +50,8 @@ WARMUP_S = 2.0  # after playback starts, before the phase is measured
 def latency_stats(events: list[Any], kind: str) -> dict[str, Any]:
     from serd.events import parse_iso_utc  # noqa: PLC0415
 
-    lat = [(m.recv_epoch - parse_iso_utc(m.payload["end"])) * 1000
-           for m in events if m.payload.get("type") == kind]
+    lat = [(m.received_epoch - parse_iso_utc(m.fields["end"])) * 1000
+           for m in events if m.fields.get("type") == kind]
     return {
         "n": len(lat),
         "p50_ms": percentile(lat, 50),
@@ -73,7 +74,7 @@ def _thread_cpu(pid: int) -> dict[int, float]:
 
 def _phase(pid: int, mic: VirtualMic, wav: Path, seconds: float, *, sub: Subscriber,
            device: str) -> dict[str, Any]:
-    mic.play(wav)
+    mic.play(wav, wait=False)
     time.sleep(WARMUP_S)
     sub.clear()
     rss: list[int] = []
@@ -86,9 +87,9 @@ def _phase(pid: int, mic: VirtualMic, wav: Path, seconds: float, *, sub: Subscri
     threads1 = _thread_cpu(pid)
     time.sleep(1.0)  # events of the last windows are in flight
     msgs = sub.snapshot()
-    mic.stop_players()
+    mic.stop()
     events = [m for m in msgs if m.topic == f"serd/{device}/emotion"]
-    health = [m.payload for m in msgs if m.topic == f"serd/{device}/health"]
+    health = [m.fields for m in msgs if m.topic == f"serd/{device}/health"]
     per_thread = sorted(
         (100.0 * (v - threads0.get(tid, 0.0)) / (t1 - t0) for tid, v in threads1.items()
          if tid != pid), reverse=True)
@@ -119,7 +120,7 @@ def run(model: Path, speech: np.ndarray, silence: np.ndarray, seconds: float) ->
     reps = -(-total // max(silence.size, 1))
     silence_wav = write_wav(work / "room.wav", np.tile(silence, reps)[:total])
     device = "bench-mic"
-    with VirtualMic() as mic, Broker(work / "broker") as broker:
+    with VirtualMic() as mic, bench_broker(work / "broker") as broker:
         config = work / "config.yaml"
         config.write_text(yaml.safe_dump({
             "device_id": device,
@@ -128,7 +129,7 @@ def run(model: Path, speech: np.ndarray, silence: np.ndarray, seconds: float) ->
             "model": {"path": str(model)},
             "mqtt": {"host": broker.host, "port": broker.port},
         }))
-        sub = Subscriber(broker, f"serd/{device}/#").connect()
+        sub = Subscriber(broker, f"serd/{device}/#", persistent=False).connect()
         log_path = work / "daemon.log"
         env = {**user_env(), **mic.settings, "PYTHONUNBUFFERED": "1"}
         with log_path.open("wb") as log_file:

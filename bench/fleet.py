@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, log, median, percentile, proc_cpu_seconds
-from bench.infra import Broker, Subscriber
+from bench.common import RESULTS, bench_broker, log, median, percentile, proc_cpu_seconds
 from bench.signals import RATE, write_wav
+from serd_testkit import Subscriber
 
 VARIANTS = 10
 
@@ -124,8 +124,8 @@ def run(model: Path, mixed: np.ndarray, devices: int, procs: int, seconds: float
     rng = np.random.default_rng(1)
     delays = rng.uniform(0, 1.0, devices).tolist()
     procs = max(1, min(procs, devices))
-    with Broker(work / "broker") as broker:
-        sub = Subscriber(broker, "serd/+/emotion").connect()
+    with bench_broker(work / "broker") as broker:
+        sub = Subscriber(broker, "serd/+/emotion", persistent=False).connect()
         broker_cpu0 = proc_cpu_seconds(broker.proc.pid) if broker.proc else 0.0
         workers = []
         t0 = time.monotonic()
@@ -166,7 +166,7 @@ def run(model: Path, mixed: np.ndarray, devices: int, procs: int, seconds: float
         expected = sum(r["events"] for r in counted.values())
 
         def unique_count() -> int:
-            return len({(m.payload.get("device_id"), m.payload.get("seq"))
+            return len({(m.fields.get("device_id"), m.fields.get("seq"))
                         for m in sub.snapshot()})
 
         deadline = time.monotonic() + 30
@@ -177,9 +177,9 @@ def run(model: Path, mixed: np.ndarray, devices: int, procs: int, seconds: float
     seqs: dict[str, list[int]] = defaultdict(list)
     latency: list[float] = []
     for m in msgs:
-        seqs[m.payload["device_id"]].append(int(m.payload["seq"]))
-        if m.payload.get("type") == "window":
-            latency.append((m.recv_epoch - parse_iso_utc(m.payload["end"])) * 1000)
+        seqs[m.fields["device_id"]].append(int(m.fields["seq"]))
+        if m.fields.get("type") == "window":
+            latency.append((m.received_epoch - parse_iso_utc(m.fields["end"])) * 1000)
     complete, incomplete = 0, []
     duplicates = 0
     for dev in ids:
@@ -201,7 +201,7 @@ def run(model: Path, mixed: np.ndarray, devices: int, procs: int, seconds: float
         "audio_s_per_device": seconds,
         "wall_s": wall,
         "events_counted": expected,
-        "events_received_unique": len({(m.payload.get("device_id"), m.payload.get("seq"))
+        "events_received_unique": len({(m.fields.get("device_id"), m.fields.get("seq"))
                                        for m in msgs}),
         "duplicates": duplicates,
         "devices_complete": complete,

@@ -1,7 +1,9 @@
 """The bench's audio: continuous speech, room noise, a call-like mix, a 3-second clip.
 
-Speech comes from real recordings: CREMA-D (or RAVDESS) in ``/work/shared/corpora`` when
-it is there, read in place, else the committed fixtures in ``tests/data``.  Clips are
+Speech comes from real recordings, read in place: ``--corpus DIR``, else CREMA-D (or RAVDESS)
+under ``$SERD_CORPORA`` (the folder holding ``cremad/`` and ``ravdess/``), else the nine
+committed fixtures in ``tests/data`` (said in the log: such figures do not compare with
+docs/performance.md).  Clips are
 picked deterministically (evenly over the sorted file list), so every run sees the same
 audio.  Room noise is synthetic and seeded: pink noise at about -58 dBFS with a little
 mains hum, i.e. a quiet office picked up by a cheap microphone (below the gate's -50 dBFS
@@ -20,6 +22,7 @@ parts that need files (``serd --once``, paplay into the virtual microphone, repl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,30 +30,43 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 
-from bench.common import ROOT
+from bench.common import ROOT, log
 
 RATE = 16000
-CORPORA = Path("/work/shared/corpora")
 FIXTURES = ROOT / "tests" / "data"
 NOISE_DBFS = -58.0
 
 Audio = npt.NDArray[np.float32]
 
 
+def _clips_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".flac", ".wav"))
+
+
 def find_clips(corpus: Path | None = None, count: int = 60) -> list[Path]:
-    """``count`` speech files spread evenly over the corpus (fixtures as a fallback)."""
-    candidates = [corpus] if corpus else [CORPORA / "cremad", CORPORA / "ravdess", FIXTURES]
-    for folder in candidates:
-        if folder is None or not folder.is_dir():
-            continue
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".flac", ".wav"))
+    """``count`` speech files spread evenly over ``corpus``, else ``$SERD_CORPORA``'s
+    CREMA-D or RAVDESS, else the committed fixtures; FileNotFoundError (the bench's one
+    line) when a folder given has none."""
+    if corpus is not None:
+        files = _clips_in(corpus)
         if not files:
-            continue
-        if len(files) <= count:
-            return files
-        step = len(files) / count
-        return [files[int(i * step)] for i in range(count)]
-    raise FileNotFoundError("no speech clips found (corpora or tests/data)")
+            raise FileNotFoundError(f"--corpus {corpus}: no .flac or .wav files there")
+    elif root := os.environ.get("SERD_CORPORA"):
+        files = _clips_in(Path(root) / "cremad") or _clips_in(Path(root) / "ravdess")
+        if not files:
+            raise FileNotFoundError(f"$SERD_CORPORA={root}: no cremad/ or ravdess/ clips "
+                                    "there; set it to the folder holding them, or pass "
+                                    "--corpus DIR")
+    else:
+        files = _clips_in(FIXTURES)
+        log(f"no --corpus and no $SERD_CORPORA: speech from the {len(files)} clips in "
+            "tests/data (figures not comparable with docs/performance.md)")
+    if len(files) <= count:
+        return files
+    step = len(files) / count
+    return [files[int(i * step)] for i in range(count)]
 
 
 def load_clip(path: Path) -> Audio:

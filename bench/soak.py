@@ -1,7 +1,7 @@
 """Soak: hours of mixed audio through the daemon's streaming path, as fast as it goes.
 
     python -m bench.soak                       # 2 audio-hours, stdout publisher to /dev/null
-    python -m bench.soak --hours 0.2 --model /tmp/devmodel/dev.tflite
+    python -m bench.soak --hours 0.2 --model my-models/serd-emotion-6.tflite
     python -m bench.soak --publisher mqtt      # a private Mosquitto on a free port
 
 What runs is the daemon's own loop body, ``Daemon._step``: a looping
@@ -33,19 +33,21 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import ROOT, bench_broker, default_model
+
+if TYPE_CHECKING:
+    from serd_testkit import Broker
+
 DATA = ROOT / "tests" / "data"
 RATE = 16000
 
@@ -120,35 +122,7 @@ def write_mix(d: Path) -> list[Path]:
 # -- publishers -----------------------------------------------------------------------------
 
 
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"{'user root' if os.geteuid() == 0 else ''}\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("mosquitto did not start")
-
-
 # -- the run --------------------------------------------------------------------------------
-
-
-def default_model() -> str:
-    shipped = ROOT / "models" / "serd-emotion-6.tflite"
-    if shipped.is_file():
-        return str(shipped)
-    return os.environ.get("SERD_TEST_MODEL") or "/tmp/devmodel/dev.tflite"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from serd.replay import ReplaySource  # noqa: PLC0415
 
     work = Path(tempfile.mkdtemp(prefix="serd-soak-"))
-    broker = None
+    broker: Broker | None = None
     try:
         files = write_mix(work)
         clf = load_classifier(ModelSettings(path=args.model))
@@ -169,8 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "alerts": {"enabled": True},
         }
         if args.publisher == "mqtt":
-            broker, port = start_mosquitto(work)
-            doc["mqtt"] = {"host": "127.0.0.1", "port": port}
+            broker = bench_broker(work / "broker").start()
+            doc["mqtt"] = {"host": broker.host, "port": broker.port}
         cfg = parse(doc)
         audio_s = 0.0
         t0_epoch = time.time()
@@ -272,16 +246,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         if broker is not None:
-            broker.terminate()
-            broker.wait(timeout=10)
+            broker.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--hours", type=float, default=2.0, help="audio-hours to process (2)")
-    p.add_argument("--model", default=default_model(),
-                   help="model .tflite (default: the shipped one, else $SERD_TEST_MODEL)")
+    p.add_argument("--model", default=None,
+                   help="model .tflite (default: the shipped one of the serd installed)")
     p.add_argument("--publisher", choices=("stdout", "mqtt"), default="stdout",
                    help="stdout (to /dev/null, through the spool) or mqtt (private broker)")
     p.add_argument("--sample-minutes", type=float, default=5.0,
@@ -292,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging  # noqa: PLC0415
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.model is None:
+        args.model = str(default_model())
     result = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
