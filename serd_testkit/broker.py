@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,7 @@ class Message:
     def json(self) -> Any:
         return json.loads(self.payload)
 
+    @cached_property
     def fields(self) -> dict[str, Any]:
         """The payload's JSON object, or ``{}`` when it is not one (for counting, not checks)."""
         try:
