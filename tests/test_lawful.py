@@ -332,3 +332,22 @@ def test_once_publish_follows_the_roles(
     events = [m.json() for m in sub.snapshot() if m.topic.endswith("/emotion")]
     assert events and msgs
     assert {(e["channel"], e["role"]) for e in events} == {("customer", "customer")}
+
+
+# -- the lawful set-up is the easy one -------------------------------------------------------
+
+
+def test_readme_first_config_example_is_the_lawful_two_channel_line() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = yaml.safe_load(example)
+    channels = parse({"audio": data["audio"]}).audio.resolved_channels
+    assert [(c.role, c.analysed) for c in channels] == [("agent", False), ("customer", True)]
+    assert "docs/lawful-use.md" in readme.split("\n## ", 1)[0]  # linked from the intro
+    config = (ROOT / "config.yaml").read_text()
+    assert "channels: [{name: agent, role: agent}, {name: customer, role: customer}]" in config
+    doc = (ROOT / "docs" / "lawful-use.md").read_text()
+    for needle in ("not legal advice", "Article 5(1)(f)", "2 February 2025", "Article 50(3)",
+                   "Annex III", "DPIA", "mqtt.spool_max_age_seconds", "one mixed channel"):
+        assert needle in doc, needle
