@@ -184,23 +184,12 @@ class Daemon:
                     "open" if h["input_open"] else "missing",
                 )
 
-    def _lock_state_dir(self) -> int | None:
-        """Check and lock the state directory; the exit code when it cannot be used."""
-        try:
-            self._state_lock = StateLock(prepare(self.cfg.resolved_state_dir)).acquire()
-        except StateDirBusyError as exc:
-            _LOGGER.error("%s", exc)
-            return EXIT_TEMPFAIL
-        except StateDirError as exc:
-            _LOGGER.error("%s", exc)
-            return EXIT_STATE
-        return None
-
     def run(self) -> int:
         """Run until :meth:`request_stop` (or a signal); returns the exit code."""
-        refused = self._lock_state_dir()
-        if refused is not None:
-            return refused
+        if self._state_lock is None:
+            self._state_lock, refused = take_state_dir(self.cfg)
+            if self._state_lock is None:
+                return refused
         try:
             self.publisher.start()
         except StateDirError as exc:
@@ -452,8 +441,31 @@ class Daemon:
         )
 
 
+def take_state_dir(cfg: Config) -> tuple[StateLock | None, int]:
+    """Check and lock the state directory: the lock, or None and the exit code (the
+    reason is logged in one line)."""
+    try:
+        return StateLock(prepare(cfg.resolved_state_dir)).acquire(), 0
+    except StateDirBusyError as exc:
+        _LOGGER.error("%s", exc)
+        return None, EXIT_TEMPFAIL
+    except StateDirError as exc:
+        _LOGGER.error("%s", exc)
+        return None, EXIT_STATE
+
+
 def run(cfg: Config) -> int:
     """``serd`` with no --once: the daemon until SIGTERM."""
-    daemon = Daemon(cfg)
+    # The state directory first: its faults end the start in one line, before the model
+    # is loaded.
+    lock, refused = take_state_dir(cfg)
+    if lock is None:
+        return refused
+    try:
+        daemon = Daemon(cfg)
+    except BaseException:
+        lock.release()
+        raise
+    daemon._state_lock = lock
     daemon.install_signal_handlers()
     return daemon.run()

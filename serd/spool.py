@@ -629,9 +629,12 @@ def _salvage(path: Path) -> _Salvage:
     out = _Salvage([], {}, {})
     if not path.is_file():
         return out
+    copy = path.with_name(path.name + ".salvage")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
+        _padded_copy(path, copy)
+        db = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True)
+    except (sqlite3.Error, OSError):
+        copy.unlink(missing_ok=True)
         return out
     try:
         try:
@@ -657,6 +660,7 @@ def _salvage(path: Path) -> _Salvage:
             pass
     finally:
         db.close()
+        copy.unlink(missing_ok=True)
     for name, value in out.counters.items():
         if name.startswith(_SEQ_PREFIX):
             stream = name[len(_SEQ_PREFIX):]
@@ -664,6 +668,21 @@ def _salvage(path: Path) -> _Salvage:
     for stream, seq, _qos, _payload in out.rows:
         out.seqs[stream] = max(out.seqs.get(stream, 0), seq)
     return out
+
+
+def _padded_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst``, zero-padded to the size its header claims.
+
+    SQLite refuses every query on a file shorter than its header says (a truncated
+    spool), even for pages that are all there; padded, only the missing pages fail.
+    """
+    data = src.read_bytes()
+    if len(data) >= 100 and data.startswith(b"SQLite format 3\0"):
+        page_size = int.from_bytes(data[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(data[28:32], "big")
+        data += b"\0" * max(0, pages * page_size - len(data))
+    dst.write_bytes(data)
 
 
 def inspect(path: Path) -> str | None:

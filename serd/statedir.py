@@ -23,6 +23,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from serd import spool
+
 LOCK_FILENAME = "serd.lock"
 _PROBE_FILENAME = ".serd-write-probe"
 
@@ -130,3 +132,24 @@ def _read_pid(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def inspect(path: Path) -> list[str]:
+    """For ``serd --check-config``: raise :class:`StateDirError` for what would stop the
+    daemon; warnings (a damaged spool it would move aside) as lines.  Creates nothing."""
+    if not path.exists() and not path.is_symlink():
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise StateDirError(f"state_dir {path} cannot be created: {parent} is not a folder")
+        if os.statvfs(parent).f_flag & os.ST_RDONLY:
+            raise StateDirError(f"state_dir {path} cannot be created: "
+                                f"{_why(OSError(errno.EROFS, os.strerror(errno.EROFS)))}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StateDirError(f"state_dir {path} cannot be created in {parent}: "
+                                f"{_why(OSError(errno.EACCES, os.strerror(errno.EACCES)))}")
+        return []
+    prepare(path)
+    problem = spool.inspect(path / spool.SPOOL_FILENAME)
+    return [problem] if problem else []
