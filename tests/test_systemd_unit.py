@@ -53,7 +53,8 @@ def test_service_contract(unit: dict[str, list[str]]) -> None:
     assert _one(unit, "Service.Type") == "notify"
     assert _one(unit, "Service.NotifyAccess") == "main"
     assert _one(unit, "Service.WatchdogSec") == "30"
-    assert _one(unit, "Service.Restart") == "on-failure"
+    # always: death by SIGHUP counts as clean, which on-failure would not restart.
+    assert _one(unit, "Service.Restart") == "always"
     assert _one(unit, "Service.RestartSec") == "5"
     assert _one(unit, "Service.StateDirectory") == "serd"
     assert _one(unit, "Service.ExecStart").split()[:3] == [
@@ -64,11 +65,34 @@ def test_service_contract(unit: dict[str, list[str]]) -> None:
     assert _one(unit, "Install.WantedBy") == "multi-user.target"
 
 
-def test_restart_prevented_for_config_and_model_errors(unit: dict[str, list[str]]) -> None:
+def test_restart_prevented_for_config_model_and_storage_errors(
+    unit: dict[str, list[str]],
+) -> None:
     codes = {int(c) for c in _one(unit, "Service.RestartPreventExitStatus").split()}
-    assert codes == {65, 78}  # EX_DATAERR (model), EX_CONFIG (configuration)
+    # EX_DATAERR (model), EX_CANTCREAT (state directory unusable), EX_CONFIG (configuration)
+    assert codes == {65, 73, 78}
     config = pytest.importorskip("serd.config")
-    assert {config.EXIT_DATAERR, config.EXIT_CONFIG} == codes
+    assert {config.EXIT_DATAERR, config.EXIT_STATE, config.EXIT_CONFIG} == codes
+    # Another serd holding the state dir is temporary: restarted (within the start limit).
+    assert config.EXIT_TEMPFAIL not in codes
+
+
+def _bytes(value: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+def test_memory_start_limit_and_time_sync(unit: dict[str, list[str]]) -> None:
+    """Issue 24: a bounded memory, a crash loop that ends, time-stamps after NTP."""
+    high, top = _bytes(_one(unit, "Service.MemoryHigh")), _bytes(_one(unit, "Service.MemoryMax"))
+    assert 100 << 20 <= high < top <= 400 << 20  # a 512 MB Pi keeps room for the rest
+    interval = int(_one(unit, "Unit.StartLimitIntervalSec"))
+    burst = int(_one(unit, "Unit.StartLimitBurst"))
+    restart_sec = int(_one(unit, "Service.RestartSec"))
+    assert interval > 0 and burst >= 3
+    # A steady crash loop (one start per RestartSec) must trip the limit.
+    assert interval / restart_sec > burst
+    assert "time-sync.target" in _one(unit, "Unit.After").split()
 
 
 def test_sandbox_keeps_audio_and_drops_the_rest(unit: dict[str, list[str]]) -> None:
