@@ -211,6 +211,76 @@ def test_agent_speech_never_produces_an_event(
     assert not any(b'"agent' in m.payload for m in msgs), "the agent's channel leaked"
 
 
+@pytest.mark.broker
+@pytest.mark.audio
+def test_two_channel_microphone_to_broker_only_the_customer(
+    tmp_path: Path, mic: Any, mosquitto: Any, subscriber: Any, model_path: Path,
+    data_dir: Path,
+) -> None:
+    """The whole path with real parts: a stereo PulseAudio microphone (agent left, caller
+    right) -> serd as systemd starts it -> Mosquitto: only the caller is ever published."""
+    sub = subscriber(mosquitto, "serd/#")
+    cfg = write_config(tmp_path, model_path, health_interval_seconds=2.0,
+                       audio={"device": mic.alsa_device, "channels": TWO},
+                       mqtt={"host": mosquitto.host, "port": mosquitto.port})
+    audio = _sides(data_dir, ["1091_TIE_ANG_XX", "1091_TIE_SAD_XX"], ["1001_IEO_ANG_HI"])
+    call = tmp_path / "call.wav"
+    sf.write(call, audio, 16000)
+    agent_part_s = sum(load(data_dir / f"1091_TIE_{n}_XX.flac", 16000).size + 8000
+                       for n in ("ANG", "SAD")) / 16000
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "serd.cli", "--config", str(cfg)],
+                                env={**mic.env, "PYTHONUNBUFFERED": "1"}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "ready: input" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        t0 = time.time()
+        mic.play(call)
+        msgs = sub.wait_for(lambda ms: any(m.topic.endswith("/emotion") and b'"utterance"'
+                                           in m.payload for m in ms), timeout=30)
+        sub.wait_for(lambda ms: sum(m.topic.endswith("/health") for m in ms) >= 2, timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = log.read_text()
+    assert "channels: 0:agent (agent: never analysed" in text
+    assert "no declared role" not in text  # both roles are declared
+    events = [m.json() for m in sub.snapshot() if m.topic.endswith("/emotion")]
+    assert msgs and events
+    assert {(e["channel"], e["role"]) for e in events} == {("customer", "customer")}
+    # Nothing from the eight seconds in which only the agent spoke.
+    from serd.events import parse_iso_utc  # noqa: PLC0415
+
+    assert min(parse_iso_utc(e["start"]) for e in events) > t0 + agent_part_s - 1.0
+    for h in (m.json() for m in sub.snapshot() if m.topic.endswith("/health")):
+        assert h["channels"] == ["customer"] and h["roles"] == ["customer"]
+
+
+def test_unspecified_role_is_said_once_at_start(
+    tmp_path: Path, model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The out-of-the-box run keeps working (one `main` channel, analysed as unspecified)
+    and says once, at start, where to read why that is not the lawful set-up."""
+    cfg = parse({"state_dir": str(tmp_path / "state"), "model": {"path": str(model_path)}})
+    source = StereoSource(np.zeros((16000, 1), np.float32))
+    daemon = Daemon(cfg, source=source)
+    caplog.set_level("INFO", logger="serd.daemon")
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    assert source.done.wait(30)
+    daemon.request_stop()
+    thread.join(20)
+    pointers = [r for r in caplog.records if "docs/lawful-use.md" in r.getMessage()]
+    assert len(pointers) == 1 and pointers[0].levelname == "WARNING"
+    assert "channel main has no declared role and is analysed as 'unspecified'" in \
+        pointers[0].getMessage()
+    assert daemon.roles == {"main": "unspecified"}
+
+
 def test_agent_alone_gives_no_decision_at_all(model_path: Path, data_dir: Path) -> None:
     """Only the agent speaks (no bleed): the channel stage returns nothing, on any channel."""
     from bench.bleed import run_call  # noqa: PLC0415

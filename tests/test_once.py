@@ -41,8 +41,10 @@ def test_json_lines_schema(data_dir: Path, model_path: Path) -> None:
     assert len(summaries) == 1
     assert any(w["speech"] for w in windows)
     for w in windows:
-        assert set(w) >= {"type", "file", "start_s", "end_s", "speech", "label", "confidence",
-                          "probs"}
+        assert set(w) >= {"type", "file", "channel", "role", "start_s", "end_s", "speech",
+                          "label", "confidence", "probs"}
+        # A mono file, no channels named: one line, as the default microphone would be.
+        assert (w["channel"], w["role"]) == ("main", "unspecified")
         assert w["file"] == str(clip)
         assert w["end_s"] > w["start_s"]
         if w["speech"]:
