@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from serd.features import FeatureParams, WindowParams, mfcc
 from serd.normalise import Normalisation, normalise_windows
+from serd.quiet import native_stderr_quiet
 from serd.validate import require
 from serd.voice import (
     DEFAULT_TRUNK,
@@ -276,8 +277,10 @@ class Classifier:
         self.sha256 = card.sha256
         self.runtime, factory = _interpreter_factory()
         try:
-            self._interp = factory(model_path=str(model_path), num_threads=num_threads)
-            self._interp.allocate_tensors()
+            # serd -q: LiteRT's C++ "Created ... XNNPACK delegate" line goes to fd 2 here.
+            with native_stderr_quiet():
+                self._interp = factory(model_path=str(model_path), num_threads=num_threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"model {model_path} cannot be loaded: {exc}") from None
         inp = self._interp.get_input_details()[0]
