@@ -145,7 +145,7 @@ class Daemon:
             rules=[r.name for r in cfg.alerts.rules] if cfg.alerts.enabled else (),
         ) if cfg.discovery.enabled else None
         # Retained current state and degraded/online status for late joiners (serd.state).
-        self.live = LiveState(self.device_id, self.classifier.name, self.channels)
+        self.live = LiveState(self.device_id, self.classifier.name, self.channels, roles=self.roles)
         self.availability = Availability()
 
     # -- lifecycle -------------------------------------------------------------------
