@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything the tests need, then run them (lint, types, pytest). CI runs exactly this.
+# Set up everything the tests need, then run them (lint, types, the wheel, pytest). CI runs
+# exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
