@@ -294,7 +294,8 @@ def entities(
             "icon": "mdi:tray-full" if field == "spool_depth" else "mdi:delete-alert-outline",
             "state_topic": health_topic,
             "value_template": (
-                f"{{% if value_json.publisher.{field} is number %}}"
+                f"{{% if value_json.publisher.{field} is number"
+                f" and value_json.publisher.{field} is not boolean %}}"
                 f"{{{{ value_json.publisher.{field} }}}}"
                 "{% else %}{{ this.state }}{% endif %}"
             ),

@@ -28,7 +28,7 @@ from serd.discovery import (
 )
 from serd.publisher import MqttSettings
 from serd.validate import ConfigError
-from serd_testkit.broker import wait_until
+from serd_testkit import wait_until
 
 LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
 
