@@ -360,3 +360,60 @@ def test_daemon_announces_when_enabled(
             "homeassistant/binary_sensor/serd_desk-9/device_problem/config"} <= topics
     event = next(m.json() for m in msgs if "/event/" in m.topic)
     assert set(event["event_types"]) == set(LABELS)
+
+
+# -- Home Assistant's documented discovery keys (always run) --------------------------------
+# A copy of the configuration variables documented for MQTT discovery in Home Assistant
+# 2025.x (integrations/{event,sensor,binary_sensor}.mqtt, "MQTT Discovery"); a key outside
+# these would be dropped by Home Assistant's schemas (test_home_assistant_schemas below
+# checks against the schemas themselves where Home Assistant is installed).
+_HA_COMMON = {
+    "availability", "availability_mode", "availability_template", "availability_topic",
+    "device", "enabled_by_default", "encoding", "entity_category", "entity_picture", "icon",
+    "json_attributes_template", "json_attributes_topic", "name", "object_id",
+    "default_entity_id", "origin", "qos", "unique_id", "platform",
+    "payload_available", "payload_not_available",
+}
+_HA_KEYS = {
+    "event": _HA_COMMON | {"device_class", "event_types", "state_topic", "value_template"},
+    "sensor": _HA_COMMON | {"device_class", "expire_after", "force_update",
+                            "last_reset_value_template", "options", "state_class",
+                            "state_topic", "suggested_display_precision",
+                            "unit_of_measurement", "value_template"},
+    "binary_sensor": _HA_COMMON | {"device_class", "expire_after", "force_update",
+                                   "off_delay", "payload_off", "payload_on", "state_topic",
+                                   "value_template"},
+}
+_HA_REQUIRED = {"event": {"state_topic", "event_types"}, "sensor": {"state_topic"},
+                "binary_sensor": {"state_topic"}}
+_HA_DEVICE_KEYS = {"configuration_url", "connections", "hw_version", "identifiers",
+                   "manufacturer", "model", "model_id", "name", "serial_number",
+                   "suggested_area", "sw_version", "via_device"}
+_HA_AVAILABILITY_KEYS = {"topic", "payload_available", "payload_not_available",
+                         "value_template"}
+_HA_DEVICE_CLASSES = {"binary_sensor": {"problem", "connectivity"}, "sensor": {"enum"},
+                      "event": set()}
+_HA_TOPIC = re.compile(r"(?P<prefix>[^+#]+)/(?P<component>\w+)/(?:(?P<node>[a-zA-Z0-9_-]+)/)?"
+                       r"(?P<object>[a-zA-Z0-9_-]+)/config\Z")  # discovery.TOPIC_MATCHER
+
+
+def test_configs_use_only_documented_home_assistant_keys() -> None:
+    cfgs = make_configs(rules=("sustained_distress", "a b"))
+    for t, cfg in cfgs.items():
+        m = _HA_TOPIC.match(t)
+        assert m, t
+        component = m["component"]
+        assert set(cfg) <= _HA_KEYS[component], (t, set(cfg) - _HA_KEYS[component])
+        assert _HA_REQUIRED[component] <= set(cfg)
+        assert set(cfg["device"]) <= _HA_DEVICE_KEYS
+        assert all(set(a) <= _HA_AVAILABILITY_KEYS for a in cfg["availability"])
+        if "device_class" in cfg:
+            assert cfg["device_class"] in _HA_DEVICE_CLASSES[component]
+        if cfg.get("device_class") == "enum":
+            # An enum sensor needs options and has no state class or unit.
+            assert cfg["options"]
+            assert "state_class" not in cfg
+            assert "unit_of_measurement" not in cfg
+        if "state_class" in cfg:
+            assert cfg["state_class"] in ("measurement", "total", "total_increasing")
+        assert cfg.get("entity_category", "diagnostic") == "diagnostic"
