@@ -535,7 +535,8 @@ def test_wallboard_fifty_lines_alerts_first_phone_and_desktop(
     assert {links.nth(i).inner_text() for i in range(2)} == {"desk-07 / customer",
                                                              "desk-46 / right"}
     # Status and confidence are visible; the deaf desk says so.
-    assert page.text_content(line("desk-30", "customer") + " .availability") == "degraded \u00b7 no mic"
+    deaf = page.text_content(line("desk-30", "customer") + " .availability")
+    assert deaf == "degraded \u00b7 no mic"
     widths = page.eval_on_selector_all(".line .confbar i", "els => els.map(e => e.style.width)")
     assert len({w for w in widths if w}) > 5
     # Fifty lines on one 1080p screen: every line of the first 50 is within the viewport.
@@ -571,3 +572,197 @@ def screenshot_viewport(page: Any, name: str) -> Path:
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=False)
     return path
+
+
+def _raw(pub: Pub, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
+    pub.client.publish(topic, payload, qos=0, retain=retain)
+
+
+@pytest.mark.broker
+def test_hostile_payloads_and_two_thousand_devices_keep_the_page_responsive(
+    mosquitto_factory: Callable[..., Broker], dashboard_url: Callable[..., str],
+    page_factory: Callable[..., Any],
+) -> None:
+    """Issue 24 finding 7: one message with thousands of probs keys, probs keys named like
+    Object's properties, 2,000 status-only devices, wrong types, oversized and malformed
+    payloads: each message is handled in under 5 ms, nothing leaks into the page."""
+    broker, ws = ws_broker(mosquitto_factory)
+    pub = Pub(broker)
+    page = page_factory(dashboard_url() + f"?broker=ws://127.0.0.1:{ws}&prefix=serd")
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    page.wait_for_selector('#conn[data-state="connected"]', timeout=15_000)
+    now = time.time()
+    pub.status("real-1", "online", "connected")
+    pub.speech("real-1", "customer", "angry", 3.0, end=now - 1)
+
+    def emotion(**over: Any) -> str:
+        p = events.emotion_event("real-1", events.EmotionResult(
+            "window", "customer", now - 2, now, None, 0.3, {"angry": 0.3}, "m"))
+        p.update(over)
+        p["seq"] = None  # no seq: never a duplicate
+        return json.dumps(p)
+
+    many_channels = [{"channel": f"c{i}"} for i in range(1000)]
+    t0 = time.monotonic()
+    for i in range(2000):
+        _raw(pub, f"serd/fake-{i:04d}/status", json.dumps(events.status_event(
+            f"fake-{i:04d}", "online", "connected", version="0")))
+    hostile: list[tuple[str, bytes | str]] = [
+        # 3,000 probs keys (was: a legend rebuild per key) and Object's own names.
+        ("serd/real-1/emotion", emotion(probs={f"k{i}": 0.001 for i in range(3000)})),
+        ("serd/real-1/emotion", emotion(probs={"constructor": 0.9, "toString": 0.5,
+                                               "__proto__": 0.4, "hasOwnProperty": 0.1})),
+        ("serd/real-1/emotion", emotion(label="constructor", confidence=0.9)),
+        ("serd/real-1/emotion", '{"__proto__": {"polluted": 1}, "type": "window"}'),
+        ("serd/real-1/emotion", emotion(label=["x"])),
+        ("serd/real-1/emotion", emotion(label=7, confidence="NaN", start="yesterday")),
+        ("serd/real-1/emotion", emotion(channel={"a": 1})),
+        ("serd/real-1/emotion", emotion(channel="x" * 5000)),
+        ("serd/real-1/emotion", emotion(probs=[1, 2, 3], confidence=1e308)),
+        ("serd/real-1/alert", json.dumps({"channel": "customer", "rule": {"x": 1}})),
+        ("serd/real-1/alert", json.dumps({"channel": "customer", "rule": "r", "state": "started",
+                                          "start": "x", "end": None})),
+        ("serd/real-1/state", json.dumps({"ts": events.now_iso(), "alerts": "none",
+                                          "channels": many_channels})),
+        ("serd/real-1/state", json.dumps({"ts": events.now_iso(), "alerts": [],
+                                          "channels": many_channels})),
+        ("serd/real-1/status", json.dumps({"state": {"toString": 1}, "reason": ["x"]})),
+        ("serd/real-1/emotion", "[" * 30000 + "]" * 30000),
+        ("serd/real-1/emotion", b"\xff\xfe\x00garbage"),
+        ("serd/real-1/emotion", "x" * 200_000),
+        ("serd/real-1/emotion", "null"),
+        ("serd/real-1/emotion", "[]"),
+        ("serd/<img src=x onerror=alert(1)>/emotion", emotion()),
+        ("serd/real-1/emotion/extra", emotion()),
+    ]
+    # 100 new labels, one message each (the legend stays bounded).
+    hostile += [("serd/real-1/emotion", emotion(label=f"label{i}", confidence=0.9))
+                for i in range(100)]
+    for topic, payload in hostile:
+        _raw(pub, topic, payload)
+    want = 2000 + 1 + len(hostile)
+    page.wait_for_function(f"() => window.serdDashboard.messages >= {want}", timeout=60_000)
+    page.wait_for_function("() => window.serdDashboard.lines.size >= 2001", timeout=30_000)
+    flood_s = time.monotonic() - t0
+    page.wait_for_timeout(2500)  # sort ticks and frames with 2,000 lines
+    perf = page.evaluate("() => window.serdDashboard.perf")
+    ms = sorted(perf["samples"])
+    p50, p99 = ms[len(ms) // 2], ms[int(len(ms) * 0.99)]
+    print(f"DASHBOARD PERF: {perf['count']} messages, mean {perf['total'] / perf['count']:.3f} "
+          f"ms, median {p50:.2f}, p99 {p99:.2f}, max {perf['max']:.2f} ms, over 1 ms "
+          f"{perf['over1']}, over 5 ms {perf['over5']}; frame max {perf['frameMax']:.1f} ms, "
+          f"sort max {perf['sortMax']:.1f} ms, tick max {perf['tickMax']:.1f} ms; flood "
+          f"handled in {flood_s:.1f} s; slowest {sorted(perf['slow'], reverse=True)[:5]}")
+    # Each message well under 5 ms; the rare outlier on this shared 2-core machine is the
+    # process being descheduled (it hits cheap status messages as often as big ones).
+    assert p99 < 5.0 and perf["over5"] <= max(3, perf["count"] // 200), perf["slow"]
+    # The page still answers at once.
+    t1 = time.monotonic()
+    assert page.evaluate("() => 1 + 1") == 2
+    assert time.monotonic() - t1 < 1.0
+    body = page.inner_text("body")
+    assert "function" not in body and "native code" not in body
+    assert "<img" not in page.inner_text("#lines")
+    assert page.evaluate("() => ({}).polluted === undefined && Object.prototype.toString.call({})"
+                         " === '[object Object]'")
+    legend = page.locator("#legend .key").count()
+    assert legend <= 16 + 2, legend  # labels cap, unsure, alert
+    assert page.evaluate("() => window.serdDashboard.dropped") >= 8
+    real = line("real-1", "customer")
+    assert page.locator(real).count() == 1
+    assert page.locator('.line[data-device="real-1"]').count() <= 16  # channel cap
+    assert page.serd_errors == []
+    pub.close()
+
+
+@pytest.mark.broker
+def test_late_page_sees_the_incident_in_progress_and_a_refresh_keeps_the_timeline(
+    mosquitto_factory: Callable[..., Broker], dashboard_url: Callable[..., str],
+    page_factory: Callable[..., Any],
+) -> None:
+    """Issue 22.2: a page opened (or refreshed) during an alert shows it, from the retained
+    state topic alone; its own timeline survives a refresh; a newer state clears it."""
+    from serd.state import LiveState  # noqa: PLC0415
+
+    broker, ws = ws_broker(mosquitto_factory)
+    pub = Pub(broker)
+    now = time.time()
+    live = LiveState("desk-9", "m", ("right",), roles={"right": "customer"})
+    pub.speech("desk-9", "right", "angry", 2.0, end=now - 1)  # before the page: unseen
+    live(events.emotion_event("desk-9", events.EmotionResult(
+        "window", "right", now - 3, now - 1, "angry", 0.81, {"angry": 0.81}, "m",
+        role="customer")))
+    live(events.alert_event("desk-9", events.AlertResult(
+        "right", "sustained_distress", "angry", now - 30, now - 20, 0.8, "m",
+        "started: angry 10.5 s of the last 30 s", role="customer")))
+    pub.status("desk-9", "online", "connected")
+    pub.send("desk-9", "state", live.payload(now - 1), retain=True)
+
+    page = page_factory(dashboard_url() + f"?broker=ws://127.0.0.1:{ws}&prefix=serd")
+    sel = line("desk-9", "right")
+    page.wait_for_selector(sel + '[data-alert="active"]', timeout=15_000)
+    assert page.text_content(sel + " .emotion-label") == "angry"
+    assert page.text_content(sel + " .role") == "customer"
+    wait_text(page, "#alerts", "1 active alert")
+
+    # Live speech draws a timeline; a refresh (pagehide saves it) brings it back.
+    pub.speech("desk-9", "right", "sad", 4.0, end=time.time())
+    wait_text(page, sel + " .emotion-label", "sad")
+    count = "() => window.serdDashboard.lines.get('desk-9\\u0000right').windows.length"
+    before = page.evaluate(count)
+    assert before >= 2
+    page.reload()
+    page.wait_for_selector(sel + '[data-alert="active"]', timeout=15_000)
+    assert page.evaluate(count) == before
+    assert page.inner_text(sel + ' .count[data-label="sad"] b') == "1"
+
+    # The incident ends while this page watches only the state topic: it clears.
+    live(events.alert_event("desk-9", events.AlertResult(
+        "right", "sustained_distress", "angry", now - 30, now, 0.8, "m", "cleared: calm",
+        state="cleared", role="customer")))
+    pub.send("desk-9", "state", live.payload(time.time()), retain=True)
+    page.wait_for_selector(sel + '[data-alert="cleared"]', timeout=10_000)
+    wait_text(page, "#alerts", "no active alerts")
+    assert page.serd_errors == []
+    pub.close()
+
+
+@pytest.mark.broker
+def test_stale_devices_can_be_hidden_and_come_back_when_heard(
+    mosquitto_factory: Callable[..., Broker], dashboard_url: Callable[..., str],
+    page_factory: Callable[..., Any],
+) -> None:
+    broker, ws = ws_broker(mosquitto_factory)
+    pub = Pub(broker)
+    pub.status("old-replay", "offline", "shutdown")
+    pub.status("desk-1", "online", "connected")
+    page = page_factory(dashboard_url() + f"?broker=ws://127.0.0.1:{ws}&prefix=serd")
+    sel = line("old-replay")
+    page.wait_for_selector(sel, timeout=15_000)
+    assert "serd forget old-replay" in (page.get_attribute(sel + " .hide", "title") or "")
+    page.click(sel + " .hide")
+    page.wait_for_selector(sel, state="hidden", timeout=5_000)
+    wait_text(page, "#hidden-toggle", "1 hidden")
+    # Hidden for good in this browser: a refresh (the retained status again) keeps it hidden.
+    page.reload()
+    page.wait_for_selector(line("desk-1"), timeout=15_000)
+    page.wait_for_timeout(500)
+    assert page.locator(sel).is_hidden()
+    # ... until the device is heard again, live.
+    pub.status("old-replay", "online", "connected")
+    page.wait_for_selector(sel + '[data-availability="online"]', state="visible", timeout=10_000)
+    assert page.serd_errors == []
+    pub.close()
+
+
+def test_an_unreachable_broker_says_so(
+    dashboard_url: Callable[..., str], page_factory: Callable[..., Any],
+) -> None:
+    page = page_factory(dashboard_url() + f"?broker=ws://127.0.0.1:{free_port()}&prefix=serd")
+    page.wait_for_selector('#conn[data-state="unreachable"]', timeout=20_000)
+    assert "Cannot reach the broker at ws://127.0.0.1:" in page.inner_text("#notice")
+    assert "cannot be reached" in page.inner_text("#empty")
+    assert "Waiting for devices" not in page.inner_text("body")
+    page.set_viewport_size({"width": 390, "height": 844})
+    box = page.locator("#conn").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390

@@ -31,7 +31,10 @@
   var ALERT_EDGE = '#000000';
 
   var LIMITS = {
-    payloadBytes: 65536,     // larger messages are dropped (and counted)
+    // Largest payload read per topic; larger ones are dropped (and counted). A real emotion
+    // event is about 300 bytes, a state with 16 channels and alerts a few KB.
+    payloadBytes: { emotion: 8192, alert: 8192, status: 2048, state: 32768 },
+    depth: 6,                // JSON nesting read at most (serd's payloads nest 3 deep)
     devices: 3000,           // beyond this the longest-silent offline device gives way
     channels: 16,            // per device
     labels: 16,              // distinct labels in the legend; more show as "other"
@@ -48,7 +51,7 @@
   var SORT_MS = 1000;
   var SAVE_MS = 5000;
   var SCORE_TAU_MS = 5000;    // the sort key is a moving average over about 5 s of audio
-  var LINES_PER_FRAME = 400;
+  var LINES_PER_FRAME = 200;
   var STORE_KEY = 'serd.dashboard';
   var HIDDEN_KEY = 'serd.dashboard.hidden';
   var TIMELINE_KEY = 'serd.dashboard.timeline.v1';
@@ -68,7 +71,7 @@
     messages: 0,
     dropped: 0,           // messages refused (size, shape, type, topic, caps)
     droppedDevices: 0,
-    perf: { count: 0, total: 0, max: 0, over5: 0, frameMax: 0, sortMax: 0 },
+    perf: { count: 0, total: 0, max: 0, over1: 0, over5: 0, slow: [], samples: [], frameMax: 0, sortMax: 0, tickMax: 0 },
     openedAt: Date.now(),
   };
   var dirty = new Set();
@@ -282,8 +285,8 @@
     client.on('error', function (err) {
       if (client === state.client) setConn('error', 'broker refused', (err && err.message ? err.message : 'error') + '; retrying');
     });
-    client.on('message', function (topic, payload) {
-      if (client === state.client) onMessage(topic, payload);
+    client.on('message', function (topic, payload, packet) {
+      if (client === state.client) onMessage(topic, payload, !!(packet && packet.retain));
     });
   }
 
@@ -291,10 +294,10 @@
 
   var decoder = new TextDecoder('utf-8', { fatal: false });
 
-  function onMessage(topic, payload) {
+  function onMessage(topic, payload, retained) {
     var t0 = performance.now();
     try {
-      handle(topic, payload);
+      handle(topic, payload, retained);
     } catch (e) {
       state.dropped++;   // a shape we did not foresee: never let it stop the page
     }
@@ -303,10 +306,13 @@
     p.count++;
     p.total += dt;
     if (dt > p.max) p.max = dt;
+    if (p.samples.length < 50000) p.samples.push(dt);
+    if (dt > 1) p.over1++;
     if (dt > 5) p.over5++;
+    if (dt > 1 && p.slow.length < 20) p.slow.push([Math.round(dt * 10) / 10, String(topic).slice(0, 60), payload ? payload.length : 0]);
   }
 
-  function handle(topic, payload) {
+  function handle(topic, payload, retained) {
     state.messages++;
     var prefix = state.settings.prefix + '/';
     if (typeof topic !== 'string' || topic.indexOf(prefix) !== 0) { state.dropped++; return; }
@@ -314,12 +320,13 @@
     if (rest.length !== 2 || !DEVICE_RE.test(rest[0]) || !own(KINDS, rest[1])) { state.dropped++; return; }
     var device = rest[0];
     var kind = rest[1];
-    if (!payload || payload.length > LIMITS.payloadBytes) { state.dropped++; return; }
+    if (!payload || payload.length > LIMITS.payloadBytes[kind]) { state.dropped++; return; }
     if (payload.length === 0) {
       // An empty retained message deletes the retained topic (serd forget): forget it here.
       if (kind === 'status') forgetDevice(device);
       return;
     }
+    if (tooDeep(payload)) { state.dropped++; return; }
     var p;
     try {
       p = JSON.parse(decoder.decode(payload));
@@ -331,10 +338,31 @@
     var dev = getDevice(device);
     if (!dev) return;
     dev.heard = Date.now();
+    // Retained messages are replayed to every new subscriber: only live ones are news.
+    if (!retained) dev.liveAt = dev.heard;
     if (kind === 'status') onStatus(dev, p);
     else if (kind === 'emotion') onEmotion(dev, p);
     else if (kind === 'alert') onAlert(dev, p);
     else onState(dev, p);
+  }
+
+  function tooDeep(bytes) {
+    // JSON nested deeper than serd's payloads ever are; parsing [[[[... is slow in itself.
+    var depth = 0, inString = false;
+    for (var i = 0; i < bytes.length; i++) {
+      var b = bytes[i];
+      if (inString) {
+        if (b === 0x5C) i++;            // backslash: skip the escaped byte
+        else if (b === 0x22) inString = false;
+      } else if (b === 0x22) {
+        inString = true;
+      } else if (b === 0x5B || b === 0x7B) {
+        if (++depth > LIMITS.depth) return true;
+      } else if (b === 0x5D || b === 0x7D) {
+        depth--;
+      }
+    }
+    return false;
   }
 
   function getDevice(device) {
@@ -403,6 +431,8 @@
     dev.availability = typeof p.state === 'string' && own(AVAILABILITY, p.state) ? p.state : 'unknown';
     dev.reason = str(p.reason, 40) || '';
     dev.version = str(p.version, 40) || '';
+    var ts = parseTime(p.ts);
+    if (ts !== null) dev.statusTs = ts + dev.offset;
     if (dev.availability === 'online' && was !== 'online' && was !== 'degraded') {
       dev.fresh = { emotion: true, alert: true };
     }
@@ -596,20 +626,21 @@
     line = {
       device: dev.name, channel: channel, role: '', current: null, windows: [], utterances: [],
       alerts: [], lastAlert: null, counts: new Map(), lastWindowEnd: 0, el: null,
-      score: 0, scoreAt: 0, scoreEnd: 0, order: -1, visible: true,
+      score: 0, scoreAt: 0, scoreEnd: 0, order: -1, visible: !observer, width: 0,
     };
-    line.el = buildLine(line);
+    // Its elements are built in the next frame (with the other new lines), not here: the
+    // handler's work stays small however many devices announce themselves at once.
     dev.lines.set(sub, line);
     state.lines.set(lineKey(dev.name, channel), line);
-    $('lines').appendChild(line.el.root);
-    if (observer) observer.observe(line.el.root);
     mark(line);
     return line;
   }
 
   function removeLine(line) {
-    if (observer) observer.unobserve(line.el.root);
-    line.el.root.remove();
+    if (line.el) {
+      if (observer) observer.unobserve(line.el.root);
+      line.el.root.remove();
+    }
     state.lines.delete(lineKey(line.device, line.channel));
     var dev = state.devices.get(line.device);
     if (dev) dev.lines.delete(line.channel === null ? '' : line.channel);
@@ -693,6 +724,13 @@
   function renderLine(line) {
     var dev = state.devices.get(line.device);
     if (!dev) return;
+    if (!line.el) {
+      line.el = buildLine(line);
+      // At the end until the next sort (within a second) gives it its place.
+      line.el.root.style.order = String(1e6);
+      $('lines').appendChild(line.el.root);
+      if (observer) observer.observe(line.el.root);
+    }
     var e = line.el;
     e.root.dataset.availability = dev.availability;
     e.root.hidden = isHidden(dev);
@@ -736,6 +774,7 @@
   }
 
   function renderTime(line) {
+    if (!line.el) return;
     line.el.updated.textContent = line.current ? ago(line.current.at) : '';
     line.el.updated.title = line.current ? 'last verdict ' + clock(line.current.at) : '';
   }
@@ -818,6 +857,7 @@
   }
 
   function jumpTo(line) {
+    if (!line.el) return;
     line.el.root.scrollIntoView({ block: 'center', behavior: 'smooth' });
     line.el.root.classList.remove('flash');
     void line.el.root.offsetWidth;  // restart the animation
@@ -856,9 +896,10 @@
   function isHidden(dev) {
     if (state.showHidden) return false;
     var t = state.hidden.get(dev.name);
-    if (t !== undefined && dev.heard <= t) return true;
+    if (t !== undefined && (dev.liveAt || 0) <= t) return true;
+    var news = Math.max(dev.liveAt || 0, dev.statusTs || 0) || dev.heard;
     return dev.availability !== 'online' && dev.availability !== 'degraded' &&
-      Date.now() - dev.heard > state.staleMs && !hasActive(dev);
+      Date.now() - news > state.staleMs && !hasActive(dev);
   }
 
   function hasActive(dev) {
@@ -924,6 +965,8 @@
   }
 
   function restoreTimeline() {
+    if (state.restoredFor === storeKey()) return;
+    state.restoredFor = storeKey();
     var doc = loadJson(window.sessionStorage, storeKey());
     if (!doc || doc.v !== 1 || !Array.isArray(doc.lines) || !Array.isArray(doc.labels)) return;
     doc.labels.slice(0, LIMITS.labels).forEach(function (l) { addLabel(str(l)); });
@@ -996,7 +1039,7 @@
     all.sort(function (a, b) { return cmp(a[0], b[0]); });
     for (var i = 0; i < all.length; i++) {
       var l = all[i][1];
-      if (l.order !== i) {
+      if (l.order !== i && l.el) {
         l.order = i;
         l.el.root.style.order = String(i);
       }
@@ -1013,14 +1056,18 @@
     var n = 0;
     var it = dirty.values();
     var next;
+    var draw = [];
+    // DOM writes first, then one layout to read sizes, then the canvases: reading a size
+    // between writes would lay out the whole board once per line.
     while (n < LINES_PER_FRAME && !(next = it.next()).done) {
       var line = next.value;
       dirty.delete(line);
       if (state.lines.get(lineKey(line.device, line.channel)) !== line) continue;
       renderLine(line);
-      if (line.visible) drawTimeline(line);
+      if (line.visible) draw.push(line);
       n++;
     }
+    drawAll(draw);
     if (dirtySummary) {
       dirtySummary = false;
       renderSummary();
@@ -1030,10 +1077,19 @@
     if (dt > state.perf.frameMax) state.perf.frameMax = dt;
   }
 
+  function drawAll(lines) {
+    lines = lines.filter(function (line) { return line.el; });
+    lines.forEach(function (line) {
+      line.width = line.el.canvas.clientWidth;
+      line.height = line.el.canvas.clientHeight;
+    });
+    lines.forEach(drawTimeline);
+  }
+
   function drawTimeline(line) {
     var canvas = line.el.canvas;
     var dpr = window.devicePixelRatio || 1;
-    var w = canvas.clientWidth, h = canvas.clientHeight;
+    var w = line.width, h = line.height;
     if (!w || !h) return;
     if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
       canvas.width = Math.round(w * dpr);
@@ -1089,19 +1145,25 @@
 
   function tick() {
     // Once a second: visible timelines scroll, "updated" ages, lines re-sort, stale age out.
-    sortLines();
+    var t0 = performance.now();
+    var draw = [];
     state.lines.forEach(function (line) {
       if (!line.visible) return;
-      drawTimeline(line);
-      renderTime(line);
-      if (line.lastAlert && !line.lastAlert.active && !line.el.banner.hidden) mark(line);
+      draw.push(line);
+      if (line.el && line.lastAlert && !line.lastAlert.active && !line.el.banner.hidden) mark(line);
     });
+    // Canvases first (their sizes are read before anything is written), then the order.
+    drawAll(draw);
+    draw.forEach(renderTime);
+    sortLines();
     state.devices.forEach(function (d) {
       var hidden = isHidden(d);
       if (hidden !== d.wasHidden) { d.wasHidden = hidden; d.lines.forEach(mark); }
     });
     dirtySummary = true;
     queueFrame();
+    var dt = performance.now() - t0;
+    if (dt > state.perf.tickMax) state.perf.tickMax = dt;
   }
 
   // ---------------------------------------------------------------- start
