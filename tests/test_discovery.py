@@ -417,3 +417,33 @@ def test_configs_use_only_documented_home_assistant_keys() -> None:
         if "state_class" in cfg:
             assert cfg["state_class"] in ("measurement", "total", "total_increasing")
         assert cfg.get("entity_category", "diagnostic") == "diagnostic"
+
+
+@pytest.mark.broker
+def test_look_alike_channels_keep_their_own_entities_and_forget_clears_them(
+    mosquitto: Any, subscriber: Any
+) -> None:
+    """Issue 24 finding 13: channels ``a b`` and ``a_b`` shared every config topic."""
+    channels, rules = ("a b", "a_b", "a.b"), ("r 1", "r_1")
+    disc = Discovery(DiscoverySettings(enabled=True), _settings(mosquitto), device_id="desk.6",
+                     channels=channels, labels=LABELS, model="m", rules=rules)
+    disc.start()
+    try:
+        assert wait_until(lambda: disc.announcements == 1, 10)
+    finally:
+        disc.stop()
+    want = len(channels) * (2 + len(rules)) + 4
+    late = subscriber(mosquitto, config_filter("homeassistant", "desk.6"), persistent=False)
+    msgs = late.wait_for(lambda ms: len(ms) >= want)
+    time.sleep(0.3)
+    assert len({m.topic for m in late.snapshot()}) == want
+    assert len({m.json()["unique_id"] for m in msgs}) == want
+    # serd forget: empty retained configs remove every entity.
+    client = _ha(mosquitto)
+    for t, payload in forget_payloads("homeassistant", "desk.6", channels, rules).items():
+        client.publish(t, payload, qos=1, retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+    after = subscriber(mosquitto, "homeassistant/#", persistent=False)
+    time.sleep(0.5)
+    assert after.snapshot() == []
