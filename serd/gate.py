@@ -37,13 +37,19 @@ SILENCE_DB = -120.0
 class VadSettings:
     """Voice-activity gate settings."""
 
-    backend: Literal["energy", "webrtc"] = "energy"
-    threshold_db: float = 9.0
+    backend: Literal["voiced", "energy", "webrtc"] = "voiced"
+    threshold_db: float = 6.0
     """A block is speech-like when this many dB above the tracked noise floor."""
-    min_level_dbfs: float = -50.0
+    min_level_dbfs: float = -70.0
     """Blocks quieter than this (dB relative to full scale) are never speech."""
-    min_speech_seconds: float = 0.15
+    min_speech_seconds: float = 0.1
     """Candidate speech needed before a segment opens."""
+    voiced_seconds: float = 0.08
+    """voiced backend: voiced (periodic) candidate audio needed before a segment opens."""
+    voicing_threshold: float = 0.5
+    """voiced backend: normalised autocorrelation peak (0..1) that makes a block voiced."""
+    max_gap_seconds: float = 0.05
+    """voiced backend: a gap in candidate speech longer than this restarts the count."""
     hangover_seconds: float = 0.4
     """Silence needed before a segment closes."""
     preroll_seconds: float = 0.2
@@ -63,6 +69,9 @@ class VadSettings:
         # Upper bounds keep buffers sized from these settings small (and catch typos like
         # 200 for 0.2): nothing useful lies beyond them.
         require(0 <= self.min_speech_seconds <= 5, "min_speech_seconds", "must be 0..5 s")
+        require(0 <= self.voiced_seconds <= 5, "voiced_seconds", "must be 0..5 s")
+        require(0 < self.voicing_threshold < 1, "voicing_threshold", "must be in (0, 1)")
+        require(0 <= self.max_gap_seconds <= 1, "max_gap_seconds", "must be 0..1 s")
         require(0 <= self.hangover_seconds <= 10, "hangover_seconds", "must be 0..10 s")
         require(0 <= self.preroll_seconds <= 2, "preroll_seconds", "must be 0..2 s")
         require(
@@ -117,15 +126,22 @@ class EnergyGate:
         self._seg_start = 0
         self._last_end = 0
 
-    def candidates(self, levels_db: npt.NDArray[np.float64]) -> list[bool]:
-        """Speech-candidate flags per block; updates the noise floor."""
+    def candidates(self, levels_db: npt.NDArray[np.float64],
+                   margins: list[float] | None = None) -> list[bool]:
+        """Speech-candidate flags per block; updates the noise floor.  ``margins`` (when
+        given) gets each block's level above the floor, in dB."""
+        return self._track(levels_db.tolist(), margins)
+
+    def _track(self, levels_db: list[float], margins: list[float] | None) -> list[bool]:
         s = self.settings
         out: list[bool] = []
         floor = self.noise_floor_db
-        for level in levels_db.tolist():
+        for level in levels_db:
             if floor is None:
                 floor = level
             out.append(level > s.min_level_dbfs and level > floor + s.threshold_db)
+            if margins is not None:
+                margins.append(level - floor if level > s.min_level_dbfs else SILENCE_DB)
             # Asymmetric tracking: fall fast, rise slowly.
             floor += (level - floor) * (self._fall if level < floor else self._rise)
         self.noise_floor_db = floor
@@ -134,22 +150,25 @@ class EnergyGate:
     def __call__(self, levels_db: npt.NDArray[np.float64]) -> list[GateEvent]:
         return self.segment(self.candidates(levels_db))
 
+    def process(self, blocks: npt.NDArray[np.float32]) -> list[GateEvent]:
+        """Events for the next ``blocks`` (n, block) of the stream."""
+        return self(block_levels_db(blocks))
+
     def segment(self, flags: list[bool]) -> list[GateEvent]:
         """Turn per-block candidate flags into segment start/end events."""
         events: list[GateEvent] = []
         for is_speech in flags:
             b = self.block
             if not self.in_speech:
-                self._run = self._run + 1 if is_speech else 0
-                if self._run >= self._min_speech:
-                    first = b - self._run + 1
+                first = self._opening(is_speech, b)
+                if first is not None:
                     # Pre-roll, but never back into the previous segment.
                     start = max(first - self._preroll, self._last_end, 0)
                     events.append(GateEvent("start", start))
                     self.in_speech = True
                     self._seg_start = start
                     self._quiet = 0
-                    self._run = 0
+                    self._restart_opening()
             else:
                 self._quiet = 0 if is_speech else self._quiet + 1
                 if self._quiet >= self._hangover:
@@ -157,7 +176,7 @@ class EnergyGate:
                     events.append(GateEvent("end", end))
                     self.in_speech = False
                     self._last_end = end
-                    self._run = 0
+                    self._restart_opening()
                 elif b + 1 - self._seg_start >= self._max_blocks:
                     end = b + 1
                     events.append(GateEvent("end", end))
@@ -167,6 +186,15 @@ class EnergyGate:
             self.block += 1
         return events
 
+    def _opening(self, is_speech: bool, b: int) -> int | None:
+        """While silent: the first block of the speech that opens a segment at block ``b``,
+        or None.  Energy backend: ``min_speech_seconds`` of consecutive candidates."""
+        self._run = self._run + 1 if is_speech else 0
+        return b - self._run + 1 if self._run >= self._min_speech else None
+
+    def _restart_opening(self) -> None:
+        self._run = 0
+
     def close(self) -> list[GateEvent]:
         """End of stream: close an open segment."""
         if self.in_speech:
@@ -174,6 +202,178 @@ class EnergyGate:
             self._last_end = self.block
             return [GateEvent("end", self.block)]
         return []
+
+
+class VoicedGate(EnergyGate):
+    """Energy candidates, confirmed by voicing before a segment opens.
+
+    Speech is voiced: its vowels repeat at the pitch period for tens of milliseconds.
+    Typing, clicks, paper, breathing and most of a cough are noise-like or impulsive and
+    do not.  So a segment opens only when the candidate run (gaps up to ``max_gap_seconds``
+    allowed) holds ``min_speech_seconds`` of candidates and ``voiced_seconds`` of voiced
+    blocks.  Voicing is measured only on candidate blocks while no segment is open: in a
+    quiet room (no candidates) and inside speech (the segment is already open) it costs
+    nothing, and it never runs more than a few dozen times per utterance.
+
+    The level of a block is the mean square of the last ``_SMOOTH`` blocks: single 10 ms
+    blocks of low-frequency room noise swing by several dB, which would make the tracked
+    floor (it follows the quiet blocks) sit well below the noise's mean level.
+    """
+
+    _SMOOTH = 3  # blocks per level and per voicing frame (30 ms at 10 ms blocks)
+    _MIN_PITCH_HZ = 70.0
+    _MAX_PITCH_HZ = 400.0
+    # Periodicity is measured in this band: below it lie mains hum, fan and rumble tones,
+    # above it a quiet voice's harmonics drown in the microphone's hiss.
+    _BAND_HZ = (150.0, 2500.0)
+    _SUSTAIN_DB = 6.0
+    _SUSTAIN_BLOCKS = 8
+    _PREEMPHASIS = 0.9
+
+    def __init__(self, settings: VadSettings, block_seconds: float, sample_rate: int) -> None:
+        self._need_voiced = max(1, round(settings.voiced_seconds / block_seconds))
+        self._max_gap = round(settings.max_gap_seconds / block_seconds)
+        self._voicing_margin = settings.threshold_db / 2
+        # Voiced blocks are counted over this many of the run's last blocks.
+        self._voiced_window = max(round(0.2 / block_seconds), self._need_voiced)
+        self._voiced_flags: list[bool] = []  # ring over that window
+        self._pos = 0  # its next slot
+        # How far back a start may point: enough to gather the voicing at the longest
+        # plausible pace (a few syllables); older candidates are forgotten.
+        self._max_run = max(round(0.5 / block_seconds), self._need_voiced * 4)
+        self._lag_lo = max(2, int(sample_rate / self._MAX_PITCH_HZ))
+        self._lag_hi = int(sample_rate / self._MIN_PITCH_HZ)
+        super().__init__(settings, block_seconds)
+        self._block_len = round(block_seconds * sample_rate)
+        self._frame_len = self._block_len * self._SMOOTH
+        self._fft_len = 1 << (2 * self._frame_len - 1).bit_length()
+        freqs = np.fft.rfftfreq(self._fft_len, 1.0 / sample_rate)
+        self._band_mask = ((freqs >= self._BAND_HZ[0]) & (freqs <= self._BAND_HZ[1])).astype(
+            np.float64)
+        self.reset()
+
+    @property
+    def lookback_blocks(self) -> int:
+        return self._max_run + self._preroll
+
+    def reset(self) -> None:
+        super().reset()
+        self._first = -(1 << 30)  # first block of the current (or the last) candidate run
+        self._restart_opening()
+        # Smoothed levels of the last _SUSTAIN_BLOCKS blocks of earlier calls, then of this
+        # call's blocks; their heights above the noise floor (this call's blocks only).
+        self._levels: list[float] = [SILENCE_DB] * self._SUSTAIN_BLOCKS
+        self._margins: list[float] = []
+        self._levels_first = 0
+        self._tail_ms: tuple[float, float] | None = None  # last two blocks' sums of squares
+        # The audio voicing may look at: this call's blocks, the last ones of the previous.
+        block_len = getattr(self, "_block_len", 1)
+        self._blocks = np.zeros((0, block_len), np.float32)
+        self._prev = np.zeros((self._SMOOTH - 1, block_len), np.float32)
+
+    def process(self, blocks: npt.NDArray[np.float32]) -> list[GateEvent]:
+        n, size = blocks.shape
+        if n == 0:
+            return []
+        # Levels of the pre-emphasised signal: it weighs the speech band over the rumble
+        # and hum that dominate a room's noise and make its raw level swing by several dB
+        # from block to block.  (The first block of a call misses its first sample.)
+        x = blocks.reshape(-1)
+        d = x[1:] - self._PREEMPHASIS * x[:-1]
+        d *= d
+        sums = np.add.reduceat(d, np.arange(0, n * size, size) - (np.arange(n) > 0)).tolist()
+        # Smoothed over _SMOOTH (3) blocks, this one and the two before; in Python: a few
+        # floats per call cost less than the numpy calls would.
+        levels = []
+        a, b = self._tail_ms if self._tail_ms is not None else (sums[0], sums[0])
+        scale = 1.0 / (3 * size)
+        for c in sums:
+            ms = (a + b + c) * scale
+            levels.append(10.0 * math.log10(ms) if ms > 1e-12 else SILENCE_DB)
+            a, b = b, c
+        self._tail_ms = (a, b)
+        # Voicing looks at this call's blocks and the last two before them (a copy: the
+        # caller may reuse its buffer).
+        if self._blocks.shape[0] >= 2:
+            self._prev = self._blocks[-2:].copy()
+        elif self._blocks.shape[0]:
+            self._prev = np.concatenate((self._prev, self._blocks))[-2:]
+        self._blocks = blocks
+        self._levels = self._levels[len(self._levels) - self._SUSTAIN_BLOCKS :] + levels
+        self._levels_first = self.block
+        self._margins = []
+        return self.segment(self._track(levels, self._margins))
+
+    def _opening(self, is_speech: bool, b: int) -> int | None:
+        # A run starts at a candidate and lasts while the level stays above half the
+        # threshold, with gaps of up to max_gap_seconds.  Inside it, voicing is looked for at
+        # that half margin: a quiet voice's vowels are clearly periodic a few dB before they
+        # clear the threshold.
+        i = b - self._levels_first
+        if is_speech:
+            # A word just before may have been too short or too weakly voiced to open a
+            # segment on its own: the segment will start with it (within _max_run).
+            if self._run == 0 and b - self._first > self._max_run:
+                self._first = b
+            self._run = 1
+            self._gap = 0
+        elif not self._run:
+            return None
+        elif self._margins[i] > self._voicing_margin:
+            self._gap = 0
+        else:
+            self._gap += 1
+            if self._gap > self._max_gap:
+                self._restart_opening()
+                return None
+        # A struck object (a knock, a dropped pen) rings periodically too, but only decays:
+        # a voice is driven and holds its level through a vowel.  So a block counts as
+        # voiced only while within _SUSTAIN_DB of the loudest of the last few blocks.
+        j = i + self._SUSTAIN_BLOCKS
+        level = self._levels[j]
+        voiced = (self._margins[i] > self._voicing_margin
+                  and level >= max(self._levels[j - self._SUSTAIN_BLOCKS : j]) - self._SUSTAIN_DB
+                  and self.voicing(b) >= self.settings.voicing_threshold)
+        # Voiced blocks among the last _voiced_window of the run (vowels flicker at low SNR).
+        flags = self._voiced_flags
+        self._voiced += voiced - flags[self._pos]
+        flags[self._pos] = voiced
+        self._pos = (self._pos + 1) % len(flags)
+        if b - self._first >= self._min_speech - 1 and self._voiced >= self._need_voiced:
+            return max(self._first, b - self._max_run + 1)
+        return None
+
+    def _restart_opening(self) -> None:
+        self._run = 0
+        self._voiced = 0
+        self._gap = 0
+        self._voiced_flags = [False] * self._voiced_window
+        self._pos = 0
+
+    def voicing(self, b: int) -> float:
+        """Periodicity of the 30 ms ending with block ``b``: the highest normalised
+        autocorrelation peak at a pitch lag (70-400 Hz), 0 for aperiodic sound, near 1
+        for a steady vowel."""
+        i = b - self._levels_first
+        k = self._SMOOTH - 1
+        if i >= k:
+            y = self._blocks[i - k : i + 1].reshape(-1).astype(np.float64)
+        else:
+            y = np.concatenate((self._prev[i:], self._blocks[: i + 1])).reshape(-1).astype(
+                np.float64)
+        spec = np.fft.rfft(y, self._fft_len)
+        power = spec.real**2 + spec.imag**2
+        power *= self._band_mask
+        r = np.fft.irfft(power, self._fft_len)[: self._lag_hi + 2]
+        if r[0] <= 0.0:
+            return 0.0
+        # Unbiased: each lag's sum has fewer terms.
+        n = y.size
+        lags = np.arange(r.size)
+        rn = r / r[0] * (n / np.maximum(n - lags, 1))
+        seg = rn[self._lag_lo - 1 :]
+        peaks = (seg[1:-1] > seg[:-2]) & (seg[1:-1] >= seg[2:])
+        return float(seg[1:-1][peaks].max()) if peaks.any() else 0.0
 
 
 class WebRtcGate(EnergyGate):
@@ -191,6 +391,9 @@ class WebRtcGate(EnergyGate):
         self._vad = webrtcvad.Vad(settings.webrtc_aggressiveness)
         self._rate = sample_rate
 
+    def process(self, blocks: npt.NDArray[np.float32]) -> list[GateEvent]:
+        return self.segment(self.classify_blocks(blocks))
+
     def classify_blocks(self, blocks: npt.NDArray[np.float32]) -> list[bool]:
         pcm = (np.clip(blocks, -1.0, 1.0) * 32767).astype("<i2")
         levels = block_levels_db(blocks)
@@ -204,6 +407,11 @@ class WebRtcGate(EnergyGate):
 def block_levels_db(blocks: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     """Mean-square level of each row of ``blocks`` (n, block) in dBFS (full-scale sine = -3)."""
     ms = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) / max(blocks.shape[1], 1)
+    return levels_db(ms)
+
+
+def levels_db(ms: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Mean squares in dBFS, floored at ``SILENCE_DB``."""
     if all(0.0 < v < math.inf for v in ms.tolist()):
         # The usual case (no digital silence, NaN or inf): the same numbers without the
         # errstate context and nan_to_num, which cost more than the rest of this together.
@@ -218,4 +426,6 @@ def block_levels_db(blocks: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
 def make_gate(settings: VadSettings, block_seconds: float, sample_rate: int) -> EnergyGate:
     if settings.backend == "webrtc":
         return WebRtcGate(settings, block_seconds, sample_rate)
+    if settings.backend == "voiced":
+        return VoicedGate(settings, block_seconds, sample_rate)
     return EnergyGate(settings, block_seconds)

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from serd.features import FeatureParams, MfccStream, WindowParams, pad_window
-from serd.gate import EnergyGate, VadSettings, WebRtcGate, block_levels_db, make_gate
+from serd.gate import EnergyGate, VadSettings, make_gate
 
 
 @dataclass(frozen=True)
@@ -141,10 +141,7 @@ class Windower:
         if n == 0:
             return []
         blocks = x[: n * self.block].reshape(n, self.block)
-        if isinstance(self.gate, WebRtcGate):
-            events = self.gate.segment(self.gate.classify_blocks(blocks))
-        else:
-            events = self.gate(block_levels_db(blocks))
+        events = self.gate.process(blocks)
         first_block = self.gate.block - n
         return self._process(blocks, first_block, events)
 

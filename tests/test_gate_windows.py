@@ -1,17 +1,24 @@
-"""VAD gate and windower: segmentation, cheap silence, chunk-size invariance."""
+"""VAD gate and windower: segmentation, cheap silence, chunk-size invariance; the default
+(voiced) gate hears quiet speech and ignores clicks, knocks, typing, coughs and breathing."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from bench.gate_sounds import CATEGORIES, sound
 from serd.decode import load
 from serd.features import FeatureParams, WindowParams
-from serd.gate import EnergyGate, VadSettings, block_levels_db
+from serd.gate import EnergyGate, VadSettings, VoicedGate, block_levels_db, make_gate
 from serd.validate import ConfigError, build
 from serd.windows import SegmentEnd, SegmentStart, Window, Windower, windows_of
 
 RATE = 16000
+# The energy backend's segmentation tests use the settings it shipped with.
+ENERGY = VadSettings(backend="energy", threshold_db=9.0, min_level_dbfs=-50.0,
+                     min_speech_seconds=0.15)
 
 
 def tone(seconds: float, amp: float = 0.3, f: float = 220.0) -> np.ndarray:
@@ -40,7 +47,7 @@ def test_levels_db() -> None:
 
 
 def test_gate_finds_a_burst_and_applies_preroll_and_hangover() -> None:
-    s = VadSettings()
+    s = ENERGY
     gate = EnergyGate(s, 0.01)
     x = np.concatenate([noise(1.0), tone(1.0) + noise(1.0, seed=1), noise(1.0, seed=2)])
     levels = block_levels_db(x[: x.size // 160 * 160].reshape(-1, 160))
@@ -53,7 +60,7 @@ def test_gate_finds_a_burst_and_applies_preroll_and_hangover() -> None:
 
 
 def test_gate_ignores_clicks_and_adapts_to_steady_noise() -> None:
-    gate = EnergyGate(VadSettings(), 0.01)
+    gate = EnergyGate(ENERGY, 0.01)
     click = np.zeros(RATE, np.float32)
     click[8000:8080] = 0.9  # 5 ms: shorter than min_speech_seconds
     hum = tone(10.0, amp=0.05, f=50.0) + noise(10.0)  # a loud, steady mains hum
@@ -66,7 +73,7 @@ def test_gate_ignores_clicks_and_adapts_to_steady_noise() -> None:
 
 
 def test_long_speech_is_split_into_utterances() -> None:
-    gate = EnergyGate(VadSettings(max_segment_seconds=2.0), 0.01)
+    gate = EnergyGate(replace(ENERGY, max_segment_seconds=2.0), 0.01)
     x = np.concatenate([noise(0.5), tone(5.0) * (1 + 0.5 * np.sin(np.arange(80000) / 800))])
     levels = block_levels_db(x[: x.size // 160 * 160].reshape(-1, 160).astype(np.float32))
     events = gate(levels) + gate.close()
@@ -76,6 +83,85 @@ def test_long_speech_is_split_into_utterances() -> None:
 def test_vad_settings_are_validated() -> None:
     with pytest.raises(ConfigError, match=r"vad\.threshold_db"):
         build(VadSettings, {"threshold_db": -3}, "vad")
+    with pytest.raises(ConfigError, match=r"vad\.voicing_threshold"):
+        build(VadSettings, {"voicing_threshold": 1.5}, "vad")
+    with pytest.raises(ConfigError, match=r"vad\.backend"):
+        build(VadSettings, {"backend": "silero"}, "vad")
+    assert VadSettings().backend == "voiced"
+
+
+# -- the default gate: quiet speech in, office noise out -----------------------------------
+
+
+def levelled(x: np.ndarray, dbfs: float) -> np.ndarray:
+    return (x * (10 ** (dbfs / 20) / np.sqrt(np.mean(x.astype(np.float64) ** 2)))).astype(
+        np.float32)
+
+
+def trimmed(x: np.ndarray) -> np.ndarray:
+    """From the first to the last 10 ms block within 35 dB of the loudest: an acted clip
+    with no leading silence at all, the case where a noise floor has nothing to learn."""
+    n = x.size // 160
+    db = 10 * np.log10(np.mean(x[: n * 160].reshape(n, 160).astype(np.float64) ** 2, 1) + 1e-20)
+    loud = np.flatnonzero(db > db.max() - 35)
+    return x[loud[0] * 160 : (loud[-1] + 1) * 160]
+
+
+def test_voicing_tells_a_vowel_from_noise() -> None:
+    gate = VoicedGate(VadSettings(), 0.01, RATE)
+    t = np.arange(int(0.1 * RATE)) / RATE
+    vowel = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 12)).astype(np.float32)
+    gate.process(vowel.reshape(-1, 160) * 0.05)
+    assert gate.voicing(8) > 0.8
+    gate.reset()
+    gate.process(noise(0.1, amp=0.05).reshape(-1, 160))
+    assert gate.voicing(8) < 0.4
+
+
+@pytest.mark.parametrize("dbfs", [-45.0, -35.0, -25.0])
+def test_quiet_speech_with_no_leading_silence_is_found(data_dir, dbfs: float) -> None:
+    for f in sorted(data_dir.glob("*.flac")):
+        x = levelled(trimmed(load(f, RATE)), dbfs)
+        assert windows_of(x), f"{f.name} at {dbfs} dBFS: no speech found"
+        # The same speech in a quiet room (-60 dBFS room tone) is found as well.
+        room = sound("room", x.size / RATE, -60.0, seed=1)
+        assert windows_of(x + room), f"{f.name} at {dbfs} dBFS over room tone"
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_office_noise_opens_no_segment(category: str) -> None:
+    """30 s of each non-speech sound, loud (-30 dBFS), gives no segment at all."""
+    x = sound(category, 30.0, -30.0, seed=7)
+    gate = make_gate(VadSettings(), 0.01, RATE)
+    events = []
+    for i in range(0, x.size // 800 * 800, 800):
+        events += gate.process(x[i : i + 800].reshape(-1, 160))
+    assert [e for e in events if e.kind == "start"] == []
+
+
+def test_clicks_open_no_segment_and_a_hum_switching_on_at_most_one() -> None:
+    click = np.zeros(RATE, np.float32)
+    click[8000:8080] = 0.9
+    w = Windower()
+    assert w(np.concatenate([noise(0.5), click, click])) == []
+    # A loud steady tone switching on is periodic and above the floor until the floor
+    # catches up with it (seconds): one segment at most, and it closes.
+    hum = tone(10.0, amp=0.05, f=50.0) + tone(10.0, amp=0.02, f=100.0) + noise(10.0)
+    items = w(np.concatenate([hum, click]))
+    assert len([i for i in items if isinstance(i, SegmentStart)]) <= 1
+    assert not w.in_speech
+
+
+def test_speech_after_noise_is_found_at_the_right_time(data_dir) -> None:
+    """Typing, then quiet speech at 3 s: one segment, starting near the speech."""
+    x = levelled(trimmed(load(data_dir / "1091_TIE_SAD_XX.flac", RATE)), -40.0)
+    bed = sound("keyboard", 3.0 + x.size / RATE + 1.0, -40.0, seed=3)
+    bed[3 * RATE : 3 * RATE + x.size] += x
+    w = Windower()
+    items = w(bed) + w.flush()
+    starts = [i.start_sample for i in items if isinstance(i, SegmentStart)]
+    assert len(starts) == 1
+    assert 2.5 * RATE <= starts[0] <= 3.3 * RATE
 
 
 def test_windows_of_a_clip(data_dir) -> None:
@@ -106,12 +192,14 @@ def test_short_utterance_gives_one_padded_window() -> None:
     assert ws[0].features.shape == (200, 42)
 
 
+@pytest.mark.parametrize("backend", ["voiced", "energy"])
 @pytest.mark.parametrize("chunk", [1, 160, 333, 800, 4096, 16000])
-def test_chunk_size_does_not_change_windows(data_dir, chunk: int) -> None:
+def test_chunk_size_does_not_change_windows(data_dir, chunk: int, backend: str) -> None:
     x = call_like(data_dir)
-    whole = Windower()
+    vad = VadSettings(backend=backend)  # type: ignore[arg-type]
+    whole = Windower(vad=vad)
     ref = whole(x) + whole.flush()
-    w = Windower()
+    w = Windower(vad=vad)
     got = []
     for i in range(0, x.size, chunk):
         got.extend(w(x[i : i + chunk]))
