@@ -45,7 +45,7 @@ PUBLISH_WAIT_SECONDS = 10.0
 
 # Subcommands with their own options; each module has main(argv) -> exit code.
 _SUBCOMMANDS = {"listen": "serd.listen", "dashboard": "serd.dashboard.server",
-                "devices": "serd.devices"}
+                "devices": "serd.devices", "forget": "serd.forget"}
 
 
 class OneLineParser(argparse.ArgumentParser):
