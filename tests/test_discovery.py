@@ -447,3 +447,86 @@ def test_look_alike_channels_keep_their_own_entities_and_forget_clears_them(
     after = subscriber(mosquitto, "homeassistant/#", persistent=False)
     time.sleep(0.5)
     assert after.snapshot() == []
+
+
+# -- Home Assistant's own schemas and template engine (only where it is installed) -------
+# Home Assistant needs Python 3.13 and takes minutes to install, so it is not a test
+# dependency: point SERD_HA_PYTHON at an interpreter that has it
+# (python3.13 -m venv /tmp/havenv && /tmp/havenv/bin/pip install homeassistant).
+_HA_CHECK = r'''
+import asyncio, json, sys, tempfile
+from homeassistant.components.mqtt import binary_sensor, event, sensor
+from homeassistant.components.mqtt.discovery import TOPIC_MATCHER
+from homeassistant.const import __version__
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import frame
+from homeassistant.helpers.template import Template
+
+job = json.load(sys.stdin)
+schemas = {"sensor": sensor.DISCOVERY_SCHEMA, "binary_sensor": binary_sensor.DISCOVERY_SCHEMA,
+           "event": event.DISCOVERY_SCHEMA}
+out = {"version": __version__, "configs": {}, "renders": []}
+for topic, cfg in job["configs"].items():
+    m = TOPIC_MATCHER.match(topic)
+    c = dict(cfg)
+    c.pop("origin", None)  # validated on its own by the discovery code, before the schema
+    valid = schemas[m.group("component")](c) if m else {}
+    out["configs"][topic] = {"matched": bool(m), "dropped": sorted(set(c) - set(valid))}
+
+
+async def render():
+    hass = HomeAssistant(tempfile.mkdtemp())
+    frame.async_setup(hass)
+    for text, payload, this in job["renders"]:
+        try:
+            value = Template(text, hass).async_render(
+                {"value": payload, "value_json": json.loads(payload), "this": this},
+                parse_result=False)
+        except Exception as exc:  # noqa: BLE001
+            value = f"ERROR {type(exc).__name__}: {exc}"
+        out["renders"].append(value)
+    await hass.async_stop(force=True)
+
+asyncio.run(render())
+print(json.dumps(out))
+'''
+
+
+def test_home_assistant_schemas_and_templates() -> None:
+    import os  # noqa: PLC0415
+
+    python = os.environ.get("SERD_HA_PYTHON")
+    if not python or not Path(python).exists():
+        pytest.skip("set SERD_HA_PYTHON to a Python with homeassistant installed")
+    cfgs = make_configs(rules=("sustained_distress",))
+    sensor = _entity(cfgs, "customer_emotion")
+    alert_ = _entity(cfgs, f"agent_alert_{object_id('sustained_distress')}")
+    problem = _entity(cfgs, "device_problem")
+    backlog = _entity(cfgs, "device_spool_backlog")
+    avail = sensor["availability"][0]["value_template"]
+    keep = {"state": "happy", "attributes": {"confidence": 0.5}}
+    renders: list[tuple[str, str, Any]] = [
+        (sensor["value_template"], emotion("customer", "utterance", "sad"), keep),
+        (sensor["value_template"], emotion("customer", "window", "sad"), keep),
+        (sensor["json_attributes_template"], emotion("customer", "utterance", "sad"), keep),
+        (sensor["json_attributes_template"], emotion("agent", "utterance", "sad"), keep),
+        (alert_["value_template"], state(("agent", "sustained_distress")), {}),
+        (alert_["value_template"], state(), {}),
+        (problem["value_template"], json.dumps({"state": "degraded"}), {}),
+        (avail, json.dumps({"state": "degraded"}), {}),
+        (avail, json.dumps({"state": "offline"}), {}),
+        (backlog["value_template"], json.dumps({"publisher": {"spool_depth": 4}}), {}),
+    ]
+    job = {"configs": cfgs, "renders": renders}
+    r = subprocess.run([python, "-c", _HA_CHECK], input=json.dumps(job), capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for t, check in result["configs"].items():
+        assert check == {"matched": True, "dropped": []}, (result["version"], t, check)
+    got = [str(v).strip() for v in result["renders"]]
+    assert json.loads(got[2]) == {"confidence": 0.81, "start": "2024-05-01T12:00:00.000Z",
+                                  "end": "2024-05-01T12:00:01.750Z"}
+    assert json.loads(got[3]) == {"confidence": 0.5}
+    assert got[:2] + got[4:] == ["sad", "happy", "ON", "OFF", "ON", "online", "offline",
+                                 "4"], (result["version"], got)
