@@ -735,6 +735,7 @@ def test_stale_devices_can_be_hidden_and_come_back_when_heard(
     broker, ws = ws_broker(mosquitto_factory)
     pub = Pub(broker)
     pub.status("old-replay", "offline", "shutdown")
+    pub.status("gone-1", "offline", "connection_lost")
     pub.status("desk-1", "online", "connected")
     page = page_factory(dashboard_url() + f"?broker=ws://127.0.0.1:{ws}&prefix=serd")
     sel = line("old-replay")
@@ -751,6 +752,14 @@ def test_stale_devices_can_be_hidden_and_come_back_when_heard(
     # ... until the device is heard again, live.
     pub.status("old-replay", "online", "connected")
     page.wait_for_selector(sel + '[data-availability="online"]', state="visible", timeout=10_000)
+    # serd forget clears the retained topics: an open page drops the device at once.
+    assert page.locator(line("gone-1")).count() == 1
+    r = subprocess.run([sys.executable, "-m", "serd.cli", "forget", "gone-1", "--host",
+                        broker.host, "--port", str(broker.port)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    page.wait_for_selector(line("gone-1"), state="detached", timeout=10_000)
+    assert page.evaluate("() => window.serdDashboard.devices.has('gone-1')") is False
     assert page.serd_errors == []
     pub.close()
 
