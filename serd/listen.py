@@ -51,6 +51,8 @@ room, else the newcomer is refused (counted): a flood of fake device ids costs b
 memory and redraw time."""
 _MAX_CHANNELS = 32
 """Channels kept per device (more are refused, counted)."""
+_MAX_ROWS = 4000
+"""Device-and-channel rows kept in all (more are refused, counted): bounds a redraw."""
 _STALE_SECONDS = 3600.0
 """A device not online and silent this long is forgotten (replays, retired devices)."""
 _TEXT_CHARS = 48
@@ -71,9 +73,10 @@ class AlertView:
     end: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Row:
-    """What the table shows for one device and channel."""
+    """What the table shows for one device and channel (replaced, never changed in place,
+    so a redraw's snapshot is a list of references)."""
 
     device: str
     channel: str
@@ -146,6 +149,7 @@ class Board:
         self.too_big = 0  # payloads over the size bound (counted by the listener)
         self.refused = 0  # devices or channels refused because the board was full
         self.forgotten = 0  # stale devices aged out
+        self.row_count = 0
         self.version = 0  # bumped on every change (for redraws)
         self.lock = threading.Lock()
 
@@ -204,15 +208,17 @@ class Board:
                 dev.last_seq[suffix] = update.seq
             row = dev.rows.get(update.channel)
             if row is None:
-                if len(dev.rows) >= _MAX_CHANNELS:
+                if len(dev.rows) >= _MAX_CHANNELS or self.row_count >= _MAX_ROWS:
                     self.refused += 1
                     return False
-                row = dev.rows[update.channel] = Row(device_id, update.channel)
+                row = Row(device_id, update.channel)
+                self.row_count += 1
             if isinstance(update, _Emotion):
-                row.label, row.confidence = update.label, update.confidence
-                row.kind, row.updated = update.kind, now
+                row = dataclasses.replace(row, label=update.label, confidence=update.confidence,
+                                          kind=update.kind, updated=now)
             else:
-                row.alert = update.alert
+                row = dataclasses.replace(row, alert=update.alert)
+            dev.rows[update.channel] = row
             self.version += 1
             return True
 
@@ -227,7 +233,7 @@ class Board:
             if not idle:
                 self.refused += 1
                 return None
-            del self.devices[min(idle)[1]]
+            self.row_count -= len(self.devices.pop(min(idle)[1]).rows)
             self.forgotten += 1
         dev = self.devices[device_id] = Device(heard=time.monotonic())
         return dev
@@ -240,7 +246,7 @@ class Board:
                      if d.availability not in ("online", "degraded")
                      and now_monotonic - d.heard >= self.stale_seconds]
             for k in stale:
-                del self.devices[k]
+                self.row_count -= len(self.devices.pop(k).rows)
             if stale:
                 self.forgotten += len(stale)
                 self.version += 1
@@ -255,8 +261,7 @@ class Board:
         """
         now = time.time() if now is None else now
         with self.lock:
-            snap = [(k, d.availability, d.reason, [dataclasses.replace(r)
-                                                     for r in d.rows.values()])
+            snap = [(k, d.availability, d.reason, list(d.rows.values()))
                     for k, d in self.devices.items()]
             counts = (self.messages, self.invalid + self.too_big, self.refused)
         snap.sort(key=lambda s: s[0])
@@ -270,6 +275,9 @@ class Board:
             avail = availability
             if availability in ("offline", "degraded") and reason:
                 avail = f"{availability} ({reason.replace('_', ' ')})"
+            if max_rows is not None and len(lines) >= max_rows:
+                hidden += max(1, len(rows))  # off screen: counted, not formatted
+                continue
             shown: list[Row | None] = [*sorted(rows, key=lambda r: r.channel)] or [None]
             for row in shown:
                 if max_rows is not None and len(lines) >= max_rows:

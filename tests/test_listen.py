@@ -382,6 +382,7 @@ def test_devices_bounded_stale_aged_out_and_redraw_cheap() -> None:
     for i in range(100):
         b.feed("serd/one/emotion", {"channel": f"c{i}", "label": "sad"})
     assert len(b.devices["one"].rows) == 32
+    assert b.row_count == 32
 
 
 @pytest.mark.broker
