@@ -178,7 +178,7 @@ def _status_state(payload: bytes) -> str | None:
     # Hostile until checked: only a JSON object's string "state" counts.
     try:
         value = json.loads(payload[:4096])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError
         return None
     state = value.get("state") if isinstance(value, dict) else None
     return state if isinstance(state, str) else None

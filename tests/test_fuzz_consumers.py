@@ -205,3 +205,15 @@ def test_home_assistant_templates_give_allowed_values_or_fail(payload: dict) -> 
                 assert out == "previous" or re.fullmatch(r"-?[0-9.e+-]+|-?inf", out), out
             else:
                 assert out in ("ON", "OFF"), out
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=5000), payloads.map(lambda p: json.dumps(p).encode()),
+                 st.integers(min_value=1, max_value=6000).map(lambda n: b"[" * n),
+                 st.integers(min_value=1, max_value=6000).map(
+                     lambda n: b'{"state": ' + b"[" * n)))
+def test_forget_status_check_never_raises(payload: bytes) -> None:
+    """``serd forget`` reads each retained status to refuse forgetting a live device."""
+    forget = pytest.importorskip("serd.forget")
+    state = forget._status_state(payload)
+    assert state is None or isinstance(state, str)
