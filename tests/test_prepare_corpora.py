@@ -1,0 +1,183 @@
+"""Manifests for the public corpora: layouts, speakers, labels, checks, verification, CLI.
+
+Every corpus here is a tiny synthetic folder of generated tones laid out like the real
+release; no corpus audio is needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from train.corpora import MANIFEST_NAME, CorpusError, scan
+from train.prepare_corpora import SPECS, SUMS_NAME, main, summary, verify, write_manifest
+
+
+def _write(path: Path, rate: int = 16000, seconds: float = 0.25, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(str(path), 0.2 * np.sin(2 * np.pi * (120 + 10 * seed) * t), rate)
+    return path
+
+
+def _urdu(root: Path) -> Path:
+    _write(root / "Angry" / "SM1_F1_A01.wav", 44100, seed=1)
+    _write(root / "Happy" / "SF2_F3_H03.wav", 44100, seed=2)
+    _write(root / "Neutral" / "SM1_F2_N02.wav", 44100, seed=3)
+    _write(root / "Sad" / "SF10_F1_S01.wav", 44100, seed=4)
+    return root
+
+
+def _ased(root: Path) -> Path:
+    _write(root / "01Neutral" / "n1-01-01-01-01.wav", seed=1)
+    _write(root / "02Fearful" / "f2-02-01-02-07.wav", seed=2)
+    _write(root / "03Happy" / "h3-03-02-02-07.wav", seed=3)
+    _write(root / "04Sad" / "s4-04-01-02-07.wav", seed=4)
+    _write(root / "04Sad" / "S4-04-02-01-07.wav", seed=5)  # upper case, stray gender code
+    _write(root / "05Angry" / "a5-05-01-01-01.wav", seed=6)
+    return root
+
+
+def _turev(root: Path) -> Path:
+    src = root / "Sound Source"
+    _write(src / "Angry" / "1157_kz_acik.wav", 44100, seed=1)
+    _write(src / "Calm" / "1234_sk_algi.wav", 44100, seed=2)
+    _write(src / "Happy" / "1234_mt_beste.wav", 44100, seed=3)
+    _write(src / "Sad" / "7895_hl_ogul1.wav", 44100, seed=4)
+    return root
+
+
+def _nemo(root: Path) -> Path:
+    rows = [("EB0_anger_1.wav", "anger", "EB0", "female"),
+            ("EB0_neutral_2.wav", "neutral", "EB0", "female"),
+            ("WR0_surprised_3.wav", "surprised", "WR0", "male"),
+            ("WR0_fear_4.wav", "fear", "WR0", "male")]
+    for i, (name, *_rest) in enumerate(rows):
+        _write(root / "samples" / name, 24000, seed=i)
+    with (root / "data.tsv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(["file_id", "emotion", "raw_text", "normalized_text", "speaker_id",
+                    "gender", "age"])
+        for name, emotion, speaker, gender in rows:
+            # nEMO pads the speaker column with spaces.
+            w.writerow([name, emotion, "Zdanie, z przecinkiem.", "zdanie z przecinkiem",
+                        f"        {speaker}", gender, "27"])
+    return root
+
+
+LAYOUTS = {
+    "urdu": (_urdu, {"urdu:SM1": "m", "urdu:SF2": "f", "urdu:SF10": "f"},
+             {"angry", "happy", "neutral", "sad"}),
+    "ased": (_ased, {"ased:01": "f", "ased:07": "m"},
+             {"neutral", "fearful", "happy", "sad", "angry"}),
+    "turevdb": (_turev, {"turevdb:1157": "", "turevdb:1234": "", "turevdb:7895": ""},
+                {"angry", "calm", "happy", "sad"}),
+    "nemo": (_nemo, {"nemo:EB0": "f", "nemo:WR0": "m"},
+             {"angry", "neutral", "surprised", "fearful"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_manifest_lists_every_file_with_speaker_label_and_language(
+        tmp_path: Path, name: str) -> None:
+    make, speakers, labels = LAYOUTS[name]
+    root = make(tmp_path / name)
+    out, items = write_manifest(SPECS[name], root)
+    assert out == root / MANIFEST_NAME
+    assert {it.speaker: it.gender for it in items} == speakers
+    assert {it.label for it in items} == labels
+    assert {it.corpus for it in items} == {name}
+    assert all(Path(it.path).is_file() for it in items)
+    with out.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["language"] for r in rows} == {SPECS[name].language}
+    assert all(not Path(r["path"]).is_absolute() for r in rows)  # the folder can move
+    # Training's own scan reads the manifest in place and finds the same items.
+    assert scan([tmp_path]) == sorted(items, key=lambda it: it.path)
+
+
+def test_ased_speaker_gender_is_the_majority_of_their_files(tmp_path: Path) -> None:
+    root = _ased(tmp_path / "ased")
+    _write(root / "01Neutral" / "n1-01-01-02-07.wav", seed=8)
+    _, items = write_manifest(SPECS["ased"], root)
+    # Speaker 07: three files say male (02), one says female (01).
+    assert {it.gender for it in items if it.speaker == "ased:07"} == {"m"}
+
+
+def test_unlisted_audio_is_refused(tmp_path: Path) -> None:
+    root = _nemo(tmp_path / "nemo")
+    # Not in data.tsv, and named like RAVDESS: scan would take it for a RAVDESS actor.
+    _write(root / "samples" / "03-01-05-01-01-01-01.wav")
+    with pytest.raises(CorpusError, match="not in the manifest"):
+        write_manifest(SPECS["nemo"], root)
+    assert not (root / MANIFEST_NAME).exists()
+
+
+@pytest.mark.parametrize(("name", "bad"), [
+    ("urdu", "Sad/SM1_F1_A01.wav"),           # angry file in the sad folder
+    ("ased", "03Happy/a5-05-01-01-01.wav"),  # likewise
+    ("turevdb", "Sound Source/Calm/1157_kz_x.wav"),
+    ("urdu", "Angry/readme.wav"),
+])
+def test_a_file_that_breaks_the_layout_is_refused(tmp_path: Path, name: str, bad: str) -> None:
+    root = LAYOUTS[name][0](tmp_path / name)
+    _write(root / bad)
+    with pytest.raises(CorpusError, match="name"):
+        write_manifest(SPECS[name], root)
+
+
+def test_nemo_row_disagreeing_with_its_file_name_is_refused(tmp_path: Path) -> None:
+    root = _nemo(tmp_path / "nemo")
+    text = (root / "data.tsv").read_text(encoding="utf-8")
+    (root / "data.tsv").write_text(text.replace("EB0_anger_1.wav\tanger",
+                                                "EB0_anger_1.wav\tsadness"), encoding="utf-8")
+    with pytest.raises(CorpusError, match="disagrees"):
+        write_manifest(SPECS["nemo"], root)
+
+
+def test_verify_decodes_hashes_and_measures(tmp_path: Path) -> None:
+    root = _urdu(tmp_path / "urdu")
+    _, items = write_manifest(SPECS["urdu"], root)
+    v = verify(items, root)
+    assert v.files == 4 and v.sample_rates == (44100,) and v.channels == (1,)
+    assert v.min_seconds == pytest.approx(0.25, abs=1e-3)
+    assert v.hours == pytest.approx(4 * 0.25 / 3600, rel=1e-3)
+    sums = dict(line.split("  ", 1)[::-1] for line in
+                (root / SUMS_NAME).read_text(encoding="utf-8").splitlines())
+    assert sums["Angry/SM1_F1_A01.wav"] == hashlib.sha256(
+        (root / "Angry" / "SM1_F1_A01.wav").read_bytes()).hexdigest()
+    assert len(sums) == 4
+
+
+def test_verify_names_a_file_that_does_not_decode(tmp_path: Path) -> None:
+    root = _urdu(tmp_path / "urdu")
+    _, items = write_manifest(SPECS["urdu"], root)
+    (root / "Sad" / "SF10_F1_S01.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(CorpusError, match=r"SF10_F1_S01\.wav"):
+        verify(items, root)
+
+
+def test_summary_counts_labels_and_speakers(tmp_path: Path) -> None:
+    _, items = write_manifest(SPECS["urdu"], _urdu(tmp_path / "urdu"))
+    text = summary(items)
+    assert text.startswith("4 files, 3 speakers (2 f, 1 m, 0 unknown), 1-2 files per speaker")
+    assert "neutral 1, happy 1, sad 1, angry 1" in text
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _turev(tmp_path / "turevdb")
+    assert main(["--list"]) == 0
+    assert "turevdb" in capsys.readouterr().out
+    assert main(["turevdb", str(root), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "4 files, 3 speakers" in out and "decoded 4 files" in out
+    assert main(["turevdb", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a folder" in err[0]
+    assert main(["tess", str(root)]) == 2
+    assert "unknown corpus 'tess'" in capsys.readouterr().err

@@ -1,0 +1,304 @@
+"""Manifests for public emotional-speech corpora that follow no built-in naming scheme.
+
+Each corpus here is extracted (outside the repository) from a public mirror named in
+``docs/corpora.md``; this module writes the ``serd-corpus.csv`` that
+:func:`train.corpora.read_manifest` reads, so ``serd-train --corpora DIR`` trains on the
+files in place without new naming-scheme code::
+
+    python -m train.prepare_corpora --list
+    python -m train.prepare_corpora urdu ~/.cache/serd/corpora/urdu
+    python -m train.prepare_corpora nemo ~/.cache/serd/corpora/nemo --verify
+
+The manifest's ``language`` column (an ISO 639-1 code) is not read by training today; it
+rides along so the corpus-level attribute travels with the rows.  ``--verify`` decodes every
+listed file with soundfile, writes ``SHA256SUMS`` beside the audio (``sha256sum -c`` reads
+it) and prints duration statistics and the counts per label and speaker.
+
+Speaker ids are those of the corpus's own metadata (file names or its table); the manifest
+reader prefixes them with the corpus name, so they never collide across corpora.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import logging
+import re
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile
+
+from train.corpora import CANONICAL, MANIFEST_NAME, CorpusError, Item, read_manifest
+
+_LOGGER = logging.getLogger(__name__)
+
+SUMS_NAME = "SHA256SUMS"
+MANIFEST_COLUMNS = ("path", "speaker", "label", "gender", "text", "corpus", "language")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One manifest row: a file relative to the corpus root and what it holds."""
+
+    path: str
+    speaker: str
+    label: str
+    gender: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A corpus this module knows: its manifest name, language and row reader."""
+
+    name: str
+    language: str
+    """ISO 639-1 code of the spoken language."""
+    title: str
+    rows: Callable[[Path], list[Row]]
+    """Root folder -> one row per usable file (raises :class:`CorpusError` on surprises)."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``--verify`` measured over a manifest's files."""
+
+    files: int
+    hours: float
+    min_seconds: float
+    median_seconds: float
+    max_seconds: float
+    sample_rates: tuple[int, ...]
+    channels: tuple[int, ...]
+    sums_path: Path
+
+
+def _audio_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+# -- URDU (Latif et al. 2018): <Emotion>/S<M|F><n>_F<k>_<A|H|N|S><k>.wav ----------------
+
+_URDU_NAME = re.compile(r"^S([MF])(\d+)_F\d+_([AHNS])\d+$")
+_URDU_LABEL = {"A": "angry", "H": "happy", "N": "neutral", "S": "sad"}
+_URDU_FOLDER = {"Angry": "A", "Happy": "H", "Neutral": "N", "Sad": "S"}
+
+
+def _urdu_rows(root: Path) -> list[Row]:
+    rows = []
+    for path in _audio_files(root):
+        m = _URDU_NAME.match(path.stem)
+        if not m or _URDU_FOLDER.get(path.parent.name) != m.group(3):
+            raise CorpusError(f"{path}: not an URDU-Dataset name in its emotion folder")
+        sex, number, emo = m.groups()
+        rows.append(Row(_rel(path, root), f"S{sex}{number}", _URDU_LABEL[emo], sex.lower()))
+    return rows
+
+
+# -- ASED v1 (Retta et al. 2023): <nn><Emotion>/<e><n>-<sentence>-<rep>-<gender>-<speaker> --
+
+_ASED_NAME = re.compile(r"^([nfhsa])(\d)-(\d\d)-(\d\d)-(0[12])-(\d\d)$", re.IGNORECASE)
+_ASED_LABEL = {"n": "neutral", "f": "fearful", "h": "happy", "s": "sad", "a": "angry"}
+
+
+def _ased_rows(root: Path) -> list[Row]:
+    parsed = []
+    for path in _audio_files(root):
+        m = _ASED_NAME.match(path.stem)
+        if not m or path.parent.name[2:3].lower() != m.group(1).lower():
+            raise CorpusError(f"{path}: not an ASED name in its emotion folder")
+        parsed.append((path, m.group(1).lower(), m.group(3), m.group(5), m.group(6)))
+    # The gender field disagrees with the rest of one speaker's files in a handful of names
+    # (one file each for five speakers): a speaker's gender is the one most of their files say.
+    votes: dict[str, Counter[str]] = {}
+    for _path, _emo, _sentence, gender, speaker in parsed:
+        votes.setdefault(speaker, Counter())[gender] += 1
+    sex = {spk: "f" if c.most_common(1)[0][0] == "01" else "m" for spk, c in votes.items()}
+    return [Row(_rel(path, root), speaker, _ASED_LABEL[emo], sex[speaker], f"{emo}{sentence}")
+            for path, emo, sentence, _gender, speaker in parsed]
+
+
+# -- TurEV-DB (Canpolat et al. 2020): Sound Source/<Emotion>/<speaker>_<emo>_<word>.wav ------
+
+_TUREV_NAME = re.compile(r"^(\d{4})_(kz|sk|mt|hl)_([a-z]+\d*)$")
+# Turkish codes: kizgin (angry), sakin (calm), mutlu (happy), hüzünlü (sad).
+_TUREV_LABEL = {"kz": "angry", "sk": "calm", "mt": "happy", "hl": "sad"}
+_TUREV_FOLDER = {"Angry": "kz", "Calm": "sk", "Happy": "mt", "Sad": "hl"}
+
+
+def _turev_rows(root: Path) -> list[Row]:
+    rows = []
+    for path in _audio_files(root):
+        m = _TUREV_NAME.match(path.stem)
+        if not m or _TUREV_FOLDER.get(path.parent.name) != m.group(2):
+            raise CorpusError(f"{path}: not a TurEV-DB name in its emotion folder")
+        speaker, emo, word = m.groups()
+        rows.append(Row(_rel(path, root), speaker, _TUREV_LABEL[emo], "", word))
+    return rows
+
+
+# -- nEMO (Christop 2024): samples/<speaker>_<emotion>_<n>.wav, metadata in data.tsv ----------
+
+_NEMO_LABEL = {"anger": "angry", "fear": "fearful", "happiness": "happy", "sadness": "sad",
+               "surprised": "surprised", "neutral": "neutral"}
+
+
+def _nemo_rows(root: Path) -> list[Row]:
+    table = root / "data.tsv"
+    if not table.is_file():
+        raise CorpusError(f"{table}: nEMO's metadata table is missing")
+    rows = []
+    with table.open(newline="", encoding="utf-8") as fh:
+        for line, rec in enumerate(csv.DictReader(fh, delimiter="\t"), start=2):
+            name = (rec.get("file_id") or "").strip()
+            emotion = (rec.get("emotion") or "").strip()
+            speaker = (rec.get("speaker_id") or "").strip()
+            sex = (rec.get("gender") or "").strip().lower()[:1]
+            if emotion not in _NEMO_LABEL or not speaker or not name:
+                raise CorpusError(f"{table}, line {line}: unexpected row {rec!r}")
+            if not name.startswith(f"{speaker}_{emotion}_"):
+                raise CorpusError(f"{table}, line {line}: {name} disagrees with its columns")
+            rows.append(Row(f"samples/{name}", speaker, _NEMO_LABEL[emotion],
+                            sex if sex in ("m", "f") else "",
+                            (rec.get("normalized_text") or "").strip()))
+    return rows
+
+
+SPECS: dict[str, CorpusSpec] = {
+    spec.name: spec for spec in (
+        CorpusSpec("urdu", "ur", "URDU-Dataset (Urdu talk-show speech)", _urdu_rows),
+        CorpusSpec("ased", "am", "Amharic Speech Emotional Dataset v1", _ased_rows),
+        CorpusSpec("turevdb", "tr", "Turkish Emotion-Voice Database", _turev_rows),
+        CorpusSpec("nemo", "pl", "nEMO, emotional speech in Polish", _nemo_rows),
+    )
+}
+
+
+def write_manifest(spec: CorpusSpec, root: Path) -> tuple[Path, list[Item]]:
+    """Write ``root/serd-corpus.csv`` for ``spec`` and read it back as training will.
+
+    Every audio file under ``root`` must be listed: an unlisted file whose name happens to
+    match a built-in scheme (RAVDESS-like digits, say) would otherwise be scanned as that
+    corpus.
+    """
+    rows = spec.rows(root)
+    if not rows:
+        raise CorpusError(f"{root}: no {spec.name} audio found")
+    paths = [r.path for r in rows]
+    if len(set(paths)) != len(paths):
+        raise CorpusError(f"{root}: a file is listed twice")
+    missing = [p for p in paths if not (root / p).is_file()]
+    if missing:
+        raise CorpusError(f"{root}: {len(missing)} listed files are missing, e.g. {missing[0]}")
+    unlisted = sorted({_rel(p, root) for p in _audio_files(root)} - set(paths))
+    if unlisted:
+        raise CorpusError(f"{root}: {len(unlisted)} audio files are not in the manifest, "
+                          f"e.g. {unlisted[0]}")
+    bad = sorted({r.label for r in rows} - set(CANONICAL))
+    if bad:
+        raise CorpusError(f"{spec.name}: labels outside the canonical set: {bad}")
+    out = root / MANIFEST_NAME
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(MANIFEST_COLUMNS)
+        for r in sorted(rows, key=lambda r: r.path):
+            writer.writerow((r.path, r.speaker, r.label, r.gender, r.text, spec.name,
+                             spec.language))
+    tmp.replace(out)
+    return out, read_manifest(out)
+
+
+def verify(items: Sequence[Item], root: Path) -> Verification:
+    """Decode every file with soundfile, write ``root/SHA256SUMS``, measure durations."""
+    durations: list[float] = []
+    rates: set[int] = set()
+    channels: set[int] = set()
+    lines = []
+    for it in sorted(items, key=lambda i: i.path):
+        path = Path(it.path)
+        try:
+            info = soundfile.info(str(path))
+            data, _rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as exc:
+            raise CorpusError(f"{path}: soundfile cannot decode it ({exc})") from None
+        if data.shape[0] == 0:
+            raise CorpusError(f"{path}: no samples")
+        durations.append(data.shape[0] / info.samplerate)
+        rates.add(info.samplerate)
+        channels.add(info.channels)
+        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {_rel(path, root)}\n")
+    sums = root / SUMS_NAME
+    sums.write_text("".join(lines), encoding="utf-8")
+    return Verification(len(durations), sum(durations) / 3600.0, min(durations),
+                        statistics.median(durations), max(durations), tuple(sorted(rates)),
+                        tuple(sorted(channels)), sums)
+
+
+def summary(items: Iterable[Item]) -> str:
+    """Counts per label, speakers (with gender split) as a few lines of text."""
+    items = list(items)
+    labels = Counter(it.label for it in items)
+    speakers = {it.speaker: it.gender for it in items}
+    genders = Counter(speakers.values())
+    per_speaker = Counter(it.speaker for it in items)
+    lines = [
+        f"{len(items)} files, {len(speakers)} speakers "
+        f"({genders.get('f', 0)} f, {genders.get('m', 0)} m, {genders.get('', 0)} unknown), "
+        f"{min(per_speaker.values())}-{max(per_speaker.values())} files per speaker",
+        "labels: " + ", ".join(f"{lab} {labels[lab]}" for lab in CANONICAL if labels[lab]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; a corpus that does not look as expected is one line on stderr
+    and exit status 2."""
+    ap = argparse.ArgumentParser(prog="python -m train.prepare_corpora",
+                                 description=(__doc__ or "").partition("\n")[0])
+    ap.add_argument("name", nargs="?", help="corpus name (see --list)")
+    ap.add_argument("root", nargs="?", help="the folder the corpus was extracted into")
+    ap.add_argument("--list", action="store_true", help="list the corpora this knows")
+    ap.add_argument("--verify", action="store_true",
+                    help="decode every file, write SHA256SUMS, print durations")
+    args = ap.parse_args(argv)
+    if args.list:
+        for spec in SPECS.values():
+            print(f"{spec.name:10s} {spec.language}  {spec.title}")
+        return 0
+    if not args.name or not args.root:
+        ap.error("give a corpus NAME and its ROOT folder (or --list)")
+    if args.name not in SPECS:
+        print(f"unknown corpus {args.name!r}; known: {', '.join(SPECS)}", file=sys.stderr)
+        return 2
+    spec = SPECS[args.name]
+    root = Path(args.root).expanduser().resolve()
+    try:
+        if not root.is_dir():
+            raise CorpusError(f"{root} is not a folder (extract the corpus there first)")
+        out, items = write_manifest(spec, root)
+        print(f"{out}: {summary(items)}")
+        if args.verify:
+            v = verify(items, root)
+            print(f"decoded {v.files} files, {v.hours:.2f} h, {v.min_seconds:.2f}/"
+                  f"{v.median_seconds:.2f}/{v.max_seconds:.2f} s min/median/max, "
+                  f"rates {list(v.sample_rates)} Hz, channels {list(v.channels)}; "
+                  f"checksums in {v.sums_path}")
+    except CorpusError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
