@@ -571,8 +571,8 @@ def _with_channel(record: dict[str, Any], result: FileResult) -> dict[str, Any]:
     head = {k: record[k] for k in ("type", "file")}
     out = {**head, "channel": result.channel, "role": result.role, **record}
     if record["type"] == "summary":
-        # Windows of this channel kept from the classifier while the agent spoke.
-        out["windows_muted"] = result.windows_muted
+        # Seconds of this channel kept from the classifier while the agent spoke.
+        out["muted_s"] = round(result.muted_s, 3)
     return out
 
 
@@ -600,8 +600,7 @@ def _bar(p: float, width: int = 20) -> str:
 
 def _print_timeline(result: FileResult, out: TextIO) -> None:
     w = out.write
-    muted = f", {result.windows_muted} windows muted: agent speaking" \
-        if result.windows_muted else ""
+    muted = f", {result.muted_s:.1f} s muted: agent speaking" if result.muted_s else ""
     where = f"  channel {result.channel} ({result.role}{muted})" if result.split else ""
     w(f"{result.path}{where}  ({result.duration_s:.1f} s, speech {result.speech_s:.1f} s)\n")
     for d in result.decisions:

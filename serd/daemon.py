@@ -401,8 +401,8 @@ class Daemon:
             "channels": list(self.channels),
             "roles": [self.roles[c] for c in self.channels],
             "in_speech": [p.in_speech for p in self.pipelines],
-            # Windows of analysed channels not classified because the agent was speaking.
-            "windows_muted": self.channel_set.windows_muted,
+            # Seconds of analysed channels muted because the agent was speaking.
+            "muted_s": round(self.channel_set.muted_seconds, 1),
             "windows": self.counters.windows,
             "utterances": self.counters.utterances,
             "events": self.counters.events,

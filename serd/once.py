@@ -36,7 +36,7 @@ class FileResult:
     def __init__(self, path: Path, duration_s: float, speech_s: float,
                  decisions: list[Decision], labels: tuple[str, ...], threshold: float,
                  hop_s: float, *, channel: str = "main", role: str = UNSPECIFIED,
-                 split: bool = False, mixed_channels: int = 1, windows_muted: int = 0) -> None:
+                 split: bool = False, mixed_channels: int = 1, muted_s: float = 0.0) -> None:
         from serd.decisions import verdict  # noqa: PLC0415
 
         self.path = path
@@ -53,8 +53,9 @@ class FileResult:
         """True when this is one channel of a file analysed channel by channel."""
         self.mixed_channels = mixed_channels
         """How many of the file's channels were averaged into this one (1: none)."""
-        self.windows_muted = windows_muted
-        """Windows not classified because an agent channel was speaking (serd.crosstalk)."""
+        self.muted_s = muted_s
+        """Seconds of this channel muted because an agent channel was speaking
+        (serd.crosstalk)."""
         windows = [d for d in decisions if d.type == "window"]
         self.summary: Verdict | None = None
         if windows:
@@ -117,12 +118,13 @@ def _run(cfg: Config, clf: Classifier, path: Path, info: AudioInfo, channels: li
     for d in cs.flush():
         by_channel[d.channel].append(d)
     out = []
-    for c, pipe in zip(cs.analysed, cs.pipelines, strict=True):
+    for c, pipe, mute in zip(cs.analysed, cs.pipelines, cs.mutes, strict=True):
         out.append(FileResult(
             path, pipe.windower.samples_in / rate, pipe.windower.speech_samples / rate,
             by_channel[c.name], clf.labels, cfg.decisions.threshold,
             clf.card.windows.hop_seconds, channel=c.name, role=c.role, split=not mix,
-            mixed_channels=info.channels if mix else 1, windows_muted=pipe.windows_muted))
+            mixed_channels=info.channels if mix else 1,
+            muted_s=mute.muted_seconds if mute is not None else 0.0))
     return out
 
 

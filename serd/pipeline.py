@@ -53,12 +53,9 @@ class Pipeline:
         vad: VadSettings | None = None,
         decisions: DecisionSettings | None = None,
         channel: str = "main",
-        mute: Crosstalk | None = None,
     ) -> None:
         self.classifier = classifier
         self.channel = channel
-        # Bleed muting: windows it covers are not classified (the agent is speaking).
-        self.mute = mute
         card = classifier.card
         self.sample_rate = card.features.sample_rate
         # A voice branch reads each window's audio as well as its MFCCs.
@@ -69,9 +66,6 @@ class Pipeline:
         self.voice = classifier.voice.stream() if classifier.voice is not None else None
         self._times = StageTimes()
         self.windows_classified = 0
-        self.windows_muted = 0
-        self._segment_muted = 0
-        self._classified_span: tuple[int, int] | None = None  # this segment's windows
 
     def reset(self) -> None:
         self.windower.reset()
@@ -104,16 +98,6 @@ class Pipeline:
         out: list[Decision] = []
         for item in items:
             if isinstance(item, Window):
-                if self.mute is not None and self.mute.mutes(item.start_sample, item.end_sample):
-                    self.windows_muted += 1
-                    self._segment_muted += 1
-                    if self.voice is not None:
-                        # Its LSTM state must not carry the agent's voice into later windows.
-                        self.voice.reset()
-                    continue
-                span = self._classified_span
-                self._classified_span = (span[0] if span else item.start_sample,
-                                         item.end_sample)
                 t0 = time.perf_counter()
                 probs = self.classifier(item.features)
                 if self.voice is not None and self.classifier.voice is not None:
@@ -127,20 +111,13 @@ class Pipeline:
                                           item.end_sample, v, probs))
             elif isinstance(item, SegmentStart):
                 self.decider.reset()
-                self._segment_muted = 0
-                self._classified_span = None
             else:
                 t0 = time.perf_counter()
                 final = self.decider.end()
                 self._times.decisions += time.perf_counter() - t0
-                start, end = item.start_sample, item.end_sample
-                if self._segment_muted and self._classified_span is not None:
-                    # Part of the segment was the agent's: the utterance covers only the
-                    # windows that were classified.
-                    start, end = self._classified_span
                 if final is not None:
-                    out.append(self._decision("utterance", item.segment, start, end, final,
-                                              None, item.windows - self._segment_muted))
+                    out.append(self._decision("utterance", item.segment, item.start_sample,
+                                              item.end_sample, final, None, item.windows))
         return out
 
     def _decision(
@@ -193,9 +170,8 @@ class ChannelSet:
         # One muting stage per analysed channel: double talk is judged on its own level.
         self.mutes = [Crosstalk(settings, rate) if self._agents and settings.enabled else None
                       for _ in self.analysed]
-        self.pipelines = [Pipeline(classifier, vad=vad, decisions=decisions, channel=c.name,
-                                   mute=m) for c, m in zip(self.analysed, self.mutes,
-                                                           strict=True)]
+        self.pipelines = [Pipeline(classifier, vad=vad, decisions=decisions, channel=c.name)
+                          for c in self.analysed]
         self.width = max((c.index for c in channels), default=0) + 1
         """Channels a block must have (the highest channel index used, plus one)."""
 
@@ -203,11 +179,11 @@ class ChannelSet:
         data = block if block.ndim == 2 else block[:, None]
         out: list[Decision] = []
         for c, pipe, mute in zip(self.analysed, self.pipelines, self.mutes, strict=True):
+            own = data[:, c.index]
             if mute is not None:
-                # First, so that the windows ending in this block are judged with this
-                # block's agent speech known.
-                mute(data[:, self._agents], data[:, c.index])
-            out.extend(pipe(data[:, c.index]))
+                # The agent's speech replaced before the pipeline sees this channel.
+                own = mute(data[:, self._agents], own)
+            out.extend(pipe(own))
         return out
 
     def flush(self) -> list[Decision]:
@@ -220,5 +196,6 @@ class ChannelSet:
                 mute.reset()
 
     @property
-    def windows_muted(self) -> int:
-        return sum(p.windows_muted for p in self.pipelines)
+    def muted_seconds(self) -> float:
+        """Seconds of analysed audio replaced while the agent spoke, all channels."""
+        return sum(m.muted_seconds for m in self.mutes if m is not None)

@@ -290,7 +290,7 @@ def test_agent_alone_gives_no_decision_at_all(model_path: Path, data_dir: Path) 
 
     call = Call(audio, np.zeros(len(audio), bool), np.zeros(len(audio), bool))
     cfg = two_channel_config()
-    decisions, cs = run_call(call, cfg, _classifier(model_path))
+    decisions, cs, _ = run_call(call, cfg, _classifier(model_path))
     assert decisions == []
     assert [p.channel for p in cs.pipelines] == ["customer"]
 
@@ -311,20 +311,19 @@ def test_bleed_muting_keeps_the_agents_voice_from_the_classifier(
     call = build_call(data_dir, bleed_db=-20.0)
     off = measure(call, two_channel_config(enabled=False), clf)
     on = measure(call, two_channel_config(), clf)
-    lenient = measure(call, two_channel_config(max_muted_fraction=0.25,
-                                               double_talk_margin_db=10.0), clf)
+    double_talk = measure(call, two_channel_config(double_talk_margin_db=10.0), clf)
     # Without muting, the agent's bleed is judged under the caller's name.
     assert off.agent_only_classified_s > 0.5 * off.agent_only_s
     assert off.windows_mostly_agent >= 3 and off.utterances_mostly_agent >= 1
-    # With the default muting, none of it reaches the classifier; the caller still does.
+    # With the default muting, none of it reaches the classifier; most of the caller does.
     assert on.agent_only_classified_s == 0.0
     assert on.windows_with_agent == 0 and on.windows_mostly_agent == 0
-    assert on.utterances_mostly_agent == 0 and on.windows_muted > 0
-    assert on.customer_classified_s > 0.3 * on.customer_s
-    # Lenient: more of the caller, no window or utterance that is mostly the agent's.
-    assert lenient.customer_classified_s >= on.customer_classified_s
-    assert lenient.windows_mostly_agent == 0 and lenient.utterances_mostly_agent == 0
-    assert lenient.agent_only_classified_s < 0.1 * lenient.agent_only_s
+    assert on.utterances_mostly_agent == 0 and on.muted_s > 0.8 * on.agent_only_s
+    assert on.customer_classified_s > 0.6 * on.customer_s
+    # Keeping double talk: more of the caller, next to nothing of the agent.
+    assert double_talk.customer_classified_s >= on.customer_classified_s
+    assert double_talk.windows_mostly_agent == 0 and double_talk.utterances_mostly_agent == 0
+    assert double_talk.agent_only_classified_s < 0.05 * double_talk.agent_only_s
 
 
 # -- serd --once and --once --publish on a stereo call file ---------------------------------
@@ -354,15 +353,16 @@ def test_once_analyses_named_channels_apart(
     recs = [x for x in _records(r.stdout) if x["type"] != "total"]
     assert {(x["channel"], x["role"]) for x in recs} == {("customer", "customer")}
     summaries = [x for x in recs if x["type"] == "summary"]
-    assert len(summaries) == 1 and summaries[0]["windows_muted"] > 0
+    assert len(summaries) == 1 and summaries[0]["muted_s"] > 0
     assert any(x["type"] == "utterance" for x in recs)
     assert "mixed" not in r.stderr
     # The same from the config file, in the text timeline.
     cfg = write_config(tmp_path, model_path, audio={"channels": TWO})
     r = serd("--config", str(cfg), "--once", str(stereo_call))
     assert r.returncode == 0, r.stderr
-    assert "channel customer (customer" in r.stdout and "agent" not in r.stdout.split(
-        "windows muted")[1].split("\n", 1)[1]
+    header, *lines = r.stdout.splitlines()
+    assert "channel customer (customer, " in header and "s muted: agent speaking" in header
+    assert lines and not any("agent" in ln for ln in lines)
     # Unnamed channels: mixed to one, said once on stderr, for two files.
     r = serd("--model", str(model_path), "--once", str(stereo_call), str(stereo_call),
              "--json")
