@@ -9,6 +9,14 @@ message is written as one JSON line (the payload with its ``topic`` added) for s
 Connection settings come from the ``mqtt:`` section of ``--config`` (the same TLS and
 credentials as the daemon); ``--host``, ``--port`` and ``--prefix`` override it.
 Duplicate events (same ``seq`` re-sent after a device reconnects) are dropped.
+
+Every payload is hostile until checked: over the size bound it is not parsed
+(:func:`serd.mqttclient.read_json_object`), a field of the wrong type drops the message
+(counted), control characters are escaped in everything printed (the table and
+``--json``), and the board keeps a bounded number of devices and rows (stale ones age
+out); a redraw formats only what fits on the screen, outside the lock that paho's thread
+needs.  While the broker cannot be reached, one line says so (retries stay quiet) and one
+more says when it is connected again.
 """
 
 from __future__ import annotations
