@@ -440,8 +440,8 @@ class Floor:
         if label:
             probs[label] = conf
         payload = events.emotion_event(device, events.EmotionResult(
-            kind, channel, start, end, label, conf, probs, "serd-emotion-6"))  # type: ignore[arg-type]
-        payload["role"] = role
+            kind, channel, start, end, label, conf, probs, "serd-emotion-6",  # type: ignore[arg-type]
+            role=role))
         self.pub.send(device, "emotion", payload)
 
     def fill(self, minutes: float = 2.0, *,
@@ -478,8 +478,7 @@ class Floor:
             t += 1.0
         alert = events.alert_event(device, events.AlertResult(
             channel, "sustained_distress", label, since, since + 10.5, 0.84, "serd-emotion-6",
-            f"started: angry or fearful 10.5 s of the last 30 s of speech on {channel}"))
-        alert["role"] = role
+            f"angry or fearful 10.5 s of the last 30 s of speech on {channel}", role=role))
         self.pub.send(device, "alert", alert)
 
 
