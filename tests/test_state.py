@@ -166,13 +166,10 @@ class Mic(ReplaySource):
         if self.unplugged.is_set():
             time.sleep(0.05)
             return None
-        if not self.quiet.is_set():
-            return super().read(timeout_seconds)
-        self._samples += self.block
-        delay = self._t0 + self._samples / (self.rate * self.speed) - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        return np.zeros((self.block, 1), np.float32)
+        if self.quiet.is_set():  # silence, at about the replay's pace
+            time.sleep(self.block / (self.rate * self.speed))
+            return np.zeros((self.block, 1), np.float32)
+        return super().read(timeout_seconds)
 
 
 def retained(broker: Broker, topic: str, subscriber: Any) -> list[Message]:
