@@ -196,7 +196,8 @@ class Daemon:
             _LOGGER.error("%s", exc)
             self._unlock_state_dir()
             return EXIT_STATE
-        self._publish_live(self.clock(), force=True)
+        # State only: the microphone is opened below, so health is judged from the loop.
+        self._publish_live(self.clock(), force=True, health=False)
         if self.discovery is not None:
             self.discovery.start()
         self._log_roles()
@@ -374,7 +375,8 @@ class Daemon:
         """Retained status (degraded/online) and state, when they changed (serd.state)."""
         if health:
             change = self.availability(input_open=self.source.is_open,
-                                       spool_depth=self.publisher.stats().spool_depth)
+                                       spool_depth=self.publisher.stats().spool_depth,
+                                       now_monotonic=time.monotonic())
             if change is not None:
                 self.publisher.publish_retained(STATUS_SUFFIX, status_event(
                     self.device_id, change.state, change.reason, version=__version__,

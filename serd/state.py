@@ -217,6 +217,9 @@ class AvailabilitySettings:
     # Events waiting in the spool above which the device is degraded (they are not
     # getting through: a slow broker, or one refusing them) ...
     spool_backlog_events: int = 500
+    # ... once they have stayed above it this long (the backlog of an outage drains in
+    # seconds after the reconnect: that is no degradation) ...
+    spool_backlog_seconds: float = 30.0
     # ... and at or below which it is healthy again (hysteresis: no flapping).
     spool_recovered_events: int = 50
 
@@ -225,6 +228,8 @@ class AvailabilitySettings:
             raise ValueError(
                 "spool_recovered_events: must be >= 0 and below spool_backlog_events"
             )
+        if self.spool_backlog_seconds < 0:
+            raise ValueError("spool_backlog_seconds: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -242,7 +247,9 @@ class Availability:
     settings: AvailabilitySettings = field(default_factory=AvailabilitySettings)
     _state: Health = field(init=False, default="online")
     _reason: HealthReason = field(init=False, default="connected")
-    _backlog: bool = field(init=False, default=False)
+    # Monotonic time since when the spool has been above spool_backlog_events (reset only
+    # once it is back at spool_recovered_events or below).
+    _over_since: float | None = field(init=False, default=None)
 
     @property
     def state(self) -> Health:
@@ -252,17 +259,21 @@ class Availability:
     def reason(self) -> HealthReason:
         return self._reason
 
-    def __call__(self, *, input_open: bool, spool_depth: int) -> AvailabilityChange | None:
-        if self._backlog:
-            self._backlog = spool_depth > self.settings.spool_recovered_events
-        else:
-            self._backlog = spool_depth > self.settings.spool_backlog_events
+    def __call__(self, *, input_open: bool, spool_depth: int,
+                 now_monotonic: float) -> AvailabilityChange | None:
+        s = self.settings
+        if spool_depth <= s.spool_recovered_events:
+            self._over_since = None
+        elif spool_depth > s.spool_backlog_events and self._over_since is None:
+            self._over_since = now_monotonic
+        backlog = (self._over_since is not None
+                   and now_monotonic - self._over_since >= s.spool_backlog_seconds)
         state: Health
         reason: HealthReason
         # The microphone first: a device that hears nothing is the more urgent news.
         if not input_open:
             state, reason = "degraded", "input_missing"
-        elif self._backlog:
+        elif backlog:
             state, reason = "degraded", "spool_backlog"
         else:
             state, reason = "online", "connected"
@@ -276,7 +287,7 @@ class Availability:
         return AvailabilityChange(state, reason)
 
     def reset(self) -> None:
-        self._state, self._reason, self._backlog = "online", "connected", False
+        self._state, self._reason, self._over_since = "online", "connected", None
 
 
 def _unit(value: object) -> float:

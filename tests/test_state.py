@@ -119,21 +119,28 @@ def test_reset_forgets_verdicts_and_alerts() -> None:
 # -- Availability -------------------------------------------------------------------------
 
 
-def test_availability_degraded_without_microphone_or_with_a_backlog() -> None:
-    av = Availability(AvailabilitySettings(spool_backlog_events=100, spool_recovered_events=10))
-    assert av(input_open=True, spool_depth=0) is None
-    change = av(input_open=False, spool_depth=0)
+def test_availability_degraded_without_microphone_or_with_a_lasting_backlog() -> None:
+    av = Availability(AvailabilitySettings(spool_backlog_events=100, spool_recovered_events=10,
+                                           spool_backlog_seconds=30))
+    assert av(input_open=True, spool_depth=0, now_monotonic=0) is None
+    change = av(input_open=False, spool_depth=0, now_monotonic=1)
     assert change is not None and (change.state, change.reason) == ("degraded", "input_missing")
-    assert av(input_open=False, spool_depth=0) is None  # once per change
-    change = av(input_open=True, spool_depth=0)
+    assert av(input_open=False, spool_depth=0, now_monotonic=2) is None  # once per change
+    change = av(input_open=True, spool_depth=0, now_monotonic=3)
     assert change is not None and (change.state, change.reason) == ("online", "connected")
-    assert av(input_open=True, spool_depth=100) is None  # at the bound: still fine
-    change = av(input_open=True, spool_depth=101)
+    # An outage's backlog that drains within the hold time is no degradation.
+    assert av(input_open=True, spool_depth=5000, now_monotonic=10) is None
+    assert av(input_open=True, spool_depth=200, now_monotonic=30) is None
+    assert av(input_open=True, spool_depth=0, now_monotonic=31) is None
+    # One that lasts is.
+    assert av(input_open=True, spool_depth=101, now_monotonic=100) is None
+    assert av(input_open=True, spool_depth=60, now_monotonic=120) is None  # still not drained
+    change = av(input_open=True, spool_depth=150, now_monotonic=130)
     assert change is not None and change.reason == "spool_backlog"
-    assert av(input_open=True, spool_depth=50) is None  # hysteresis: no flapping
-    change = av(input_open=False, spool_depth=50)
+    assert av(input_open=True, spool_depth=50, now_monotonic=131) is None  # hysteresis
+    change = av(input_open=False, spool_depth=50, now_monotonic=132)
     assert change is not None and change.reason == "input_missing"  # the mic goes first
-    change = av(input_open=True, spool_depth=10)
+    change = av(input_open=True, spool_depth=10, now_monotonic=133)
     assert change is not None and change.state == "online"
     for state, reason in (("degraded", "input_missing"), ("degraded", "spool_backlog"),
                           ("online", "connected")):
