@@ -22,6 +22,20 @@ fail() {
 "$root/.venv/bin/python" -m build --outdir "$tmp/dist" "$root" >"$log" 2>&1 ||
   fail "python -m build failed"
 wheel=$(ls "$tmp"/dist/serd-*.whl)
+# What it must carry (the model's files and their licences), and what it must not (the kit).
+"$root/.venv/bin/python" - "$wheel" >>"$log" 2>&1 <<'PY' || fail "the wheel's contents are wrong"
+import sys
+import zipfile
+
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+shipped = {f"serd/models/{n}" for n in ("serd-emotion-6.tflite", "serd-emotion-6.card.json",
+                                        "serd-emotion-6.voice.npz", "voice-trunk.npz",
+                                        "NOTICE", "LICENSE-resemblyzer")}
+missing = sorted(shipped - names)
+extra = sorted(n for n in names if n.startswith(("serd_testkit/", "tests/", "bench/")))
+if missing or extra:
+    sys.exit(f"missing from the wheel: {missing}; not for a device: {extra}")
+PY
 # A venv without pip of its own (ensurepip is most of venv's time): .venv's pip installs into it.
 "$python" -m venv --without-pip "$tmp/venv" >>"$log" 2>&1 || fail "$python -m venv failed"
 "$root/.venv/bin/python" -m pip --python "$tmp/venv/bin/python" install -q "$wheel" \
