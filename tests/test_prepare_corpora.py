@@ -181,3 +181,13 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(err) == 1 and "is not a folder" in err[0]
     assert main(["tess", str(root)]) == 2
     assert "unknown corpus 'tess'" in capsys.readouterr().err
+
+
+def test_predict_reports_the_models_verdicts_per_label(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _turev(tmp_path / "turevdb")
+    assert main(["turevdb", str(root), "--predict", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    # One line per label present, in canonical order; every file gets one verdict.
+    assert [line.split()[0] for line in lines] == ["calm", "happy", "sad", "angry"]
+    assert all(" 1 files, called " in line for line in lines)

@@ -8,11 +8,16 @@ files in place without new naming-scheme code::
     python -m train.prepare_corpora --list
     python -m train.prepare_corpora urdu ~/.cache/serd/corpora/urdu
     python -m train.prepare_corpora nemo ~/.cache/serd/corpora/nemo --verify
+    python -m train.prepare_corpora nemo ~/.cache/serd/corpora/nemo --predict 20
 
 The manifest's ``language`` column (an ISO 639-1 code) is not read by training today; it
 rides along so the corpus-level attribute travels with the rows.  ``--verify`` decodes every
 listed file with soundfile, writes ``SHA256SUMS`` beside the audio (``sha256sum -c`` reads
-it) and prints duration statistics and the counts per label and speaker.
+it) and prints duration statistics and the counts per label and speaker.  ``--predict N``
+runs the installed model (``serd --once``'s pipeline, default config) over N random files of
+each label and prints what it called them: listening is not possible here, and a label
+mapping gone wrong (a swapped folder, a mis-read code) shows as a class that the model
+calls something else far more often than on the other corpora.
 
 Speaker ids are those of the corpus's own metadata (file names or its table); the manifest
 reader prefixes them with the corpus name, so they never collide across corpora.
@@ -24,6 +29,7 @@ import argparse
 import csv
 import hashlib
 import logging
+import random
 import re
 import statistics
 import sys
@@ -34,6 +40,10 @@ from pathlib import Path
 
 import soundfile
 
+from serd import config as serd_config
+from serd.decode import AudioError
+from serd.model import load_classifier
+from serd.once import analyse_file
 from train.corpora import CANONICAL, MANIFEST_NAME, CorpusError, Item, read_manifest
 
 _LOGGER = logging.getLogger(__name__)
@@ -245,6 +255,44 @@ def verify(items: Sequence[Item], root: Path) -> Verification:
                         tuple(sorted(channels)), sums)
 
 
+@dataclass(frozen=True)
+class LabelCheck:
+    """The model's file verdicts on a sample of one label's files."""
+
+    label: str
+    files: int
+    verdicts: dict[str, int]
+    """Verdict -> files; ``none`` below the confidence threshold, ``no speech`` when the
+    gate found none."""
+
+    @property
+    def agreement(self) -> float:
+        return self.verdicts.get(self.label, 0) / self.files
+
+
+def predict_sample(items: Sequence[Item], per_label: int, seed: int = 0) -> list[LabelCheck]:
+    """The shipped model's verdicts on up to ``per_label`` random files of every label."""
+    cfg = serd_config.load(None)
+    clf = load_classifier(cfg.model)
+    rng = random.Random(seed)
+    by_label: dict[str, list[Item]] = {}
+    for it in sorted(items, key=lambda i: i.path):
+        by_label.setdefault(it.label, []).append(it)
+    checks = []
+    for label in (lab for lab in CANONICAL if lab in by_label):
+        verdicts: Counter[str] = Counter()
+        sample = rng.sample(by_label[label], min(per_label, len(by_label[label])))
+        for it in sample:
+            try:
+                result = analyse_file(cfg, clf, Path(it.path))
+            except AudioError as exc:
+                raise CorpusError(f"{it.path}: {exc}") from None
+            verdict = result.summary
+            verdicts["no speech" if verdict is None else verdict.label or "none"] += 1
+        checks.append(LabelCheck(label, len(sample), dict(verdicts.most_common())))
+    return checks
+
+
 def summary(items: Iterable[Item]) -> str:
     """Counts per label, speakers (with gender split) as a few lines of text."""
     items = list(items)
@@ -271,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the corpora this knows")
     ap.add_argument("--verify", action="store_true",
                     help="decode every file, write SHA256SUMS, print durations")
+    ap.add_argument("--predict", type=int, metavar="N",
+                    help="the installed model's verdicts on N random files of each label")
     args = ap.parse_args(argv)
     if args.list:
         for spec in SPECS.values():
@@ -294,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{v.median_seconds:.2f}/{v.max_seconds:.2f} s min/median/max, "
                   f"rates {list(v.sample_rates)} Hz, channels {list(v.channels)}; "
                   f"checksums in {v.sums_path}")
+        if args.predict:
+            for check in predict_sample(items, args.predict):
+                print(f"{check.label:9s} {check.files:4d} files, called {check.label} "
+                      f"{check.agreement:4.0%}: "
+                      + ", ".join(f"{k} {n}" for k, n in check.verdicts.items()))
     except CorpusError as exc:
         print(str(exc), file=sys.stderr)
         return 2
