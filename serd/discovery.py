@@ -241,11 +241,14 @@ def entities(
             "options": options,
             "state_topic": emotion_topic,
             # Only utterances change it; other messages keep the current state (`this`).
+            # Before the first utterance that is "unknown", not an option: "None" keeps
+            # it unknown (Home Assistant would log any non-option, once per message).
             "value_template": (
                 f"{{% if {mine} %}}"
                 f"{{{{ value_json.label if value_json.label in {json.dumps(options)}"
                 f" else '{UNSURE}' }}}}"
-                "{% else %}{{ this.state }}{% endif %}"
+                f"{{% elif this.state in {json.dumps(options)} %}}{{{{ this.state }}}}"
+                "{% else %}None{% endif %}"
             ),
             "json_attributes_topic": emotion_topic,
             "json_attributes_template": (
@@ -274,7 +277,10 @@ def entities(
         "state_topic": status_topic,
         "value_template": "{{ 'ON' if value_json.state == 'degraded' else 'OFF' }}",
         "json_attributes_topic": status_topic,
-        "json_attributes_template": "{{ {'reason': value_json.reason} | tojson }}",
+        "json_attributes_template": (
+            "{{ {'reason': value_json.reason if value_json.reason is string else ''}"
+            " | tojson }}"
+        ),
         **diagnostic,
     })
     add({
@@ -293,11 +299,12 @@ def entities(
             "unit_of_measurement": "events",
             "icon": "mdi:tray-full" if field == "spool_depth" else "mdi:delete-alert-outline",
             "state_topic": health_topic,
+            # Empty output (no figure in this payload) is ignored by a numeric sensor.
             "value_template": (
                 f"{{% if value_json.publisher.{field} is number"
                 f" and value_json.publisher.{field} is not boolean %}}"
                 f"{{{{ value_json.publisher.{field} }}}}"
-                "{% else %}{{ this.state }}{% endif %}"
+                "{% endif %}"
             ),
             **diagnostic,
         })

@@ -172,6 +172,8 @@ def test_enum_sensor_changes_only_on_an_utterance() -> None:
     attrs = json.loads(render(s["json_attributes_template"], emotion("customer")))
     assert attrs == {"confidence": 0.81, "start": "2024-05-01T12:00:00.000Z",
                      "end": "2024-05-01T12:00:01.750Z"}  # no probs, nothing per window
+    # Before the first utterance (state unknown): "None", which keeps it unknown.
+    assert render(s["value_template"], emotion("agent"), _This("unknown", {})) == "None"
     # A label the model does not have is not an option: shown as unsure.
     assert render(s["value_template"], emotion("customer", "utterance", "x" * 300)) == UNSURE
 
@@ -212,9 +214,9 @@ def test_diagnostic_entities() -> None:
     backlog = _entity(cfgs, "device_spool_backlog")
     assert render(backlog["value_template"], health) == "12"
     assert render(_entity(cfgs, "device_dropped_events")["value_template"], health) == "3"
-    # A health payload without the figure keeps the last one.
-    assert render(backlog["value_template"], json.dumps({"publisher": "x"}),
-                  _This("7", {})) == "7"
+    # A health payload without the figure: empty, which a numeric sensor ignores.
+    assert render(backlog["value_template"], json.dumps({"publisher": "x"})) == ""
+    assert render(backlog["value_template"], json.dumps({"publisher": {"dropped": True}})) == ""
     for key in ("device_problem", "device_input", "device_spool_backlog",
                 "device_dropped_events"):
         assert _entity(cfgs, key)["entity_category"] == "diagnostic"
@@ -466,17 +468,17 @@ job = json.load(sys.stdin)
 schemas = {"sensor": sensor.DISCOVERY_SCHEMA, "binary_sensor": binary_sensor.DISCOVERY_SCHEMA,
            "event": event.DISCOVERY_SCHEMA}
 out = {"version": __version__, "configs": {}, "renders": []}
-for topic, cfg in job["configs"].items():
-    m = TOPIC_MATCHER.match(topic)
-    c = dict(cfg)
-    c.pop("origin", None)  # validated on its own by the discovery code, before the schema
-    valid = schemas[m.group("component")](c) if m else {}
-    out["configs"][topic] = {"matched": bool(m), "dropped": sorted(set(c) - set(valid))}
 
 
-async def render():
+async def check():
     hass = HomeAssistant(tempfile.mkdtemp())
-    frame.async_setup(hass)
+    frame.async_setup(hass)  # the schemas' template validators need it
+    for topic, cfg in job["configs"].items():
+        m = TOPIC_MATCHER.match(topic.removeprefix(job["prefix"] + "/"))
+        c = dict(cfg)
+        c.pop("origin", None)  # validated on its own by the discovery code, before the schema
+        valid = schemas[m.group("component")](c) if m else {}
+        out["configs"][topic] = {"matched": bool(m), "dropped": sorted(set(c) - set(valid))}
     for text, payload, this in job["renders"]:
         try:
             value = Template(text, hass).async_render(
@@ -487,7 +489,7 @@ async def render():
         out["renders"].append(value)
     await hass.async_stop(force=True)
 
-asyncio.run(render())
+asyncio.run(check())
 print(json.dumps(out))
 '''
 
@@ -516,8 +518,10 @@ def test_home_assistant_schemas_and_templates() -> None:
         (avail, json.dumps({"state": "degraded"}), {}),
         (avail, json.dumps({"state": "offline"}), {}),
         (backlog["value_template"], json.dumps({"publisher": {"spool_depth": 4}}), {}),
+        (backlog["value_template"], json.dumps({"publisher": "x"}), {}),
+        (sensor["value_template"], emotion("agent", "utterance", "sad"), {"state": "unknown"}),
     ]
-    job = {"configs": cfgs, "renders": renders}
+    job = {"configs": cfgs, "renders": renders, "prefix": "homeassistant"}
     r = subprocess.run([python, "-c", _HA_CHECK], input=json.dumps(job), capture_output=True,
                        text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -529,4 +533,4 @@ def test_home_assistant_schemas_and_templates() -> None:
                                   "end": "2024-05-01T12:00:01.750Z"}
     assert json.loads(got[3]) == {"confidence": 0.5}
     assert got[:2] + got[4:] == ["sad", "happy", "ON", "OFF", "ON", "online", "offline",
-                                 "4"], (result["version"], got)
+                                 "4", "", "None"], (result["version"], got)

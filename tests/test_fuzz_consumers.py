@@ -200,9 +200,9 @@ def test_home_assistant_templates_give_allowed_values_or_fail(payload: dict) -> 
             elif "event_types" in cfg:
                 assert out == "" or json.loads(out)["event_type"]
             elif cfg.get("device_class") == "enum":
-                assert out in (*LABELS, UNSURE, "previous")
+                assert out in (*LABELS, UNSURE, "None")
             elif "state_class" in cfg:
-                assert out == "previous" or re.fullmatch(r"-?[0-9.e+-]+|-?inf", out), out
+                assert out == "" or re.fullmatch(r"-?[0-9.e+-]+|-?inf", out), out
             else:
                 assert out in ("ON", "OFF"), out
 
