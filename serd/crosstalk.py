@@ -72,7 +72,14 @@ class CrosstalkSettings:
 class Crosstalk:
     """One analysed channel's muting: ``__call__(agent_audio, own_audio) -> own_audio``
     per block (the agent channels' samples, 1-D or (n, k), and this channel's), the
-    stretches where the agent speaks replaced by noise at this channel's own noise floor."""
+    stretches where the agent speaks replaced by noise at this channel's own noise floor;
+    ``flush()`` at the end of the stream returns what is still held.
+
+    The output lags the input by ``preroll_seconds`` (and part of a 10 ms block): a block
+    leaves only once every block that could mute it has been read, so the result does not
+    depend on how the stream was cut into blocks.  Sample positions are kept: the n-th
+    sample out is the n-th sample in.
+    """
 
     def __init__(self, settings: CrosstalkSettings, sample_rate: int, seed: int = 0) -> None:
         self.settings = settings
@@ -86,17 +93,22 @@ class Crosstalk:
         self._preroll = round(settings.preroll_seconds / _BLOCK_SECONDS)
         self._hangover = round(settings.hangover_seconds / _BLOCK_SECONDS)
         self.sample_rate = sample_rate
-        self._rng = np.random.default_rng(seed)
+        self._seed = seed
         self.reset()
 
     def reset(self) -> None:
         self._agent_gate.reset()
         self._own_gate.reset()
-        self._leftover = np.zeros((0, 2), np.float32)
-        # Per 10 ms block from the last one read on: the loudest agent level whose muting
-        # reaches it (-inf: none), for the hangover of the latest agent speech.
-        self._ref = np.full(self._hangover + 1, -np.inf)
-        self._muted_now = False  # the last whole block read was muted
+        self._rng = np.random.default_rng(self._seed)
+        self._partial = np.zeros((0, 2), np.float32)  # read, not a whole block yet
+        self._held = np.zeros(0, np.float32)  # this channel's whole blocks not yet out
+        # Per block from the first one held: the loudest agent level whose muting reaches
+        # it (-inf: none; runs ``hangover`` blocks past the last one read), this channel's
+        # level and its noise floor then.
+        self._ref = np.full(self._hangover, -np.inf)
+        self._own_db = np.zeros(0)
+        self._floor_db = np.zeros(0)
+        self._last_muted = False
         self.samples_in = 0
         self.muted_samples = 0
         """Samples of this channel replaced while the agent spoke (for health)."""
@@ -109,54 +121,75 @@ class Crosstalk:
                  own: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         a = np.asarray(agent, dtype=np.float32)
         a = a.reshape(-1, 1) if a.ndim == 1 else a
-        own = np.asarray(own, dtype=np.float32).reshape(-1)
-        x = np.concatenate((a, own[:, None]), axis=1)
+        x = np.concatenate((a, np.asarray(own, dtype=np.float32).reshape(-1, 1)), axis=1)
         self.samples_in += x.shape[0]
-        if self._leftover.shape[1] != x.shape[1]:
-            self._leftover = np.zeros((0, x.shape[1]), np.float32)
-        carried = self._leftover.shape[0]
-        x = np.concatenate((self._leftover, x)) if carried else x
+        if self._partial.shape[1] != x.shape[1]:
+            self._partial = np.zeros((0, x.shape[1]), np.float32)
+        x = np.concatenate((self._partial, x)) if self._partial.shape[0] else x
         n = x.shape[0] // self.block
-        self._leftover = x[n * self.block:].copy()
-        muted = np.zeros(n, bool)
+        self._partial = x[n * self.block:].copy()
         if n:
-            muted = self._blocks_muted(x[: n * self.block], n)
-            self._muted_now = bool(muted[-1])
-        # Samples past the last whole block: as that block was (the agent's speech and its
-        # hangover go on for far longer than a block).
-        mask = np.concatenate((np.repeat(muted, self.block),
-                               np.full(x.shape[0] - n * self.block, self._muted_now)))[carried:]
-        count = int(np.count_nonzero(mask))
-        if not count:
-            return own
-        self.muted_samples += count
-        floor = self._own_gate.noise_floor_db
-        rms = 10 ** ((floor if floor is not None else -90.0) / 20)
-        out = own.copy()
-        out[mask] = (self._rng.standard_normal(count) * rms).astype(np.float32)
-        return out
+            self._read(x[: n * self.block], n)
+        # Blocks whose preroll window has been read in full may leave.
+        return self._release(max(0, self._own_db.size - self._preroll))
 
-    def _blocks_muted(self, x: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.bool_]:
+    def flush(self) -> npt.NDArray[np.float32]:
+        """End of stream: everything still held (the last part block as the block before)."""
+        out = self._release(self._own_db.size)
+        tail = self._partial[:, -1].copy()
+        self._partial = self._partial[:0]
+        if tail.size and self._last_muted:
+            tail = self._noise(tail.size, np.full(1, self._own_gate.noise_floor_db or -90.0),
+                               tail.size)
+            self.muted_samples += tail.size
+        return np.concatenate((out, tail))
+
+    def _read(self, x: npt.NDArray[np.float32], n: int) -> None:
         levels = [block_levels_db(np.ascontiguousarray(x[:, j]).reshape(n, self.block))
                   for j in range(x.shape[1])]
         # Several agent channels: the loudest one speaks for them all.
         agent_db = np.max(levels[:-1], axis=0)
         own_db = levels[-1]
-        self._own_gate.candidates(own_db)  # tracks this channel's noise floor
-        ref = np.concatenate((self._ref, np.full(n, -np.inf)))  # ref[0] = first new block
+        floors = np.empty(n)
+        for i, level in enumerate(own_db):
+            self._own_gate.candidates(own_db[i:i + 1])  # tracks this channel's noise floor
+            floors[i] = self._own_gate.noise_floor_db if self._own_gate.noise_floor_db \
+                is not None else level
+        first = self._own_db.size  # index of the first new block in the held arrays
+        self._ref = np.concatenate((self._ref, np.full(n, -np.inf)))
         for i, loud in enumerate(self._agent_gate.candidates(agent_db)):
             if loud:
-                # The preroll reaches back only into this call's blocks: earlier ones have
-                # gone to the pipeline already (and the agent's onset is loud at once).
-                lo = max(i - self._preroll, 0)
-                np.maximum(ref[lo:i + self._hangover + 1], agent_db[i],
-                           out=ref[lo:i + self._hangover + 1])
-        self._ref = ref[n:]
-        ref = ref[:n]
+                b = first + i
+                span = slice(max(b - self._preroll, 0), b + self._hangover + 1)
+                np.maximum(self._ref[span], agent_db[i], out=self._ref[span])
+        self._own_db = np.concatenate((self._own_db, own_db))
+        self._floor_db = np.concatenate((self._floor_db, floors))
+        self._held = np.concatenate((self._held, x[:, -1]))
+
+    def _release(self, k: int) -> npt.NDArray[np.float32]:
+        """The first ``k`` held blocks, muted where the agent speaks."""
+        if k == 0:
+            return np.zeros(0, np.float32)
+        ref, own_db, floor_db = self._ref[:k], self._own_db[:k], self._floor_db[:k]
+        out = self._held[: k * self.block].copy()
+        self._ref, self._own_db = self._ref[k:], self._own_db[k:]
+        self._floor_db, self._held = self._floor_db[k:], self._held[k * self.block:]
         muted = ref > -np.inf
         margin = self.settings.double_talk_margin_db
         if margin is not None:
             # This channel much louder than the agent's bleed could be: the caller speaks
-            # too (double talk), and the window is the caller's voice.
+            # over the agent (double talk), and that is the caller's voice.
             muted &= own_db <= ref - margin
-        return muted
+        self._last_muted = bool(muted[-1])
+        if muted.any():
+            mask = np.repeat(muted, self.block)
+            count = int(np.count_nonzero(mask))
+            out[mask] = self._noise(count, floor_db[muted], self.block)
+            self.muted_samples += count
+        return out
+
+    def _noise(self, count: int, floors_db: npt.NDArray[np.float64],
+               per: int) -> npt.NDArray[np.float32]:
+        """``count`` samples of white noise, ``per`` samples at each level of ``floors_db``."""
+        rms = np.repeat(10 ** (floors_db / 20), per)[:count]
+        return (self._rng.standard_normal(count) * rms).astype(np.float32)

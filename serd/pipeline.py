@@ -187,7 +187,12 @@ class ChannelSet:
         return out
 
     def flush(self) -> list[Decision]:
-        return [d for pipe in self.pipelines for d in pipe.flush()]
+        out: list[Decision] = []
+        for pipe, mute in zip(self.pipelines, self.mutes, strict=True):
+            if mute is not None:
+                out.extend(pipe(mute.flush()))  # the audio muting still holds
+            out.extend(pipe.flush())
+        return out
 
     def reset(self) -> None:
         for pipe, mute in zip(self.pipelines, self.mutes, strict=True):
