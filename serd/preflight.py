@@ -104,7 +104,7 @@ def probe_microphone(cfg: Config, target_rate: int) -> ProbeResult:
 
 def probe_broker(settings: MqttSettings, timeout_seconds: float) -> ProbeResult:
     """Connect to ``mqtt.host`` with the configured TLS and credentials, then disconnect."""
-    from serd.mqttclient import create_client, describe_error  # noqa: PLC0415
+    from serd.mqttclient import connect_properties, create_client, describe_error  # noqa: PLC0415
 
     if settings.host is None:
         return ProbeResult(True, "broker: none configured (mqtt.host is null: events go to "
@@ -121,7 +121,8 @@ def probe_broker(settings: MqttSettings, timeout_seconds: float) -> ProbeResult:
 
     client.on_connect = on_connect
     try:
-        client.connect(settings.host, settings.port, settings.keepalive_seconds)
+        client.connect(settings.host, settings.port, settings.keepalive_seconds,
+                       properties=connect_properties() if settings.protocol == "5" else None)
     except (OSError, ValueError) as exc:
         return ProbeResult(False, f"broker: cannot connect to {where}: {describe_error(exc)}")
     deadline = time.monotonic() + timeout_seconds

@@ -217,3 +217,26 @@ def test_forget_status_check_never_raises(payload: bytes) -> None:
     forget = pytest.importorskip("serd.forget")
     state = forget._status_state(payload)
     assert state is None or isinstance(state, str)
+
+
+def test_every_serd_client_declares_the_maximum_packet_size() -> None:
+    """Every paho connect in serd/ carries the CONNECT properties (Maximum Packet Size):
+    through :func:`serd.mqttclient.connect_async`, or with ``properties=`` itself."""
+    import ast  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from serd.mqttclient import connect_properties  # noqa: PLC0415
+
+    assert connect_properties().json() == {"MaximumPacketSize": MAX_PACKET_BYTES}
+    root = Path(__file__).resolve().parent.parent / "serd"
+    bare = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "mqttclient.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("connect", "connect_async") and \
+                    "client" in ast.unparse(node.func.value).lower() and \
+                    not any(k.arg == "properties" for k in node.keywords):
+                bare.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert bare == [], "connect without serd.mqttclient's properties: " + ", ".join(bare)
