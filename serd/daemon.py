@@ -264,11 +264,11 @@ class Daemon:
             self.source.close()
         except Exception:
             _LOGGER.exception("closing the input device failed")
-        for pipe in self.pipelines:
-            try:
-                self._publish(pipe.flush())
-            except Exception:
-                _LOGGER.exception("flushing channel %s failed", pipe.channel)
+        try:
+            # Every analysed channel, with what bleed muting still holds.
+            self._publish(self.channel_set.flush())
+        except Exception:
+            _LOGGER.exception("flushing the channels failed")
         try:
             self._publish_alerts(self.alerts.close(self.clock()))
         except Exception:
