@@ -14,6 +14,7 @@ pytest.importorskip("tensorflow")
 from serd.model import ModelSettings, load_classifier, sha256_of
 from serd.windows import windows_of
 from train.config import TrainConfig, load_config
+from train.results import CvResult
 from train.taxonomy import SIX
 
 RATE = 16000
@@ -74,24 +75,30 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "models"
     cv = runner.run_cv("tiny", None, out)
     assert (out / "cv-tiny.json").is_file()
-    assert len(cv["per_fold"]) == 2
-    for fold in cv["per_fold"]:
-        assert not set(fold["test_speakers"]) & set(fold["early_stop_speakers"])
-        assert fold["clean"]["files"] == 24
-        assert fold["clean"]["agreement"]["window_argmax"] >= 0.6
-    s = cv["summary"]
-    assert 0.0 <= s["clean.int8.file.balanced_accuracy"]["mean"] <= 1.0
+    assert len(cv.per_fold) == 2
+    for fold in cv.per_fold:
+        assert not set(fold.test_speakers) & set(fold.early_stop_speakers)
+        assert fold.clean.files == 24
+        assert fold.clean.agreements["agreement"].window_argmax >= 0.6
+    s = cv.summary
+    assert s is not None
+    assert 0.0 <= s.clean.kinds["int8"].file_balanced_accuracy.mean <= 1.0
+    # The JSON written is the typed result's, and reads back into the same result.
+    written = (out / "cv-tiny.json").read_text()
+    assert written == json.dumps(cv.to_dict(), indent=1) + "\n"
+    assert json.dumps(CvResult.from_dict(json.loads(written)).to_dict(), indent=1) + "\n" \
+        == written
     report.confusion_png(cv, out / "confusion-tiny.png")
     assert (out / "confusion-tiny.png").stat().st_size > 1000
 
     # Each fold's result was recorded in the cache: the same CV again (an interrupted
     # `serd-train all` run again) reuses them instead of training, with the same figures.
-    assert cv["folds_reused"] == []
+    assert cv.folds_reused == []
     assert len(list((tmp_path / "cache" / "folds").glob("tiny-fold*.json"))) == 2
     resumed = Runner(cfg, progress=False).run_cv("tiny", None, None)
-    assert resumed["folds_reused"] == [0, 1]
-    assert resumed["per_fold"] == json.loads(json.dumps(cv["per_fold"]))
-    assert resumed["summary"] == json.loads(json.dumps(cv["summary"]))
+    assert resumed.folds_reused == [0, 1]
+    assert resumed.per_fold == cv.per_fold
+    assert resumed.summary == cv.summary
     # Another setting is another fold: nothing is reused.
     other = Runner(load_config(None, [*_tiny_sets(fake_corpus, tmp_path / "cache"),
                                       "training.epochs=3"]), progress=False)
@@ -102,9 +109,9 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     # fold run in this process gives the same model and the same scores.
     assert cfg.parallel_folds == 3
     again = runner.run_fold("tiny", 1)
-    first = cv["per_fold"][1]
-    assert again["history"] == first["history"]
-    assert again["clean"]["int8"] == first["clean"]["int8"]
+    first = cv.per_fold[1]
+    assert again.history == first.history
+    assert again.clean.kinds["int8"] == first.clean.kinds["int8"]
 
     card = runner.run_final(out, {"tiny": cv}, "pytest")
     tfl = out / "serd-emotion-6.tflite"
@@ -167,8 +174,8 @@ def test_all_runs_every_fold_and_the_model_side_by_side(fake_corpus: Path,
     assert alone.sha256 == card["model_file"]["sha256"]
     # Each fold is the one `serd-train cv` gives: its record is reused as it stands.
     again = Runner(cfg, progress=False).run_cv("b", None, None)
-    assert again["folds_reused"] == [0, 1]
-    assert again["per_fold"] == json.loads((out / "cv-b.json").read_text())["per_fold"]
+    assert again.folds_reused == [0, 1]
+    assert again.to_dict()["per_fold"] == json.loads((out / "cv-b.json").read_text())["per_fold"]
 
 
 def test_window_length_travels_from_config_to_card_to_daemon(fake_corpus: Path,
@@ -341,8 +348,8 @@ def test_without_the_voice_branch_the_model_is_the_cnn_alone(fake_corpus: Path,
                              "protocols={t: {corpora: [ravdess], taxonomy: six, folds: 2}}"])
     runner = Runner(cfg, progress=False)
     cv = runner.run_cv("t", [0], None)
-    assert "clean.int8.file.balanced_accuracy" in cv["summary"]
-    assert not any(k.startswith("clean.fused") for k in cv["summary"])
+    assert "clean.int8.file.balanced_accuracy" in cv.to_dict()["summary"]
+    assert not any(k.startswith("clean.fused") for k in cv.to_dict()["summary"])
     out = tmp_path / "models"
     runner.run_final(out, {"t": cv}, "pytest")
     clf = load_classifier(ModelSettings(path=str(out / "serd-emotion-6.tflite")))

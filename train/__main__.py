@@ -118,6 +118,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     from train import report  # noqa: PLC0415
     from train.pipeline import Runner  # noqa: PLC0415
+    from train.results import CvResult  # noqa: PLC0415
 
     if args.cmd == "report":
         report.render(out, cfg, args.name or cfg.final.name)
@@ -161,7 +162,7 @@ def _main(argv: list[str] | None = None) -> int:
         for name in cfg.protocols:
             path = out / f"cv-{name}.json"
             if path.is_file():
-                cv_results[name] = json.loads(path.read_text())
+                cv_results[name] = CvResult.from_dict(json.loads(path.read_text()))
         card = runner.run_final(out, cv_results, command)
     total = time.time() - t0
     if args.cmd == "all":
@@ -169,14 +170,14 @@ def _main(argv: list[str] | None = None) -> int:
             {"all_seconds": round(total, 1), "command": command,
              # Folds reused from an earlier run cost no time here: a timing is only a full
              # run's when this is 0 (use --fresh to measure one).
-             "folds_reused": sum(len(v.get("folds_reused", [])) for v in cv_results.values()),
+             "folds_reused": sum(len(v.folds_reused) for v in cv_results.values()),
              "schedule": (f"{cfg.parallel_folds} folds at a time, every protocol's in one "
                           "pool, the shipped model trained beside them; "
                           "cv_<protocol>_seconds: wall time until that protocol's last fold "
                           "ended (they overlap)" if cfg.parallel_folds > 1 else
                           "one fold at a time, one protocol after another, then the shipped "
                           "model"),
-             **{f"cv_{k}_seconds": v["seconds"] for k, v in cv_results.items()},
+             **{f"cv_{k}_seconds": v.seconds for k, v in cv_results.items()},
              "fit_seconds": round(card.training.get("train_seconds", 0.0), 1)}, indent=1) + "\n")
     report.render(out, cfg, card.name)
     _LOGGER.info("done in %.1f min", total / 60)

@@ -6,6 +6,7 @@ from typing import Any
 
 from serd.features import FeatureParams, WindowParams
 from serd.normalise import Normalisation, channel_names
+from train.results import Condition, CvResult, CvSummary, FoldResult, Kind, Level, Stat
 
 PROTOCOL_TITLES = {
     "ravdess8": "RAVDESS, 8 emotions, leave-4-actors-out (6 folds, 2 female + 2 male actors each)",
@@ -15,18 +16,18 @@ PROTOCOL_TITLES = {
 }
 
 
-def _test_side(cv: dict[str, Any], fold: dict[str, Any]) -> str:
+def _test_side(cv: CvResult, fold: FoldResult) -> str:
     """The per-fold table's test column: the speakers, or the corpus left out."""
-    if cv.get("split") == "corpus":
-        corpora = sorted({x.split(":")[0] for x in fold["test_speakers"]})
-        return f"all of {', '.join(corpora)} ({len(fold['test_speakers'])} speakers)"
-    return ", ".join(x.split(":")[1] for x in fold["test_speakers"])
+    if cv.split == "corpus":
+        corpora = sorted({x.split(":")[0] for x in fold.test_speakers})
+        return f"all of {', '.join(corpora)} ({len(fold.test_speakers)} speakers)"
+    return ", ".join(x.split(":")[1] for x in fold.test_speakers)
 
 
-def _pm(d: dict[str, Any] | None) -> str:
-    if not d:
+def _pm(d: Stat | None) -> str:
+    if d is None:
         return "n/a"
-    return f"{100 * d['mean']:.1f} ± {100 * d['std']:.1f}"
+    return f"{100 * d.mean:.1f} ± {100 * d.std:.1f}"
 
 
 def _cm_table(cm: list[list[int]], labels: list[str]) -> str:
@@ -40,74 +41,81 @@ def _cm_table(cm: list[list[int]], labels: list[str]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def _headline(s: dict[str, Any]) -> str:
-    """``fused_int8`` (what the device computes) when the CV fused a voice branch."""
-    return "fused_int8" if "clean.fused_int8.file.balanced_accuracy" in s else "int8"
+_ROWS: tuple[tuple[Condition, Level, str, str], ...] = (
+    ("clean", "file", "balanced_accuracy", "balanced accuracy, file level"),
+    ("clean", "file", "macro_f1", "macro-F1, file level"),
+    ("clean", "window", "balanced_accuracy", "balanced accuracy, window level"),
+    ("clean", "window", "macro_f1", "macro-F1, window level"),
+    ("telephone", "file", "balanced_accuracy", "balanced accuracy, telephone channel, file level"),
+    ("telephone", "file", "macro_f1", "macro-F1, telephone channel, file level"),
+)
+"""The CV table's rows: condition, level, metric, title."""
 
 
-def cv_section(name: str, cv: dict[str, Any]) -> str:
-    s = cv["summary"]
-    labels = cv["taxonomy"]["labels"]
-    kind = _headline(s)
+def _cell(s: CvSummary, cond: Condition, kind: Kind, level: Level, metric: str) -> Stat | None:
+    ks = s.condition(cond).kinds.get(kind)
+    return ks.stat(level, metric) if ks is not None else None
+
+
+def cv_section(name: str, cv: CvResult) -> str:
+    s = cv.summary
+    assert s is not None  # a CV with folds (readme_text renders only those)
+    labels = cv.labels
+    kind = s.headline
     fused = kind == "fused_int8"
     out = [f"### {PROTOCOL_TITLES.get(name, name)}\n"]
-    out.append(f"{cv['n_files']} files, {cv['n_speakers']} speakers "
-               f"({', '.join(cv['corpora'])}); labels: {', '.join(labels)}. "
+    out.append(f"{cv.n_files} files, {cv.n_speakers} speakers "
+               f"({', '.join(cv.corpora)}); labels: {', '.join(labels)}. "
                f"Command: `serd-train cv --protocol {name}`.\n")
+    cols: tuple[Kind, ...]
     if fused:
         out.append("The model is the int8 CNN fused with the voice branch (last column: what "
                    "the device computes); the other columns are its parts alone.\n")
         out.append("| metric (%, mean ± std over folds) | CNN float | CNN int8 | voice branch "
                    "| **fused, float CNN** | **fused, int8 CNN (shipped)** |\n"
                    "|---|---|---|---|---|---|")
-        cols: tuple[str, ...] = ("float", "int8", "voice", "fused_float", "fused_int8")
+        cols = ("float", "int8", "voice", "fused_float", "fused_int8")
     else:
         out.append("| metric (%, mean ± std over folds) | float | int8 |\n|---|---|---|")
         cols = ("float", "int8")
-    for key, title in (("clean.{k}.file.balanced_accuracy", "balanced accuracy, file level"),
-                       ("clean.{k}.file.macro_f1", "macro-F1, file level"),
-                       ("clean.{k}.window.balanced_accuracy", "balanced accuracy, window level"),
-                       ("clean.{k}.window.macro_f1", "macro-F1, window level"),
-                       ("telephone.{k}.file.balanced_accuracy",
-                        "balanced accuracy, telephone channel, file level"),
-                       ("telephone.{k}.file.macro_f1", "macro-F1, telephone channel, file level"),
-                       ("telephone_drop.{k}", "telephone drop (clean − telephone), points")):
+    for cond, level, metric, title in _ROWS:
         out.append(f"| {title} | "
-                   + " | ".join(_pm(s.get(key.format(k=c))) for c in cols) + " |")
+                   + " | ".join(_pm(_cell(s, cond, c, level, metric)) for c in cols) + " |")
+    out.append("| telephone drop (clean − telephone), points | "
+               + " | ".join(_pm(s.telephone_drop.get(c)) for c in cols) + " |")
     out.append("")
     pre = "fused_" if fused else ""
-    fi = s.get(f"{pre}float_minus_int8.file.balanced_accuracy")
-    ag = s.get(f"clean.{pre}agreement.window_argmax")
-    agf = s.get(f"clean.{pre}agreement.file_argmax")
-    cov = s.get("clean.coverage", {})
-    covt = s.get("telephone.coverage", {})
+    fi = s.float_minus_int8.get(pre)
+    ag = s.clean.agreements.get(f"{pre}agreement")
+    cov, covt = s.clean, s.telephone
     out.append(f"Float − int8 balanced accuracy: {_pm(fi)} points; float/int8 argmax agreement "
-               f"{_pm(ag)} % of windows, {_pm(agf)} % of files. Files that the daemon's VAD "
-               f"finds speech in: {cov.get('files_with_windows')}/{cov.get('files')} clean, "
-               f"{covt.get('files_with_windows')}/{covt.get('files')} telephone (the others "
+               f"{_pm(ag[0] if ag else None)} % of windows, {_pm(ag[1] if ag else None)} % of "
+               f"files. Files that the daemon's VAD "
+               f"finds speech in: {cov.files_with_windows}/{cov.files} clean, "
+               f"{covt.files_with_windows}/{covt.files} telephone (the others "
                "get no verdict and are not scored).\n")
     what = "int8 CNN + voice branch" if fused else "int8"
     out.append(f"Per fold (file level, {what}):\n")
-    fl = "fused_float" if fused else "float"
+    fl: Kind = "fused_float" if fused else "float"
     out.append("| fold | test speakers | bal. acc | macro-F1 | telephone bal. acc | "
                f"{'CNN int8 alone' if fused else 'float'} bal. acc | best epoch |\n"
                "|---|---|---|---|---|---|---|")
-    for f in cv["per_fold"]:
-        c = f["clean"]
-        other = c["int8" if fused else fl]["file"]["balanced_accuracy"]
+    for f in cv.per_fold:
+        c = f.clean.kinds
+        other = c["int8" if fused else fl].file.balanced_accuracy
         out.append(
-            f"| {f['fold']} | {_test_side(cv, f)} | "
-            f"{100 * c[kind]['file']['balanced_accuracy']:.1f} | "
-            f"{100 * c[kind]['file']['macro_f1']:.1f} | "
-            f"{100 * f['telephone'][kind]['file']['balanced_accuracy']:.1f} | "
+            f"| {f.fold} | {_test_side(cv, f)} | "
+            f"{100 * c[kind].file.balanced_accuracy:.1f} | "
+            f"{100 * c[kind].file.macro_f1:.1f} | "
+            f"{100 * f.telephone.kinds[kind].file.balanced_accuracy:.1f} | "
             f"{100 * other:.1f} | "
-            f"{f['history'][-1]['best_epoch']} |")
+            f"{f.best_epoch} |")
     out.append("")
     out.append(f"Confusion matrix, {what}, file level, pooled over the folds "
                f"(![confusion](confusion-{name}.png)):\n")
-    out.append(_cm_table(s[f"clean.{kind}.file.confusion"], labels))
-    out.append(f"Wall time of this CV: {cv['seconds'] / 60:.1f} min "
-               f"(features {cv['feature_seconds']:.0f} s, cached after the first run).\n")
+    out.append(_cm_table(s.clean.kinds[kind].confusion, labels))
+    out.append(f"Wall time of this CV: {cv.seconds / 60:.1f} min "
+               f"(features {cv.feature_seconds:.0f} s, cached after the first run).\n")
     return "\n".join(out)
 
 
@@ -124,7 +132,7 @@ def _normalisation_text(card: dict[str, Any], feats: FeatureParams) -> str:
             "scaled per coefficient")
 
 
-def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
+def readme_text(card: dict[str, Any], cvs: dict[str, CvResult], size: int,
                 total_seconds: float | None) -> str:
     tr = card.get("training", {})
     labels = card["labels"]
@@ -215,25 +223,27 @@ def readme_text(card: dict[str, Any], cvs: dict[str, Any], size: int,
     ]
     status = []
     for name, cv in cvs.items():
-        sm = cv["summary"]
-        kind = _headline(sm)
-        pre = "fused_" if kind == "fused_int8" else ""
-        b = sm.get(f"clean.{kind}.file.balanced_accuracy")
-        d = sm.get(f"telephone_drop.{kind}")
-        q = sm.get(f"{pre}float_minus_int8.file.balanced_accuracy")
-        if b and d and q and cv.get("split", "speakers") == "speakers":
+        sm = cv.summary
+        if sm is None:
+            continue
+        kind = sm.headline
+        b = sm.clean.kinds[kind].file_balanced_accuracy
+        d = sm.telephone_drop.get(kind)
+        q = sm.float_minus_int8.get("fused_" if kind == "fused_int8" else "")
+        if d and q and cv.split == "speakers":
             status.append(
-                f"- {name}: int8 balanced accuracy {100 * b['mean']:.1f} % "
-                f"({'meets' if b['mean'] >= 0.60 else 'below'} the 60 % target), "
-                f"float − int8 {100 * q['mean']:+.1f} points "
-                f"({'within' if abs(q['mean']) <= 0.015 else 'outside'} 1.5), telephone drop "
-                f"{100 * d['mean']:.1f} points ({'within' if d['mean'] <= 0.05 else 'above'} 5)")
+                f"- {name}: int8 balanced accuracy {100 * b.mean:.1f} % "
+                f"({'meets' if b.mean >= 0.60 else 'below'} the 60 % target), "
+                f"float − int8 {100 * q.mean:+.1f} points "
+                f"({'within' if abs(q.mean) <= 0.015 else 'outside'} 1.5), telephone drop "
+                f"{100 * d.mean:.1f} points ({'within' if d.mean <= 0.05 else 'above'} 5)")
     if status:
         what = ("int8 CNN fused with the voice branch, as the device runs it" if card.get("voice")
                 else "int8")
         lines += [f"Project targets (speaker-independent, {what}):", "", *status, ""]
     for name, cv in cvs.items():
-        lines.append(cv_section(name, cv))
+        if cv.summary is not None:
+            lines.append(cv_section(name, cv))
     if total_seconds is not None:
         lines += [f"Full `serd-train all` run: {total_seconds / 60:.1f} min on this machine "
                   "(2 CPU cores).", ""]

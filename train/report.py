@@ -5,64 +5,61 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from train.config import TrainConfig
+from train.results import CvResult, Kind, Stat
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def _ms(s: dict[str, Any], key: str, scale: float = 100.0) -> str:
-    d = s.get(key)
-    if not d:
+def _ms(d: Stat | None, scale: float = 100.0) -> str:
+    if d is None:
         return "n/a"
-    return f"{d['mean'] * scale:.1f} ± {d['std'] * scale:.1f}"
+    return f"{d.mean * scale:.1f} ± {d.std * scale:.1f}"
 
 
-def headline(summary: dict[str, Any]) -> str:
-    """What the device computes: ``fused_int8`` when the CV fused a voice branch, else
-    ``int8`` (the CNN alone)."""
-    return "fused_int8" if "clean.fused_int8.file.balanced_accuracy" in summary else "int8"
-
-
-def log_cv(res: dict[str, Any]) -> None:
-    s = res["summary"]
-    if not s:
+def log_cv(res: CvResult) -> None:
+    s = res.summary
+    if s is None:
         return
-    if headline(s) == "fused_int8":
+    c, t = s.clean.kinds, s.telephone.kinds
+    if s.headline == "fused_int8":
         _LOGGER.info(
             "%s: fused with the voice branch: file bacc int8 %s (float %s), macro-F1 %s, "
             "telephone %s (drop %s); voice branch alone %s",
-            res["protocol"], _ms(s, "clean.fused_int8.file.balanced_accuracy"),
-            _ms(s, "clean.fused_float.file.balanced_accuracy"),
-            _ms(s, "clean.fused_int8.file.macro_f1"),
-            _ms(s, "telephone.fused_int8.file.balanced_accuracy"),
-            _ms(s, "telephone_drop.fused_int8"), _ms(s, "clean.voice.file.balanced_accuracy"))
+            res.protocol, _ms(c["fused_int8"].file_balanced_accuracy),
+            _ms(c["fused_float"].file_balanced_accuracy),
+            _ms(c["fused_int8"].file_macro_f1),
+            _ms(t["fused_int8"].file_balanced_accuracy),
+            _ms(s.telephone_drop["fused_int8"]), _ms(c["voice"].file_balanced_accuracy))
+    ag = s.clean.agreements.get("agreement")
     _LOGGER.info(
         "%s (%d/%d folds), CNN: file bacc float %s, int8 %s | macro-F1 int8 %s | window bacc"
         " int8 %s"
         " | telephone int8 %s (drop %s) | agreement %s | %.0f s",
-        res["protocol"], len(res["folds_run"]), res["folds"],
-        _ms(s, "clean.float.file.balanced_accuracy"), _ms(s, "clean.int8.file.balanced_accuracy"),
-        _ms(s, "clean.int8.file.macro_f1"), _ms(s, "clean.int8.window.balanced_accuracy"),
-        _ms(s, "telephone.int8.file.balanced_accuracy"), _ms(s, "telephone_drop.int8"),
-        _ms(s, "clean.agreement.window_argmax"), res["seconds"])
+        res.protocol, len(res.folds_run), res.folds,
+        _ms(c["float"].file_balanced_accuracy), _ms(c["int8"].file_balanced_accuracy),
+        _ms(c["int8"].file_macro_f1), _ms(c["int8"].window_balanced_accuracy),
+        _ms(t["int8"].file_balanced_accuracy), _ms(s.telephone_drop["int8"]),
+        _ms(ag[0] if ag else None), res.seconds)
 
 
-def confusion_png(res: dict[str, Any], path: Path, key: str | None = None) -> None:
+def confusion_png(res: CvResult, path: Path, kind: Kind | None = None) -> None:
     """Row-normalised confusion matrix (pooled over folds) as a PNG; by default of what the
-    device computes (:func:`headline`)."""
+    device computes (:attr:`train.results.CvSummary.headline`)."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    kind = headline(res["summary"])
-    key = key or f"clean.{kind}.file.confusion"
-    cm = np.asarray(res["summary"][key], np.float64)
-    labels = res["taxonomy"]["labels"]
+    s = res.summary
+    if s is None:
+        return
+    kind = kind or s.headline
+    cm = np.asarray(s.clean.kinds[kind].confusion, np.float64)
+    labels = res.labels
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(labels), 0.8 + 0.7 * len(labels)), dpi=110)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -74,12 +71,12 @@ def confusion_png(res: dict[str, Any], path: Path, key: str | None = None) -> No
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    s = res["summary"]
-    how = ("leave one corpus out" if res.get("split") == "corpus"
-           else f"{res['folds']}-fold speaker-disjoint CV")
+    how = ("leave one corpus out" if res.split == "corpus"
+           else f"{res.folds}-fold speaker-disjoint CV")
     what = "int8 CNN + voice branch" if kind == "fused_int8" else "int8"
-    ax.set_title(f"{res['protocol']}: {what}, {how}\n"
-                 f"balanced acc {_ms(s, f'clean.{kind}.file.balanced_accuracy')} %", fontsize=9)
+    ax.set_title(f"{res.protocol}: {what}, {how}\n"
+                 f"balanced acc {_ms(s.clean.kinds[kind].file_balanced_accuracy)} %",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -95,7 +92,7 @@ def render(out: Path, cfg: TrainConfig, name: str) -> None:
     for proto in cfg.protocols:
         p = out / f"cv-{proto}.json"
         if p.is_file():
-            cvs[proto] = json.loads(p.read_text())
+            cvs[proto] = CvResult.from_dict(json.loads(p.read_text()))
     tfl = out / f"{name}.tflite"
     timings = out / "timings.json"
     total = json.loads(timings.read_text()).get("all_seconds") if timings.is_file() else None

@@ -1,0 +1,116 @@
+"""Evaluation: a fold's exported model on its test speakers, clean and over the telephone.
+
+The int8 figures are computed by serd's own runtime (:class:`serd.model.Classifier`), and
+the fused ones by the card's voice branch as the device fuses it, so the CV measures what
+the device runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from serd.model import ModelCard
+from serd.normalise import normalise_windows
+from serd.voice import VoiceHead, fuse
+from train.corpora import Item
+from train.evaluate import file_probs, int8_window_probs, scores
+from train.fit import Trained
+from train.results import (
+    AGREEMENTS,
+    CONDITIONS,
+    KINDS,
+    Agreement,
+    ConditionResult,
+    Kind,
+    LevelScores,
+    Scores,
+)
+from train.windowsets import WindowSets, select
+
+
+@dataclass
+class Evaluation:
+    """A model's scores on one fold's test files."""
+
+    clean: ConditionResult
+    telephone: ConditionResult
+    other_emotions_int8: dict[str, list[int]] | None
+    """Files of emotions outside the taxonomy: what the device's model calls them."""
+
+
+def evaluate(sets: WindowSets, trained: Trained, tflite: Path, card: ModelCard, *,
+             items: list[Item], test_idx: list[int], test_lab: list[int],
+             n_labels: int, other_idx: list[int] | None = None,
+             head: VoiceHead | None = None) -> Evaluation:
+    """Scores of the float and int8 CNN alone, and with ``head`` of the CNN fused with
+    the voice branch (``fused_float``, ``fused_int8``: the latter is what the device
+    computes), on the clean and the telephone renderings of the test files."""
+    from train.model import predict  # noqa: PLC0415
+
+    out: dict[str, ConditionResult] = {}
+    w = sets.cfg.voice.cnn_weight
+    for v, tag in zip(sets.eval_variants(), CONDITIONS, strict=True):
+        sel = select(sets.window_set(items, v), test_idx, test_lab)
+        raw = np.asarray(sel.x, np.float32)
+        pf = predict(trained.model, normalise_windows(raw, card.normalisation))
+        pq = int8_window_probs(tflite, card, raw)
+        kinds: dict[Kind, npt.NDArray[np.float32]] = {"float": pf, "int8": pq}
+        if head is not None:
+            vsel = select(sets.voice_set(items, v), test_idx, test_lab)
+            if not np.array_equal(vsel.file, sel.file):
+                raise RuntimeError(f"voice cache of {v.name} is out of step with its "
+                                   "windows: delete the cache's voice-*.npz")
+            pv = head(np.asarray(vsel.x, np.float32))
+            kinds |= {"voice": pv, "fused_float": fuse(pf, pv, w),
+                      "fused_int8": fuse(pq, pv, w)}
+        y_win = sel.y_file[sel.file]
+        res = ConditionResult(files=sel.n_files,
+                              files_with_windows=int(np.unique(sel.file).size),
+                              windows=len(raw), kinds={})
+        fps: dict[Kind, npt.NDArray[np.float32]] = {}
+        has = np.zeros(sel.n_files, bool)
+        for kind, p in kinds.items():
+            fps[kind], has = file_probs(p, sel.file, sel.n_files)
+            res.kinds[kind] = LevelScores(
+                file=Scores.from_dict(scores(sel.y_file[has], fps[kind][has].argmax(1),
+                                             n_labels)),
+                window=Scores.from_dict(scores(y_win, p.argmax(1), n_labels)))
+        corp = np.array([items[i].corpus for i in test_idx])
+        if len(set(corp)) > 1:
+            for kind in KINDS:
+                if kind in ("int8", "fused_int8") and kind in fps:
+                    res.per_corpus[kind] = {
+                        c: scores(sel.y_file[has & (corp == c)],
+                                  fps[kind][has & (corp == c)].argmax(1),
+                                  n_labels)["balanced_accuracy"] for c in sorted(set(corp))}
+        for name, (a, b) in AGREEMENTS.items():
+            if b in kinds:
+                res.agreements[name] = Agreement(
+                    window_argmax=float((kinds[a].argmax(1) == kinds[b].argmax(1)).mean())
+                    if len(raw) else 1.0,
+                    file_argmax=float((fps[a][has].argmax(1) == fps[b][has].argmax(1))
+                                      .mean()) if has.any() else 1.0)
+        out[tag] = res
+    dist: dict[str, list[int]] | None = None
+    if other_idx:
+        # Emotions outside the taxonomy (RAVDESS calm/surprised in the six-class model):
+        # what the int8 model (fused with its voice branch, if any) calls them.
+        sel = select(sets.window_set(items, sets.eval_variants()[0]), other_idx,
+                     [0] * len(other_idx))
+        pq = int8_window_probs(tflite, card, np.asarray(sel.x, np.float32))
+        if head is not None:
+            vsel = select(sets.voice_set(items, sets.eval_variants()[0]), other_idx,
+                          [0] * len(other_idx))
+            pq = fuse(pq, head(np.asarray(vsel.x, np.float32)), w)
+        fpq, has = file_probs(pq, sel.file, sel.n_files)
+        pred = fpq.argmax(1)
+        dist = {}
+        for j, i in enumerate(other_idx):
+            if has[j]:
+                dist.setdefault(items[i].label, [0] * n_labels)[int(pred[j])] += 1
+    return Evaluation(out["clean"], out["telephone"], dist)
+
