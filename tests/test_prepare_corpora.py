@@ -191,3 +191,8 @@ def test_predict_reports_the_models_verdicts_per_label(
     # One line per label present, in canonical order; every file gets one verdict.
     assert [line.split()[0] for line in lines] == ["calm", "happy", "sad", "angry"]
     assert all(" 1 files, called " in line for line in lines)
+    assert lines[0].startswith("calm         1 files, called neutral ")  # as six trains it
+    root = _nemo(tmp_path / "nemo")
+    assert main(["nemo", str(root), "--predict", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert lines[-1].startswith("surprised    1 files, not a model label: ")

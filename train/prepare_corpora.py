@@ -260,14 +260,23 @@ class LabelCheck:
     """The model's file verdicts on a sample of one label's files."""
 
     label: str
+    expected: str | None
+    """The model label this label should be called: itself, calm as neutral (as the
+    six-class taxonomy trains it), None when the model has no such label."""
     files: int
     verdicts: dict[str, int]
     """Verdict -> files; ``none`` below the confidence threshold, ``no speech`` when the
     gate found none."""
 
     @property
-    def agreement(self) -> float:
-        return self.verdicts.get(self.label, 0) / self.files
+    def agreement(self) -> float | None:
+        if self.expected is None:
+            return None
+        return self.verdicts.get(self.expected, 0) / self.files
+
+
+# Canonical emotions that a model without them should call another of its labels.
+_AS_MODEL_LABEL = {"calm": "neutral"}
 
 
 def predict_sample(items: Sequence[Item], per_label: int, seed: int = 0) -> list[LabelCheck]:
@@ -289,7 +298,10 @@ def predict_sample(items: Sequence[Item], per_label: int, seed: int = 0) -> list
                 raise CorpusError(f"{it.path}: {exc}") from None
             verdict = result.summary
             verdicts["no speech" if verdict is None else verdict.label or "none"] += 1
-        checks.append(LabelCheck(label, len(sample), dict(verdicts.most_common())))
+        expected = label if label in clf.card.labels else _AS_MODEL_LABEL.get(label)
+        if expected not in clf.card.labels:
+            expected = None
+        checks.append(LabelCheck(label, expected, len(sample), dict(verdicts.most_common())))
     return checks
 
 
@@ -346,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"checksums in {v.sums_path}")
         if args.predict:
             for check in predict_sample(items, args.predict):
-                print(f"{check.label:9s} {check.files:4d} files, called {check.label} "
-                      f"{check.agreement:4.0%}: "
+                agreement = ("not a model label" if check.agreement is None else
+                             f"called {check.expected} {check.agreement:4.0%}")
+                print(f"{check.label:9s} {check.files:4d} files, {agreement}: "
                       + ", ".join(f"{k} {n}" for k, n in check.verdicts.items()))
     except CorpusError as exc:
         print(str(exc), file=sys.stderr)
