@@ -350,6 +350,7 @@ class Discovery:
         self.births = 0  # birth messages received ("online")
         self.ignored = 0  # messages on the birth topic that were not a birth
         self._pending = 0  # announce requests since the last announce
+        self._warned = False
         self._last_announce = -float("inf")  # time.monotonic()
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
@@ -445,6 +446,12 @@ class Discovery:
         if len(payload) > _BIRTH_MAX_BYTES or payload.strip() != b"online":
             with self._lock:
                 self.ignored += 1
+            if payload.strip() != b"offline":  # offline is Home Assistant's own Last Will
+                # Once at WARNING (someone is writing garbage on the birth topic), then quiet.
+                first, self._warned = not self._warned, True
+                _LOGGER.log(logging.WARNING if first else logging.DEBUG,
+                            "ignored a %d-byte message on %s that is not a birth message "
+                            "(%d so far)", len(payload), self.birth_topic, self.ignored)
             return
         with self._lock:
             self.births += 1

@@ -347,7 +347,7 @@ def test_daemon_announces_when_enabled(
     cfg.write_text(yaml.safe_dump({
         "state_dir": str(tmp_path / "state"), "model": {"path": str(model_path)},
         "mqtt": {"host": mosquitto.host, "port": mosquitto.port},
-        "discovery": {"enabled": True},
+        "discovery": {"enabled": True}, "alerts": {"enabled": True},
     }))
     r = subprocess.run(
         [sys.executable, "-m", "serd.cli", "--config", str(cfg), "--once", "--publish",
@@ -355,11 +355,14 @@ def test_daemon_announces_when_enabled(
         capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     sub = subscriber(mosquitto, "homeassistant/#", persistent=False)
-    msgs = sub.wait_for(lambda ms: len(_configs_in(ms)) >= 6)
+    msgs = sub.wait_for(lambda ms: len(_configs_in(ms)) >= 7)
     topics = {m.topic for m in _configs_in(msgs)}
-    assert {"homeassistant/event/serd_desk-9/main_emotion_event/config",
-            "homeassistant/sensor/serd_desk-9/main_emotion/config",
-            "homeassistant/binary_sensor/serd_desk-9/device_problem/config"} <= topics
+    node = "homeassistant/{}/serd_desk-9/{}/config"
+    assert topics == {node.format(*k) for k in (
+        ("event", "main_emotion_event"), ("sensor", "main_emotion"),
+        ("binary_sensor", f"main_alert_{object_id('sustained_distress')}"),
+        ("binary_sensor", "device_problem"), ("binary_sensor", "device_input"),
+        ("sensor", "device_spool_backlog"), ("sensor", "device_dropped_events"))}
     event = next(m.json() for m in msgs if "/event/" in m.topic)
     assert set(event["event_types"]) == set(LABELS)
 
