@@ -25,31 +25,29 @@ def _write(path: Path, rate: int = 16000, seconds: float = 0.25, seed: int = 0) 
     return path
 
 
-def _urdu(root: Path) -> Path:
-    _write(root / "Angry" / "SM1_F1_A01.wav", 44100, seed=1)
-    _write(root / "Happy" / "SF2_F3_H03.wav", 44100, seed=2)
-    _write(root / "Neutral" / "SM1_F2_N02.wav", 44100, seed=3)
-    _write(root / "Sad" / "SF10_F1_S01.wav", 44100, seed=4)
+def _layout(root: Path, rate: int, names: list[str]) -> Path:
+    for seed, name in enumerate(names, start=1):
+        _write(root / name, rate, seed=seed)
     return root
+
+
+def _urdu(root: Path) -> Path:
+    return _layout(root, 44100, ["Angry/SM1_F1_A01.wav", "Happy/SF2_F3_H03.wav",
+                                 "Neutral/SM1_F2_N02.wav", "Sad/SF10_F1_S01.wav"])
 
 
 def _ased(root: Path) -> Path:
-    _write(root / "01Neutral" / "n1-01-01-01-01.wav", seed=1)
-    _write(root / "02Fearful" / "f2-02-01-02-07.wav", seed=2)
-    _write(root / "03Happy" / "h3-03-02-02-07.wav", seed=3)
-    _write(root / "04Sad" / "s4-04-01-02-07.wav", seed=4)
-    _write(root / "04Sad" / "S4-04-02-01-07.wav", seed=5)  # upper case, stray gender code
-    _write(root / "05Angry" / "a5-05-01-01-01.wav", seed=6)
-    return root
+    return _layout(root, 16000, [
+        "01Neutral/n1-01-01-01-01.wav", "02Fearful/f2-02-01-02-07.wav",
+        "03Happy/h3-03-02-02-07.wav", "04Sad/s4-04-01-02-07.wav",
+        "04Sad/S4-04-02-01-07.wav",  # upper case, and a stray gender code
+        "05Angry/a5-05-01-01-01.wav"])
 
 
 def _turev(root: Path) -> Path:
-    src = root / "Sound Source"
-    _write(src / "Angry" / "1157_kz_acik.wav", 44100, seed=1)
-    _write(src / "Calm" / "1234_sk_algi.wav", 44100, seed=2)
-    _write(src / "Happy" / "1234_mt_beste.wav", 44100, seed=3)
-    _write(src / "Sad" / "7895_hl_ogul1.wav", 44100, seed=4)
-    return root
+    return _layout(root / "Sound Source", 44100, [
+        "Angry/1157_kz_acik.wav", "Calm/1234_sk_algi.wav", "Happy/1234_mt_beste.wav",
+        "Sad/7895_hl_ogul1.wav"]).parent
 
 
 def _nemo(root: Path) -> Path:

@@ -97,22 +97,32 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def _named_in_folders(root: Path, pattern: re.Pattern[str], group: int,
+                      folder_code: Callable[[str], str | None], what: str
+                      ) -> list[tuple[Path, re.Match[str]]]:
+    """Every audio file under ``root`` with its name's match; the emotion code in
+    ``group`` (lower-cased) must be the one its folder stands for."""
+    out = []
+    for path in _audio_files(root):
+        m = pattern.match(path.stem)
+        if not m or folder_code(path.parent.name) != m.group(group).lower():
+            raise CorpusError(f"{path}: not {what} name in its emotion folder")
+        out.append((path, m))
+    return out
+
+
 # -- URDU (Latif et al. 2018): <Emotion>/S<M|F><n>_F<k>_<A|H|N|S><k>.wav ----------------
 
 _URDU_NAME = re.compile(r"^S([MF])(\d+)_F\d+_([AHNS])\d+$")
-_URDU_LABEL = {"A": "angry", "H": "happy", "N": "neutral", "S": "sad"}
-_URDU_FOLDER = {"Angry": "A", "Happy": "H", "Neutral": "N", "Sad": "S"}
+_URDU_LABEL = {"a": "angry", "h": "happy", "n": "neutral", "s": "sad"}
+_URDU_FOLDER = {"Angry": "a", "Happy": "h", "Neutral": "n", "Sad": "s"}
 
 
 def _urdu_rows(root: Path) -> list[Row]:
-    rows = []
-    for path in _audio_files(root):
-        m = _URDU_NAME.match(path.stem)
-        if not m or _URDU_FOLDER.get(path.parent.name) != m.group(3):
-            raise CorpusError(f"{path}: not an URDU-Dataset name in its emotion folder")
-        sex, number, emo = m.groups()
-        rows.append(Row(_rel(path, root), f"S{sex}{number}", _URDU_LABEL[emo], sex.lower()))
-    return rows
+    return [Row(_rel(path, root), f"S{m.group(1)}{m.group(2)}", _URDU_LABEL[m.group(3).lower()],
+                m.group(1).lower())
+            for path, m in _named_in_folders(root, _URDU_NAME, 3, _URDU_FOLDER.get,
+                                             "an URDU-Dataset")]
 
 
 # -- ASED v1 (Retta et al. 2023): <nn><Emotion>/<e><n>-<sentence>-<rep>-<gender>-<speaker> --
@@ -122,20 +132,19 @@ _ASED_LABEL = {"n": "neutral", "f": "fearful", "h": "happy", "s": "sad", "a": "a
 
 
 def _ased_rows(root: Path) -> list[Row]:
-    parsed = []
-    for path in _audio_files(root):
-        m = _ASED_NAME.match(path.stem)
-        if not m or path.parent.name[2:3].lower() != m.group(1).lower():
-            raise CorpusError(f"{path}: not an ASED name in its emotion folder")
-        parsed.append((path, m.group(1).lower(), m.group(3), m.group(5), m.group(6)))
+    # Folders are 01Neutral, 02Fearful...: the letter after the number is the name's code.
+    found = _named_in_folders(root, _ASED_NAME, 1, lambda folder: folder[2:3].lower(),
+                              "an ASED")
     # The gender field disagrees with the rest of one speaker's files in a handful of names
-    # (one file each for five speakers): a speaker's gender is the one most of their files say.
+    # (one file each for five speakers): a speaker's gender is the one most of their files
+    # say.  The splits stratify speakers by gender, so a speaker must have just one.
     votes: dict[str, Counter[str]] = {}
-    for _path, _emo, _sentence, gender, speaker in parsed:
-        votes.setdefault(speaker, Counter())[gender] += 1
+    for _path, m in found:
+        votes.setdefault(m.group(6), Counter())[m.group(5)] += 1
     sex = {spk: "f" if c.most_common(1)[0][0] == "01" else "m" for spk, c in votes.items()}
-    return [Row(_rel(path, root), speaker, _ASED_LABEL[emo], sex[speaker], f"{emo}{sentence}")
-            for path, emo, sentence, _gender, speaker in parsed]
+    return [Row(_rel(path, root), m.group(6), _ASED_LABEL[m.group(1).lower()], sex[m.group(6)],
+                f"{m.group(1).lower()}{m.group(3)}")
+            for path, m in found]
 
 
 # -- TurEV-DB (Canpolat et al. 2020): Sound Source/<Emotion>/<speaker>_<emo>_<word>.wav ------
@@ -147,14 +156,9 @@ _TUREV_FOLDER = {"Angry": "kz", "Calm": "sk", "Happy": "mt", "Sad": "hl"}
 
 
 def _turev_rows(root: Path) -> list[Row]:
-    rows = []
-    for path in _audio_files(root):
-        m = _TUREV_NAME.match(path.stem)
-        if not m or _TUREV_FOLDER.get(path.parent.name) != m.group(2):
-            raise CorpusError(f"{path}: not a TurEV-DB name in its emotion folder")
-        speaker, emo, word = m.groups()
-        rows.append(Row(_rel(path, root), speaker, _TUREV_LABEL[emo], "", word))
-    return rows
+    return [Row(_rel(path, root), m.group(1), _TUREV_LABEL[m.group(2)], "", m.group(3))
+            for path, m in _named_in_folders(root, _TUREV_NAME, 2, _TUREV_FOLDER.get,
+                                             "a TurEV-DB")]
 
 
 # -- nEMO (Christop 2024): samples/<speaker>_<emotion>_<n>.wav, metadata in data.tsv ----------
