@@ -655,6 +655,24 @@ def test_hostile_payloads_and_two_thousand_devices_keep_the_page_responsive(
     # Each message well under 5 ms; the rare outlier on this shared 2-core machine is the
     # process being descheduled (it hits cheap status messages as often as big ones).
     assert p99 < 5.0 and perf["over5"] <= max(3, perf["count"] // 200), perf["slow"]
+    # The handler's own cost, free of the scheduler: each hostile message, and a status that
+    # adds device 2,001+, handled three times straight in the page; the best of three.
+    cases = [(t, list(p.encode() if isinstance(p, str) else p)) for t, p in hostile[:21]]
+    cases += [(f"serd/syn-{{r}}-{i}/status", list(json.dumps(events.status_event(
+        f"syn-{i}", "online", "connected", version="0")).encode())) for i in range(20)]
+    best = page.evaluate("""(cases) => cases.map(([topic, bytes]) => {
+        let best = Infinity;
+        for (let r = 0; r < 3; r++) {
+          const b = new Uint8Array(bytes), t = topic.replace('{r}', String(r));
+          const t0 = performance.now();
+          window.serdDashboardHandle(t, b, false);
+          best = Math.min(best, performance.now() - t0);
+        }
+        return [topic, best]; })""", cases)
+    worst = max(best, key=lambda x: x[1])
+    print(f"DASHBOARD HANDLER (best of 3): worst {worst[1]:.2f} ms ({worst[0]}), "
+          f"mean {sum(b for _, b in best) / len(best):.3f} ms over {len(best)} messages")
+    assert worst[1] < 5.0, worst
     # The page still answers at once.
     t1 = time.monotonic()
     assert page.evaluate("() => 1 + 1") == 2

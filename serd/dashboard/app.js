@@ -51,7 +51,7 @@
   var SORT_MS = 1000;
   var SAVE_MS = 5000;
   var SCORE_TAU_MS = 5000;    // the sort key is a moving average over about 5 s of audio
-  var LINES_PER_FRAME = 200;
+  var LINES_PER_FRAME = 100;
   var STORE_KEY = 'serd.dashboard';
   var HIDDEN_KEY = 'serd.dashboard.hidden';
   var TIMELINE_KEY = 'serd.dashboard.timeline.v1';
