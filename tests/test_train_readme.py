@@ -2,31 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from train.readme import cv_section, readme_text
+from train.results import (
+    ConditionResult,
+    ConditionSummary,
+    CvResult,
+    CvSummary,
+    FoldResult,
+    KindSummary,
+    LevelScores,
+    Scores,
+    Stat,
+)
 
 LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
 
 
-def _scores(b: float) -> dict[str, Any]:
-    return {"file": {"balanced_accuracy": b, "macro_f1": b - 0.01}}
+def _level(b: float) -> LevelScores:
+    s = Scores(n=10, balanced_accuracy=b, macro_f1=b - 0.01, accuracy=b, recall=[],
+               confusion=[])
+    return LevelScores(s, s)
 
 
-def _cv(split: str, tests: list[list[str]], b: float) -> dict[str, Any]:
-    stat = {"mean": b, "std": 0.02}
-    per_fold = [{"fold": i, "test_speakers": t, "history": [{"best_epoch": 30}],
-                 "clean": {"int8": _scores(b), "float": _scores(b)},
-                 "telephone": {"int8": _scores(b - 0.02)}} for i, t in enumerate(tests)]
-    return {
-        "protocol": "p", "split": split, "taxonomy": {"labels": LABELS},
-        "corpora": ["cremad", "ravdess"], "folds": len(tests), "n_files": 100,
-        "n_speakers": 70, "seconds": 60.0, "feature_seconds": 1.0, "per_fold": per_fold,
-        "summary": {"clean.int8.file.balanced_accuracy": stat,
-                    "telephone_drop.int8": {"mean": 0.01, "std": 0.01},
-                    "float_minus_int8.file.balanced_accuracy": {"mean": 0.0, "std": 0.0},
-                    "clean.int8.file.confusion": [[1] * 6 for _ in LABELS]},
-    }
+def _cond(b: float) -> ConditionResult:
+    return ConditionResult(files=10, files_with_windows=10, windows=20,
+                           kinds={"float": _level(b), "int8": _level(b)})
+
+
+def _cv(split: str, tests: list[list[str]], b: float) -> CvResult:
+    per_fold = [FoldResult(fold=i, test_speakers=t, early_stop_speakers=[], n_train_speakers=0,
+                           n_test_files=0, n_train_files=0, n_train_windows=0,
+                           n_train_windows_all_copies=0, history=[{"best_epoch": 30}],
+                           tflite_bytes=0, params=0, clean=_cond(b), telephone=_cond(b - 0.02),
+                           other_emotions_int8=None, seconds=1.0)
+                for i, t in enumerate(tests)]
+    ks = KindSummary(Stat(b, 0.02), Stat(b - 0.01, 0.02), Stat(b, 0.02), Stat(b, 0.02),
+                     confusion=[[1] * 6 for _ in LABELS])
+    summary = CvSummary(clean=ConditionSummary({"float": ks, "int8": ks}, {}, 100, 90),
+                        telephone=ConditionSummary({"float": ks, "int8": ks}, {}, 100, 95),
+                        telephone_drop={"int8": Stat(0.01, 0.01)}, other_emotions_int8=None,
+                        float_minus_int8={"": Stat(0.0, 0.0)})
+    return CvResult(protocol="p", taxonomy={"labels": LABELS}, corpora=["cremad", "ravdess"],
+                    extra_train_corpora=[], split=split, folds=len(tests),
+                    folds_run=list(range(len(tests))), folds_reused=[], n_files=100,
+                    n_speakers=70, seed=1, feature_seconds=1.0, seconds=60.0,
+                    summary=summary, per_fold=per_fold, config={})
 
 
 def test_leave_one_corpus_out_names_the_corpus_and_sets_no_target() -> None:
