@@ -190,6 +190,7 @@ class Board:
             _LOGGER.debug("invalid %s payload on %s: %s", suffix, topic, exc)
             with self.lock:
                 self.invalid += 1
+                self.version += 1  # the summary line counts it
             return False
         with self.lock:
             dev = self._device(device_id)
@@ -218,6 +219,7 @@ class Board:
             if row is None:
                 if len(dev.rows) >= _MAX_CHANNELS or self.row_count >= _MAX_ROWS:
                     self.refused += 1
+                    self.version += 1
                     return False
                 row = Row(device_id, update.channel)
                 self.row_count += 1
@@ -240,6 +242,7 @@ class Board:
                     if d.availability not in ("online", "degraded")]
             if not idle:
                 self.refused += 1
+                self.version += 1
                 return None
             self.row_count -= len(self.devices.pop(min(idle)[1]).rows)
             self.forgotten += 1
@@ -626,6 +629,7 @@ class Listener:
             if payload.problem == "too_big":
                 with self.board.lock:
                     self.board.too_big += 1
+                    self.board.version += 1
             _LOGGER.debug("dropped payload on %s: %s", msg.topic, payload.problem)
             return
         if not self.board.feed(msg.topic, payload.value):
