@@ -380,9 +380,10 @@ def _checked(suffix: str, p: dict[str, Any], now: float) -> _Status | _Emotion |
 
 # Control characters (C0, DEL, C1) and the bidirectional overrides that reorder what a
 # terminal shows: anything a payload could use to move the cursor, erase rows, set the
-# window title (OSC 0) or write the clipboard (OSC 52).
+# window title (OSC 0) or write the clipboard (OSC 52); and lone surrogates (valid in JSON
+# text, "\ud800"), which cannot be written to a UTF-8 terminal at all and would stop us.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
-                      "\u202a-\u202e\u2066-\u2069]")
+                      "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def clean(text: str, limit: int = _TEXT_CHARS) -> str:

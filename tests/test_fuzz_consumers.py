@@ -56,7 +56,7 @@ nasty_text = st.one_of(
     st.sampled_from(["\x1b]0;title\x07", "\x1b]52;c;Zm9v\x07", "\x1b[2J", "\x9b2K", "\x7f",
                      "\u202eevil", "", "online", "offline", "degraded", "started", "cleared",
                      "window", "utterance", "angry", "2024-05-01T12:00:00.000Z",
-                     "9999999-01-01T00:00:00Z", "Z", "x" * 5000]),
+                     "9999999-01-01T00:00:00Z", "Z", "x" * 5000, "\ud800", "a\udfffb"]),
 )
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
@@ -105,6 +105,7 @@ def test_board_feed_and_table_never_raise(messages: list[tuple[str, str, dict]])
         board.feed(f"serd/{device}/{suffix}", payload, now=1_714_564_800.0)
     table = board.table(color=False, now=1_714_564_900.0)
     assert not _RAW_CONTROL.search(table), repr(table)
+    table.encode("utf-8")  # writable to a UTF-8 terminal (no lone surrogate)
     assert len(board.devices) <= 5
     for line in table.splitlines():
         assert len(line) < 1000  # every cell is cut
@@ -117,6 +118,7 @@ def test_json_line_is_json_without_raw_control_characters(value: Any) -> None:
     line = json_line({"topic": "t", "value": value})
     assert "\n" not in line
     assert not _RAW_CONTROL.search(line), repr(line)
+    line.encode("utf-8")
     assert json.loads(line)["value"] == value
 
 
@@ -125,6 +127,7 @@ def test_json_line_is_json_without_raw_control_characters(value: Any) -> None:
 def test_clean_escapes_and_bounds(text: str) -> None:
     shown = clean(text)
     assert not _RAW_CONTROL.search(shown)
+    shown.encode("utf-8")
     assert len(shown) <= 48 * 6  # cut to 48 characters, each at most a 6-character escape
 
 
@@ -149,6 +152,7 @@ def test_listen_message_callback_with_json_and_count(
     assert len(lines) <= count
     for line in lines:
         assert not _RAW_CONTROL.search(line)
+        line.encode("utf-8")
         assert isinstance(json.loads(line), dict)
     assert listener.stop.is_set() == (len(lines) == count)
 

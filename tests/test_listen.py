@@ -398,7 +398,9 @@ def test_hostile_retained_messages_do_not_kill_listen(
              # (Mosquitto refuses control characters in topics: a payload must carry them.)
              ("serd/esc/status", json.dumps({"state": "degraded", "reason": ESC_REASON})),
              ("serd/esc/emotion", json.dumps({"channel": ESC_CHANNEL, "label": ESC_LABEL,
-                                              "seq": 1, "type": "window"}))]
+                                              "seq": 1, "type": "window"})),
+             # A lone surrogate is valid JSON but cannot be written as UTF-8.
+             ("serd/sur/emotion", '{"channel": "a", "label": "\\ud800", "seq": 1}')]
     _retain(mosquitto, msgs)
     table = Listen("--host", mosquitto.host, "--port", str(mosquitto.port))
     js = Listen("--host", mosquitto.host, "--port", str(mosquitto.port), "--json")
