@@ -580,9 +580,13 @@ class Listener:
     def _write(self, text: str) -> None:
         with self._out_lock:
             try:
-                self.out.write(text)
+                try:
+                    self.out.write(text)
+                except UnicodeEncodeError:  # a terminal that is not UTF-8: show, never stop
+                    enc = getattr(self.out, "encoding", None) or "ascii"
+                    self.out.write(text.encode(enc, "backslashreplace").decode(enc))
                 self.out.flush()
-            except (BrokenPipeError, ValueError):
+            except (BrokenPipeError, ValueError):  # closed pipe or stream
                 self.stop.set()
 
     # paho callbacks (network thread)

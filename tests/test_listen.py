@@ -494,3 +494,15 @@ def test_thousands_of_fake_devices_stay_bounded(mosquitto: Any, listens: list[Li
     last = [line for line in lst.out if "devices," in line][-1]
     assert last.startswith("1000 devices, 1000 online"), last
     assert "500 refused (board full)" in last, last
+
+
+def test_a_terminal_that_is_not_utf8_never_stops_listen() -> None:
+    import io  # noqa: PLC0415
+
+    from serd.listen import Listener  # noqa: PLC0415
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
+    listener = Listener(MqttSettings(host="127.0.0.1"), as_json=False, count=None, out=out)
+    listener._write("sad \U0001f600 é\n")
+    assert not listener.stop.is_set()
+    assert out.buffer.getvalue() == b"sad \\U0001f600 \xe9\n"
