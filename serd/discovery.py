@@ -99,14 +99,15 @@ def object_id(text: str) -> str:
     """``text`` as a discovery node/object id, injectively.
 
     A name that is already a safe id (``[A-Za-z0-9-]+``) is kept as it is; any other
-    becomes its slug (unsafe runs replaced by ``_``) plus ``_`` and a short hash of the
-    name, so two names never share an id (``a b`` and ``a_b`` used to).
+    becomes its slug (unsafe runs replaced by ``_``, possibly empty) plus ``_`` and a short
+    hash of the name, so two names never share an id (``a b`` and ``a_b`` used to): a
+    rewritten id always holds a ``_``, which a kept one never does.
     """
     if _ID_SAFE.match(text):
         return text
     slug = _ID_UNSAFE.sub("_", text).strip("_")[:40]
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_ID_HASH_CHARS]
-    return f"{slug}_{digest}" if slug else digest
+    return f"{slug}_{digest}"
 
 
 def node_id(device_id: str) -> str:
@@ -136,6 +137,7 @@ def _keys(channels: Sequence[str], rules: Sequence[str]) -> list[tuple[str, str]
 
 
 def config_topic(prefix: str, device_id: str, component: str, object_name: str) -> str:
+    """Where one entity's discovery config is published (retained)."""
     return f"{prefix}/{component}/{node_id(device_id)}/{object_name}/config"
 
 

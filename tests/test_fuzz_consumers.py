@@ -244,3 +244,19 @@ def test_every_serd_client_declares_the_maximum_packet_size() -> None:
                     not any(k.arg == "properties" for k in node.keywords):
                 bare.append(f"{path.relative_to(root.parent)}:{node.lineno}")
     assert bare == [], "connect without serd.mqttclient's properties: " + ", ".join(bare)
+
+
+names = st.one_of(st.text(min_size=1, max_size=12),
+                  st.sampled_from(["a b", "a_b", "a.b", "a-b", "_", "é", "alert", "a_alert_b"]))
+
+
+@FUZZ
+@given(st.lists(names, min_size=1, max_size=4, unique=True),
+       st.lists(names, max_size=3, unique=True))
+def test_home_assistant_ids_are_injective(channels: list[str], rules: list[str]) -> None:
+    """Issue 24 finding 13: every channel and rule keeps its own entities."""
+    cfgs = configs(DiscoverySettings(enabled=True), topic_prefix="serd", device_id="d1",
+                   channels=channels, labels=LABELS, model="m", rules=rules)
+    assert len(cfgs) == len(channels) * (2 + len(rules)) + 4
+    assert len({c["unique_id"] for c in cfgs.values()}) == len(cfgs)
+    assert all(re.fullmatch(r"[A-Za-z0-9_/-]+", t) for t in cfgs)
