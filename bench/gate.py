@@ -330,6 +330,33 @@ def run_coverage(vad: Any, root: Path, step: int = 1,
     return out
 
 
+def check_once(root: Path, count: int) -> dict[str, Any]:
+    """Does the gate stage alone say what ``serd --once`` says?  ``count`` clips (evenly
+    over the corpora, the quietest first) through :func:`serd.once.analyse_file` with the
+    default config and the shipped model, against :func:`run_coverage`'s test."""
+    from serd.config import Config  # noqa: PLC0415
+    from serd.model import load_classifier  # noqa: PLC0415
+    from serd.once import analyse_file  # noqa: PLC0415
+    from serd.windows import windows_of  # noqa: PLC0415
+
+    cfg = Config()
+    clf = load_classifier(cfg.model)
+    files = [f for group in corpus_files(root).values() for f in group]
+    levels = []
+    for f in files[:: max(1, len(files) // (4 * count))]:
+        x = load(f)
+        levels.append((float(np.mean(x.astype(np.float64) ** 2)), f))
+    chosen = [f for _, f in sorted(levels, key=lambda t: t[0])[:count]]
+    agree = 0
+    verdicts = 0
+    for f in chosen:
+        once = analyse_file(cfg, clf, f).summary is not None
+        gate = bool(windows_of(load(f), clf.card.features, clf.card.windows, cfg.vad))
+        agree += once == gate
+        verdicts += once
+    return {"clips": len(chosen), "agree": agree, "once_verdicts": verdicts}
+
+
 # -- everything ------------------------------------------------------------------------------
 
 
@@ -411,6 +438,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--step", type=int, default=1, help="--coverage: every STEP-th clip")
     p.add_argument("--backend", default="voiced",
                    help="--coverage: the gate to measure (a name from the comparison)")
+    p.add_argument("--check-once", type=int, default=0, metavar="N",
+                   help="instead: N of the quietest clips through serd --once's own "
+                        "analyse_file and through the gate stage: do they agree?")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     return p.parse_args(argv)
 
@@ -422,7 +452,17 @@ def main(argv: list[str] | None = None) -> int:
     root = corpora_root(args.corpora)
     res: dict[str, Any] = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "machine": machine_info()}
-    if args.coverage:
+    if (args.coverage or args.check_once) and root is None:
+        print("bench.gate: --coverage and --check-once need --corpora DIR (or $SERD_CORPORA)",
+              file=sys.stderr)
+        return 2
+    if args.check_once:
+        assert root is not None
+        res["check_once"] = check_once(root, args.check_once)
+        c = res["check_once"]
+        text = (f"serd --once vs the gate stage: {c['agree']}/{c['clips']} of the quietest clips "
+                f"agree; --once gave a verdict for {c['once_verdicts']}")
+    elif args.coverage:
         if root is None:
             print("bench.gate: --coverage needs --corpora DIR (or $SERD_CORPORA)",
                   file=sys.stderr)

@@ -7,19 +7,28 @@ features and no inference run outside speech segments.
 Energy backend: a block is a speech *candidate* when its level exceeds both an absolute
 floor (``min_level_dbfs``) and the tracked noise floor by ``threshold_db``.  The noise
 floor follows quiet blocks quickly and loud ones very slowly, so it adapts to a room's hum
-or a fan within seconds but does not climb into a long stretch of speech.  A segment opens
+or a fan within seconds but does not climb into a long stretch of speech; it starts at the
+first block's level and falls to the first pause, so a recording that starts with speech
+(acted corpora have almost no leading silence) still finds its floor.  A segment opens
 after ``min_speech_seconds`` of candidates (clicks and door slams are shorter) and starts
 ``preroll_seconds`` before the first candidate so word onsets are kept; it closes after
 ``hangover_seconds`` without candidates, so pauses between words do not split it.
 
-The optional ``webrtc`` backend (``pip install webrtcvad``) replaces the candidate test
-by WebRTC's GMM classifier; segmentation logic is the same.
+Voiced backend (the default, :class:`VoicedGate`): the same floor and segmentation, but a
+segment opens only once the candidate run holds voiced, sustained audio: typing, clicks,
+paper, breathing and coughs are loud enough to pass any level test, but are not periodic at
+a voice's pitch, and a knock's ringing only decays.  The voicing test runs only on
+candidate blocks while no segment is open.
+
+The optional ``webrtc`` backend (``pip install webrtcvad-wheels``) replaces the candidate
+test by WebRTC's GMM classifier; segmentation logic is the same.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +49,7 @@ class VadSettings:
     backend: Literal["voiced", "energy", "webrtc"] = "voiced"
     threshold_db: float = 6.0
     """A block is speech-like when this many dB above the tracked noise floor."""
-    min_level_dbfs: float = -70.0
+    min_level_dbfs: float = -80.0
     """Blocks quieter than this (dB relative to full scale) are never speech."""
     min_speech_seconds: float = 0.1
     """Candidate speech needed before a segment opens."""
@@ -247,6 +256,9 @@ class VoicedGate(EnergyGate):
         self._block_len = round(block_seconds * sample_rate)
         self._frame_len = self._block_len * self._SMOOTH
         self._fft_len = 1 << (2 * self._frame_len - 1).bit_length()
+        self._starts: dict[int, npt.NDArray[np.intp]] = {}  # block starts by blocks per call
+        lags = np.arange(self._lag_hi + 2)
+        self._unbias = self._frame_len / np.maximum(self._frame_len - lags, 1)
         freqs = np.fft.rfftfreq(self._fft_len, 1.0 / sample_rate)
         self._band_mask = ((freqs >= self._BAND_HZ[0]) & (freqs <= self._BAND_HZ[1])).astype(
             np.float64)
@@ -265,6 +277,7 @@ class VoicedGate(EnergyGate):
         self._levels: list[float] = [SILENCE_DB] * self._SUSTAIN_BLOCKS
         self._margins: list[float] = []
         self._levels_first = 0
+        self._voicing: npt.NDArray[np.float64] | None = None  # this call's, when batched
         self._tail_ms: tuple[float, float] | None = None  # last two blocks' sums of squares
         # The audio voicing may look at: this call's blocks, the last ones of the previous.
         block_len = getattr(self, "_block_len", 1)
@@ -281,7 +294,10 @@ class VoicedGate(EnergyGate):
         x = blocks.reshape(-1)
         d = x[1:] - self._PREEMPHASIS * x[:-1]
         d *= d
-        sums = np.add.reduceat(d, np.arange(0, n * size, size) - (np.arange(n) > 0)).tolist()
+        starts = self._starts.get(n)
+        if starts is None:  # where each block begins in d (one sample early, but the first)
+            starts = self._starts[n] = np.arange(0, n * size, size) - (np.arange(n) > 0)
+        sums = np.add.reduceat(d, starts).tolist()
         # Smoothed over _SMOOTH (3) blocks, this one and the two before; in Python: a few
         # floats per call cost less than the numpy calls would.
         levels = []
@@ -302,7 +318,17 @@ class VoicedGate(EnergyGate):
         self._levels = self._levels[len(self._levels) - self._SUSTAIN_BLOCKS :] + levels
         self._levels_first = self.block
         self._margins = []
-        return self.segment(self._track(levels, self._margins))
+        flags = self._track(levels, self._margins)
+        # While no segment is open, the blocks high enough above the floor to be looked at
+        # are looked at in one batch (a few are wasted when a segment opens mid-call);
+        # inside a segment, voicing is computed only if it closes and a new run begins.
+        self._voicing = None
+        if not self.in_speech:
+            rows = [i for i, m in enumerate(self._margins) if m > self._voicing_margin]
+            if rows:
+                self._voicing = np.zeros(n)
+                self._voicing[rows] = self._voicing_of(rows)
+        return self.segment(flags)
 
     def _opening(self, is_speech: bool, b: int) -> int | None:
         # A run starts at a candidate and lasts while the level stays above half the
@@ -327,13 +353,18 @@ class VoicedGate(EnergyGate):
                 self._restart_opening()
                 return None
         # A struck object (a knock, a dropped pen) rings periodically too, but only decays:
-        # a voice is driven and holds its level through a vowel.  So a block counts as
-        # voiced only while within _SUSTAIN_DB of the loudest of the last few blocks.
-        j = i + self._SUSTAIN_BLOCKS
-        level = self._levels[j]
-        voiced = (self._margins[i] > self._voicing_margin
-                  and level >= max(self._levels[j - self._SUSTAIN_BLOCKS : j]) - self._SUSTAIN_DB
-                  and self.voicing(b) >= self.settings.voicing_threshold)
+        # a voice is driven and holds its level through a vowel.  So a periodic block
+        # counts as voiced only while within _SUSTAIN_DB of the loudest periodic block of
+        # the last few (not of any block: a fricative before a vowel may be louder).
+        voiced = False
+        if self._margins[i] > self._voicing_margin and (
+                self.voicing(b) >= self.settings.voicing_threshold):
+            level = self._levels[i + self._SUSTAIN_BLOCKS]
+            recent = self._periodic
+            while recent and recent[0][0] < b - self._SUSTAIN_BLOCKS:
+                recent.popleft()
+            recent.append((b, level))
+            voiced = level >= max(lv for _, lv in recent) - self._SUSTAIN_DB
         # Voiced blocks among the last _voiced_window of the run (vowels flicker at low SNR).
         flags = self._voiced_flags
         self._voiced += voiced - flags[self._pos]
@@ -347,33 +378,40 @@ class VoicedGate(EnergyGate):
         self._run = 0
         self._voiced = 0
         self._gap = 0
+        self._periodic: deque[tuple[int, float]] = deque()  # (block, level), recent ones
         self._voiced_flags = [False] * self._voiced_window
         self._pos = 0
 
     def voicing(self, b: int) -> float:
-        """Periodicity of the 30 ms ending with block ``b``: the highest normalised
-        autocorrelation peak at a pitch lag (70-400 Hz), 0 for aperiodic sound, near 1
-        for a steady vowel."""
+        """Periodicity of the 30 ms ending with block ``b`` (of the last ``process`` call):
+        the highest normalised autocorrelation peak at a pitch lag (70-400 Hz), 0 for
+        aperiodic sound, near 1 for a steady vowel."""
         i = b - self._levels_first
+        if self._voicing is not None:
+            return float(self._voicing[i])
+        return float(self._voicing_of([i])[0])
+
+    def _voicing_of(self, rows: list[int]) -> npt.NDArray[np.float64]:
+        """:meth:`voicing` of several blocks of this call (indices into it) in one batch:
+        numpy's per-call overhead, not the arithmetic, is most of the cost."""
         k = self._SMOOTH - 1
-        if i >= k:
-            y = self._blocks[i - k : i + 1].reshape(-1).astype(np.float64)
-        else:
-            y = np.concatenate((self._prev[i:], self._blocks[: i + 1])).reshape(-1).astype(
-                np.float64)
-        spec = np.fft.rfft(y, self._fft_len)
+        ext = np.concatenate((self._prev, self._blocks)) if min(rows) < k else None
+        frames = np.empty((len(rows), self._frame_len), np.float64)
+        for j, i in enumerate(rows):
+            src = self._blocks[i - k : i + 1] if ext is None else ext[i : i + k + 1]
+            frames[j] = src.reshape(-1)
+        spec = np.fft.rfft(frames, self._fft_len, axis=1)
         power = spec.real**2 + spec.imag**2
         power *= self._band_mask
-        r = np.fft.irfft(power, self._fft_len)[: self._lag_hi + 2]
-        if r[0] <= 0.0:
-            return 0.0
-        # Unbiased: each lag's sum has fewer terms.
-        n = y.size
-        lags = np.arange(r.size)
-        rn = r / r[0] * (n / np.maximum(n - lags, 1))
-        seg = rn[self._lag_lo - 1 :]
-        peaks = (seg[1:-1] > seg[:-2]) & (seg[1:-1] >= seg[2:])
-        return float(seg[1:-1][peaks].max()) if peaks.any() else 0.0
+        r = np.fft.irfft(power, self._fft_len, axis=1)[:, : self._lag_hi + 2]
+        r0 = r[:, :1]
+        # Normalised by the frame's energy; unbiased: each lag's sum has fewer terms.
+        rn = r * self._unbias
+        rn /= np.where(r0 > 0.0, r0, np.inf)
+        seg = rn[:, self._lag_lo - 1 :]
+        mid = seg[:, 1:-1]
+        peaks = (mid > seg[:, :-2]) & (mid >= seg[:, 2:])
+        return np.where(peaks, mid, 0.0).max(axis=1)
 
 
 class WebRtcGate(EnergyGate):
