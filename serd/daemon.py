@@ -5,7 +5,7 @@ channel's :class:`~serd.pipeline.Pipeline`, turns decisions into events and hand
 the publisher (which spools them on disk and delivers them from its own thread).  The loop
 feeds systemd's watchdog itself, so a stalled pipeline trips it; every I/O problem it can
 survive (microphone gone, broker down) is logged in one line and retried, and systemd's
-``Restart=on-failure`` is the outer guard.
+``Restart=always`` is the outer guard.
 
 SIGTERM/SIGINT stop capture, close open utterances, flush what can be sent, publish
 ``offline`` and exit 0 within a few seconds.  SIGHUP is logged and ignored (the

@@ -370,7 +370,10 @@ def test_damaged_spool_is_moved_aside_and_the_daemon_keeps_running(
     sub = subscriber(mosquitto, f"serd/{DEVICE}/#")
     p = Proc(["--config", str(cfg)], tmp_path / "daemon.log")
     procs.append(p)
-    p.wait_for("connected to MQTT broker", timeout=120)
+    # Connected: its retained status arrived.  (Not its "connected" log line: python-
+    # sounddevice points descriptor 2 at /dev/null while PortAudio initialises, and
+    # that line, from paho's thread, can fall into that window.)
+    sub.wait_for(lambda ms: bool(statuses(ms)), timeout=120)
     time.sleep(2.0)
     assert p.proc.poll() is None, p.output()[-3000:]
     rc = p.terminate()
