@@ -35,12 +35,14 @@ from serd.voice import (
     DEFAULT_TRUNK,
     VOICE_VERSION,
     VoiceBranch,
+    VoiceCard,
     VoiceError,
     VoiceHead,
     VoiceParams,
     VoiceTrunk,
     voice_fingerprint,
 )
+from serd.windows import Window
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -107,10 +109,10 @@ class ModelCard:
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    voice: dict[str, Any] = field(default_factory=dict)
+    voice: VoiceCard | None = None
     """The voice branch (``serd.voice``) whose opinion is fused with the CNN's: its
     version, parameters, trunk digest and fingerprint, head file and digest, and the CNN's
-    log weight.  Empty: the CNN alone."""
+    log weight.  None: the CNN alone."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,7 +132,7 @@ class ModelCard:
             "model_file": {"sha256": self.sha256, "input_dtype": self.input_dtype},
             "training": self.training,
             "metrics": self.metrics,
-            **({"voice": self.voice} if self.voice else {}),
+            **({"voice": self.voice.to_dict()} if self.voice else {}),
         }
 
     @classmethod
@@ -153,7 +155,7 @@ class ModelCard:
             description=str(data.get("description", "")),
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
-            voice=dict(data.get("voice", {})),
+            voice=_voice_section(data.get("voice")),
         )
 
     def save(self, path: Path) -> None:
@@ -174,6 +176,15 @@ class ModelCard:
             return cls.from_dict(data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"model card {path} is invalid: {exc}") from None
+
+
+def _voice_section(data: Any) -> VoiceCard | None:
+    if not data:
+        return None
+    try:
+        return VoiceCard.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the card's voice section is invalid: {exc}") from None
 
 
 def card_path_for(model_path: Path) -> Path:
@@ -260,11 +271,15 @@ def _quant(detail: dict[str, Any]) -> QuantParams:
 
 
 class Classifier:
-    """Runs windows through the model: ``__call__(raw_window) -> probabilities``.
+    """The model a card describes: the int8 CNN and, if the card has one, the voice branch
+    fused with it.  The one place where the two opinions meet: the daemon's pipeline
+    classifies through :meth:`stream` (one per channel), and training's evaluation fuses
+    through :meth:`fused`, so both compute the same numbers.
 
-    Takes raw MFCC windows (frames, n_mfcc), applies the card's normalisation, quantises
-    with the input tensor's scale and zero point, invokes, dequantises the output.
-    ``voice`` is the card's voice branch (:mod:`serd.voice`), or None.
+    ``__call__(raw_window) -> probabilities`` is the CNN alone: it takes a raw MFCC window
+    (frames, n_features), applies the card's normalisation, quantises with the input
+    tensor's scale and zero point, invokes, dequantises the output.  ``voice`` is the
+    card's voice branch (:mod:`serd.voice`), or None (the CNN alone).
     """
 
     def __init__(self, model_path: Path, card: ModelCard, num_threads: int = 1,
@@ -310,10 +325,29 @@ class Classifier:
         self.input_shape = expected
         self._buf = np.zeros(expected, dtype=inp["dtype"])
 
+    @property
+    def needs_audio(self) -> bool:
+        """Whether windows must carry their audio (``Windower(keep_audio=True)``): the
+        voice branch reads it."""
+        return self.voice is not None
+
+    def stream(self) -> ClassifierStream:
+        """A stage for one channel's windows, in stream order (the voice branch's state
+        runs along each speech segment)."""
+        return ClassifierStream(self)
+
+    def fused(self, cnn: npt.NDArray[np.float32],
+              voice_stats: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
+        """The model's probabilities from the CNN's (one window or a batch) and the voice
+        branch's window statistics (:class:`serd.voice.VoiceStream`); the CNN's alone
+        without a branch."""
+        if self.voice is None or voice_stats is None:
+            return cnn
+        return self.voice.fused(cnn, voice_stats)
+
     def __call__(self, window: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The int8 CNN's probabilities of one raw MFCC window (a voice branch, if the
-        card has one, is fused by the caller, which keeps its per-channel state:
-        :class:`serd.pipeline.Pipeline`)."""
+        """The int8 CNN's probabilities of one raw MFCC window, without the voice branch
+        (:meth:`stream` fuses it)."""
         x = normalise_windows(window, self.card.normalisation)
         self._buf[0] = self.input_quant.quantize(x)
         self._interp.set_tensor(self._in_index, self._buf)
@@ -322,6 +356,25 @@ class Classifier:
         total = float(probs.sum())
         # int8 softmax outputs are multiples of 1/256 and may not sum to exactly 1.
         return probs / total if total > 0 else np.full_like(probs, 1.0 / len(probs))
+
+
+class ClassifierStream:
+    """``__call__(window) -> probabilities``: one channel's windows through the model, the
+    CNN fused with the voice branch when the card has one; ``reset()`` between streams."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
+        self.voice = classifier.voice.stream() if classifier.voice is not None else None
+
+    def reset(self) -> None:
+        if self.voice is not None:
+            self.voice.reset()
+
+    def __call__(self, window: Window) -> npt.NDArray[np.float32]:
+        probs = self.classifier(window.features)
+        if self.voice is None:
+            return probs
+        return self.classifier.fused(probs, self.voice(window))
 
 
 def load_classifier(
@@ -366,15 +419,9 @@ def load_voice_branch(model_path: Path, card: ModelCard) -> VoiceBranch:
     and the head (``<model>.voice.npz``), both checked against the card's digests, and the
     trunk against the card's fingerprint."""
     v = card.voice
-    try:
-        version = int(v["version"])
-        params = VoiceParams(**v["params"])
-        trunk_sha, head_sha = str(v["trunk_sha256"]), str(v["head_sha256"])
-        weight = float(v["cnn_weight"])
-        fingerprint = [float(x) for x in v.get("fingerprint", ())]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"model {card.name}: the card's voice section is invalid: {exc}") \
-            from None
+    if v is None:
+        raise ModelError(f"model {card.name} has no voice branch")
+    version, params, weight = v.version, v.params, v.cnn_weight
     if version != VOICE_VERSION or params != VoiceParams():
         raise ModelError(
             f"model {card.name} was made with voice branch version {version} "
@@ -387,21 +434,21 @@ def load_voice_branch(model_path: Path, card: ModelCard) -> VoiceBranch:
     trunk_path = beside if beside.is_file() else DEFAULT_TRUNK
     try:
         trunk = VoiceTrunk(trunk_path, params)
-        if trunk.sha256 != trunk_sha:
+        if trunk.sha256 != v.trunk_sha256:
             raise ModelError(
                 f"voice trunk {trunk_path} is not the one model {card.name} was trained with "
-                f"(SHA-256 {trunk.sha256[:12]}... vs {trunk_sha[:12]}...): put its trunk "
+                f"(SHA-256 {trunk.sha256[:12]}... vs {v.trunk_sha256[:12]}...): put its trunk "
                 f"beside the model as {DEFAULT_TRUNK.name}"
             )
-        if fingerprint and not np.allclose(
-                voice_fingerprint(trunk, fingerprint_signal(params.sample_rate)), fingerprint,
-                                           atol=2e-3, rtol=1e-3):
+        if v.fingerprint and not np.allclose(
+                voice_fingerprint(trunk, fingerprint_signal(params.sample_rate)),
+                v.fingerprint, atol=2e-3, rtol=1e-3):
             raise ModelError(
                 f"model {card.name}: this serd's voice branch computes different numbers "
                 "than the one it was trained with (fingerprint mismatch): retrain it"
             )
         head_path = voice_head_path(model_path)
-        if head_path.is_file() and sha256_of(head_path) != head_sha:
+        if head_path.is_file() and sha256_of(head_path) != v.head_sha256:
             raise ModelError(
                 f"voice head {head_path} does not match the card of model {card.name}: "
                 "the file is corrupt or belongs to another model"

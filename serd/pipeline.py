@@ -60,18 +60,18 @@ class Pipeline:
         self.sample_rate = card.features.sample_rate
         # A voice branch reads each window's audio as well as its MFCCs.
         self.windower = Windower(card.features, card.windows, vad,
-                                 keep_audio=classifier.voice is not None)
+                                 keep_audio=classifier.needs_audio)
         self.decider = Decider(card.labels, decisions)
-        # The voice branch's LSTM state runs along this channel's speech segments.
-        self.voice = classifier.voice.stream() if classifier.voice is not None else None
+        # The model, fused with its voice branch (whose LSTM state runs along this
+        # channel's speech segments) when the card has one.
+        self.model = classifier.stream()
         self._times = StageTimes()
         self.windows_classified = 0
 
     def reset(self) -> None:
         self.windower.reset()
         self.decider.reset()
-        if self.voice is not None:
-            self.voice.reset()
+        self.model.reset()
 
     @property
     def in_speech(self) -> bool:
@@ -99,9 +99,7 @@ class Pipeline:
         for item in items:
             if isinstance(item, Window):
                 t0 = time.perf_counter()
-                probs = self.classifier(item.features)
-                if self.voice is not None and self.classifier.voice is not None:
-                    probs = self.classifier.voice.fused(probs, self.voice(item))
+                probs = self.model(item)
                 t1 = time.perf_counter()
                 v = self.decider(probs)
                 self._times.inference += t1 - t0

@@ -1,8 +1,8 @@
 """The voice branch: a pretrained speaker encoder's middle layer as a second opinion.
 
 The CNN (``serd.model``) learns emotion from about 70 acted speakers, and that is what it
-is short of: its six-class accuracy grows about 6 points with every doubling of the
-training speakers (docs/training.md).  This branch borrows what a network has learnt from
+is short of: its accuracy grows with every doubling of the training speakers
+(docs/experiments/LOG.md).  This branch borrows what a network has learnt from
 thousands of speakers: the GE2E speaker encoder of Resemblyzer 0.1.4 (Apache-2.0; Wan et
 al. 2018, "Generalized end-to-end loss for speaker verification"), three LSTM layers of
 256 units over 40 mel bands, trained for text-independent speaker verification.  Its
@@ -17,7 +17,7 @@ Nothing here needs torch, TensorFlow or librosa: the mel spectrogram is computed
 numpy with librosa's conventions (``melspectrogram(sr=16000, n_fft=400, hop_length=160,
 n_mels=40)``: centred frames, periodic Hann window, power, Slaney mel scale and area
 normalisation), which a test checks against librosa itself.  The weights (layers 1-2 of
-the encoder, float16, 1.6 MB) ship as ``models/voice-trunk.npz``; ``serd-train
+the encoder, float16) ship as ``models/voice-trunk.npz``; ``serd-train
 voice-trunk`` makes that file from Resemblyzer's checkpoint.
 """
 
@@ -77,6 +77,60 @@ class VoiceParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class VoiceCard:
+    """The model card's ``voice`` section: which branch a model was trained with, and how
+    its opinion is fused with the CNN's.  Written by ``serd-train``, read by
+    :func:`serd.model.load_voice_branch`, which checks the files against it."""
+
+    version: int
+    """:data:`VOICE_VERSION` the branch was trained with."""
+    params: VoiceParams
+    trunk_sha256: str
+    head_file: str
+    head_sha256: str
+    cnn_weight: float
+    """The CNN's log weight in :func:`fuse` (the branch gets ``1 - cnn_weight``)."""
+    fingerprint: tuple[float, ...] = ()
+    """:func:`voice_fingerprint` at training time; empty: not checked."""
+    trunk: str = ""
+    """The trunk in words (provenance, licence)."""
+    c: float | None = None
+    """The head's regularisation (training record)."""
+    fitted_on_telephone: bool | None = None
+    """Whether the head also saw telephone renderings (training record)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "params": self.params.to_dict()}
+        if self.trunk:
+            out["trunk"] = self.trunk
+        out["trunk_sha256"] = self.trunk_sha256
+        if self.fingerprint:
+            out["fingerprint"] = list(self.fingerprint)
+        out |= {"head_file": self.head_file, "head_sha256": self.head_sha256,
+                "cnn_weight": self.cnn_weight}
+        if self.c is not None:
+            out["c"] = self.c
+        if self.fitted_on_telephone is not None:
+            out["fitted_on_telephone"] = self.fitted_on_telephone
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VoiceCard:
+        """Raises KeyError, TypeError or ValueError on a malformed section."""
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+        c = d.get("c")
+        tel = d.get("fitted_on_telephone")
+        return cls(
+            version=int(d["version"]), params=VoiceParams(**d["params"]),
+            trunk_sha256=str(d["trunk_sha256"]), head_file=str(d["head_file"]),
+            head_sha256=str(d["head_sha256"]), cnn_weight=float(d["cnn_weight"]),
+            fingerprint=tuple(float(x) for x in d.get("fingerprint", ())),
+            trunk=str(d.get("trunk", "")), c=None if c is None else float(c),
+            fitted_on_telephone=None if tel is None else bool(tel))
 
 
 def hz_to_mel_slaney(hz: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -197,9 +251,9 @@ class VoiceTrunk:
 
         Layer after layer over the new frames: each layer's input side is one matrix
         product for all of them, and only the recurrent side goes frame by frame, about
-        35 us a step on this project's VM, half of it the (256, 1024) product.  (Running
-        the two layers in lockstep, one set of gate calls for both, was measured slower:
-        numpy's calls on the strided (2, 1024) views cost more than they save.)
+        half of each step the (256, 1024) product.  (Running the two layers in lockstep,
+        one set of gate calls for both, was measured slower: numpy's calls on the strided
+        (2, 1024) views cost more than they save; docs/performance.md has the costs.)
         """
         seq = np.asarray(mel, np.float32)
         u = self.params.units

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from serd.features import FeatureParams, WindowParams
+from serd.model import ModelCard
+from serd.normalise import Normalisation
 from train.readme import cv_section, readme_text
 from train.results import (
     ConditionResult,
@@ -58,8 +61,10 @@ def test_leave_one_corpus_out_names_the_corpus_and_sets_no_target() -> None:
     assert "leave one corpus out" in text
     speakers = _cv("speakers", [["ravdess:01", "cremad:1001"], ["ravdess:02"]], 0.55)
     assert "| 0 | 01, 1001 |" in cv_section("six", speakers)
-    card = {"name": "m", "labels": LABELS, "features": {}, "windows": {},
-            "model_file": {"sha256": "0" * 64}}
+    feats = FeatureParams()
+    card = ModelCard(name="m", labels=tuple(LABELS), features=feats, windows=WindowParams(),
+                     normalisation=Normalisation(scale=(1.0,) * feats.n_features),
+                     sha256="0" * 64)
     page = readme_text(card, {"six": speakers, "cross_corpus": loco}, 1024, None)
     # Only the speaker-disjoint CV is held against the 60 % target.
     assert "- six: int8 balanced accuracy 55.0 % (below the 60 % target)" in page
@@ -67,13 +72,12 @@ def test_leave_one_corpus_out_names_the_corpus_and_sets_no_target() -> None:
 
 
 def test_input_row_describes_the_cards_normalisation() -> None:
-    import json  # noqa: PLC0415
+    from dataclasses import replace  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     models = Path(__file__).resolve().parents[1] / "models"
-    card = json.loads((models / "serd-emotion-6.card.json").read_text())
+    card = ModelCard.load(models / "serd-emotion-6.card.json")
     text = readme_text(card, {}, 100_000, None)
     assert "window mean removed from c0, log_f0, the training mean from the others" in text
-    card["normalisation"] = {"kind": "window_cmn_global_scale",
-                             "scale": card["normalisation"]["scale"]}
-    assert "per-window mean removed, scaled per coefficient" in readme_text(card, {}, 1, None)
+    every = replace(card, normalisation=Normalisation(scale=card.normalisation.scale))
+    assert "per-window mean removed, scaled per coefficient" in readme_text(every, {}, 1, None)

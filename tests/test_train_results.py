@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from serd.model import card_path_for
+from serd.model import ModelCard, card_path_for
+from serd.voice import VoiceCard
 from train.results import CvResult, FoldResult, aggregate
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -48,6 +49,15 @@ def test_card_metrics_are_those_on_the_shipped_card() -> None:
     for name in PROTOCOLS:
         _, cv = _cv(name)
         assert json.dumps(cv.card_metrics()) == json.dumps(card["metrics"][name])
+
+
+def test_model_card_and_its_voice_section_round_trip() -> None:
+    path = card_path_for(MODELS / "serd-emotion-6.tflite")
+    data = json.loads(path.read_text())
+    card = ModelCard.from_dict(data)
+    assert isinstance(card.voice, VoiceCard)
+    assert card.voice.cnn_weight == data["voice"]["cnn_weight"]
+    assert json.dumps(card.to_dict(), indent=2) + "\n" == path.read_text()
 
 
 def test_readme_renders_from_the_typed_results(tmp_path: Path) -> None:

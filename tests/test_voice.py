@@ -26,6 +26,7 @@ from serd.pipeline import Pipeline
 from serd.voice import (
     DEFAULT_TRUNK,
     VOICE_VERSION,
+    VoiceCard,
     VoiceError,
     VoiceHead,
     VoiceParams,
@@ -210,6 +211,32 @@ def test_a_voice_model_fuses_in_the_pipeline(model_path: Path, tmp_path: Path,
         stream(windows_of(x)[0])
 
 
+def test_the_classifier_owns_the_fusion_for_the_pipeline_and_for_training(
+        model_path: Path, tmp_path: Path, data_dir: Path) -> None:
+    """The daemon classifies window by window through ``Classifier.stream()``; training's
+    evaluation fuses whole batches of cached statistics through ``Classifier.fused``:
+    the same numbers, and the card's voice section is typed and round-trips."""
+    model = _voice_model(model_path, tmp_path)
+    clf = load_classifier(ModelSettings(path=str(model)))
+    assert clf.voice is not None and clf.needs_audio
+    section = json.loads(card_path_for(model).read_text())["voice"]
+    assert clf.card.voice == VoiceCard.from_dict(section)
+    assert clf.card.voice.to_dict() == section
+    wins = windows_of(call_like(data_dir), keep_audio=True)
+    stream = clf.stream()
+    per_window = np.stack([stream(w) for w in wins])
+    voice = VoiceStream(clf.voice.trunk)
+    stats = np.stack([voice(w) for w in wins])
+    cnn = np.stack([clf(w.features) for w in wins])
+    np.testing.assert_allclose(clf.fused(cnn, stats), per_window, atol=1e-6)
+    assert not np.allclose(per_window, cnn, atol=1e-3)  # the branch does count
+    stream.reset()  # a new stream: the same windows give the same probabilities
+    np.testing.assert_array_equal(np.stack([stream(w) for w in wins]), per_window)
+    alone = load_classifier(ModelSettings(path=str(model), voice=False))
+    assert not alone.needs_audio
+    np.testing.assert_array_equal(alone.stream()(wins[0]), alone(wins[0].features))
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ("head", "voice head .* does not match"),
     ("no_head", "voice head .* is missing"),
@@ -311,4 +338,4 @@ def test_the_branch_can_be_switched_off(model_path: Path, tmp_path: Path) -> Non
     clf = load_classifier(ModelSettings(path=str(model), voice=False))
     assert clf.voice is None
     pipe = Pipeline(clf)
-    assert pipe.voice is None and not pipe.windower.keep_audio
+    assert pipe.model.voice is None and not pipe.windower.keep_audio

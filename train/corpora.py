@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import soundfile as sf
-import soxr
+
+from serd import decode
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -260,12 +260,14 @@ def scan(
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> npt.NDArray[np.float32]:
-    """Read any wav/flac as mono float32 at ``sample_rate`` (downmix, then soxr resample)."""
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if sr != sample_rate:
-        x = soxr.resample(x, sr, sample_rate, quality="HQ")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    """A corpus file as mono float32 at ``sample_rate``, decoded by serd's own decoder
+    (:func:`serd.decode.load`: downmix, NaN/Inf to silence, clip to [-1, 1], streaming
+    soxr resampling), so training sees the samples the device sees from the same file.
+    A file serd cannot decode is a :class:`CorpusError` naming it."""
+    try:
+        return np.ascontiguousarray(decode.load(str(path), sample_rate), dtype=np.float32)
+    except decode.AudioError as exc:
+        raise CorpusError(f"{path}: {exc}") from None
 
 
 FINGERPRINT_CHUNKS = 64
@@ -351,7 +353,6 @@ def content_digest(path: str) -> str:
 
     Feature caches are keyed by content, not modification time: a corpus restored from a
     backup or re-mounted at the same path (every file gets a new mtime) keeps its cache.
-    Reading both shipped corpora (about 200 MB) takes about two seconds.
     """
     st = os.stat(path)
     memo = (path, st.st_size, st.st_mtime_ns)

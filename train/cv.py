@@ -21,13 +21,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import serd
 import train
+from serd.model import ModelSettings, load_classifier
 from train.config import TrainConfig, TrainingConfig
 from train.corpora import Item
 from train.evaluation import evaluate
 from train.fit import export, fit_voice, set_tf_threads, train_cnn
 from train.results import CvResult, FoldResult, aggregate
+from train.sources import source_hash
 from train.splits import Fold, corpus_folds, cv_folds
 from train.taxonomy import Taxonomy
 from train.windowsets import WindowSets, labelled
@@ -100,12 +101,14 @@ class CrossValidation:
                      if it.speaker in te and tax.eval_label(it) is None]
         head = fit_voice(self.sets, items, tax, fold.train + fold.early_stop)
         with tempfile.TemporaryDirectory() as td:
+            # The fold's model goes through serd's loader, as the device's does: its int8
+            # CNN and its fusion with the voice branch are the ones the device runs.
             tfl = Path(td) / "fold.tflite"
-            card = export(self.sets, trained, tax, tfl, f"{protocol}-fold{fold.index}")
+            export(self.sets, trained, tax, tfl, f"{protocol}-fold{fold.index}", head=head)
             size = tfl.stat().st_size
-            ev = evaluate(self.sets, trained, tfl, card, items=items, test_idx=test_idx,
-                          test_lab=test_lab, n_labels=len(tax.labels),
-                          other_idx=other_idx, head=head)
+            clf = load_classifier(ModelSettings(path=str(tfl)))
+            ev = evaluate(self.sets, trained, clf, items=items, test_idx=test_idx,
+                          test_lab=test_lab, n_labels=len(tax.labels), other_idx=other_idx)
         return FoldResult(
             fold=fold.index, test_speakers=list(fold.test),
             early_stop_speakers=list(fold.early_stop),
@@ -261,7 +264,8 @@ class CrossValidation:
         the threads; returns each protocol's results and when its last fold ended.
 
         TensorFlow keeps two cores well short of busy on these small models, so folds side
-        by side, one thread each, get through a CV faster (docs/training.md, Timings).
+        by side, one thread each, get through a CV faster (docs/experiments/LOG.md, Timings
+        history).
         Each worker loads the window sets from the cache (extracted beforehand, in this
         process, but not loaded there); this process drops any copies it holds, so memory
         is the workers' only.  Workers show no progress bars (two would garble one
@@ -300,12 +304,13 @@ def _fold_worker(cfg: TrainConfig, protocol: str, index: int, items: list[Item],
 
 
 def code_hash() -> str:
-    """SHA-256 of every module of ``serd`` and ``train``: any code change retrains."""
-    h = hashlib.sha256()
-    for pkg in (Path(serd.__file__).parent, Path(train.__file__).parent):
-        for f in sorted(pkg.glob("*.py")):
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
+    """SHA-256 of every module of ``train`` (subpackages included) and of every ``serd``
+    module they import, recursively (:mod:`train.sources`): a change in any code a fold's
+    result depends on retrains it."""
+    root = Path(train.__file__).parent
+    modules = [".".join(("train", *f.relative_to(root).with_suffix("").parts))
+               .removesuffix(".__init__") for f in sorted(root.rglob("*.py"))]
+    return source_hash(modules)
 
 
 def _versions() -> dict[str, str]:

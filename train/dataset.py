@@ -30,15 +30,13 @@ import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-import serd.features
-import serd.gate
-import serd.windows
 from serd.features import FeatureParams, WindowParams
 from serd.gate import VadSettings
 from serd.model import FRONTEND_VERSION
 from serd.windows import windows_of
 from train.augment import AugmentParams, augment_copy, telephone
 from train.corpora import Item, content_digest, load_audio
+from train.sources import source_hash
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,12 +78,13 @@ class WindowSet:
         return [int(i) for i in np.flatnonzero(~present)]
 
 
+FRONTEND_MODULES = ("serd.decode", "serd.features", "serd.gate", "serd.windows", "train.augment")
+"""What a window set's numbers are computed by: decoding, the renderings, the front-end
+(and, through :func:`train.sources.source_hash`, every serd/train module these import)."""
+
+
 def _frontend_source_hash() -> str:
-    h = hashlib.sha256()
-    for mod in (serd.features, serd.gate, serd.windows):
-        assert mod.__file__ is not None  # plain modules, never namespace packages
-        h.update(Path(mod.__file__).read_bytes())
-    return h.hexdigest()
+    return source_hash(FRONTEND_MODULES)
 
 
 def cache_key(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, seed: int,
@@ -134,9 +133,9 @@ def _one_blas_thread() -> None:
     """Pool initialiser: one BLAS thread in each extraction worker.
 
     OpenBLAS starts a thread per core in every process.  With one worker per core the
-    workers' BLAS threads fight over the cores for the front-end's small matrix products:
-    on a 2-core VM, two workers extracted 160 CREMA-D clips in 2.9 s with the default and in
-    0.8 s with one thread each (one worker alone: 1.3 s).  One thread everywhere also makes
+    workers' BLAS threads fight over the cores for the front-end's small matrix products,
+    and extraction slows down severalfold (measured in docs/experiments/LOG.md, Timings
+    history).  One thread everywhere also makes
     the features the same whatever the core count and ``jobs`` (the thread count changes
     the last bit of a few cepstra).
     """

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-from serd.model import Classifier, ModelCard
+from serd.model import Classifier
 
 
 def file_probs(window_probs: npt.NDArray[np.float32], file: npt.NDArray[np.int64],
@@ -50,11 +49,10 @@ def scores(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, n_labels: int) -> dict[
     }
 
 
-def int8_window_probs(tflite: Path, card: ModelCard,
+def int8_window_probs(clf: Classifier,
                       raw_windows: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-    """Window probabilities exactly as the device computes them (serd's Classifier)."""
-    clf = Classifier(tflite, card, num_threads=1)
-    out = np.zeros((len(raw_windows), len(card.labels)), np.float32)
+    """The int8 CNN's window probabilities exactly as the device computes them."""
+    out = np.zeros((len(raw_windows), len(clf.labels)), np.float32)
     for i, w in enumerate(raw_windows):
         out[i] = clf(np.asarray(w, np.float32))
     return out

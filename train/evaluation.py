@@ -8,14 +8,12 @@ the device runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from serd.model import ModelCard
+from serd.model import Classifier
 from serd.normalise import normalise_windows
-from serd.voice import VoiceHead, fuse
 from train.corpora import Item
 from train.evaluate import file_probs, int8_window_probs, scores
 from train.fit import Trained
@@ -42,31 +40,33 @@ class Evaluation:
     """Files of emotions outside the taxonomy: what the device's model calls them."""
 
 
-def evaluate(sets: WindowSets, trained: Trained, tflite: Path, card: ModelCard, *,
+def evaluate(sets: WindowSets, trained: Trained, clf: Classifier, *,
              items: list[Item], test_idx: list[int], test_lab: list[int],
-             n_labels: int, other_idx: list[int] | None = None,
-             head: VoiceHead | None = None) -> Evaluation:
-    """Scores of the float and int8 CNN alone, and with ``head`` of the CNN fused with
-    the voice branch (``fused_float``, ``fused_int8``: the latter is what the device
-    computes), on the clean and the telephone renderings of the test files."""
+             n_labels: int, other_idx: list[int] | None = None) -> Evaluation:
+    """Scores of the float and int8 CNN alone, and, when the exported model ``clf`` has a
+    voice branch, of the branch alone and fused with each CNN (``fused_float``,
+    ``fused_int8``: the latter is what the device computes), on the clean and the
+    telephone renderings of the test files.  ``clf`` is the fold's model as serd loads
+    it (:func:`serd.model.load_classifier`): its int8 CNN and its fusion are the
+    device's."""
     from train.model import predict  # noqa: PLC0415
 
     out: dict[str, ConditionResult] = {}
-    w = sets.cfg.voice.cnn_weight
+    card = clf.card
     for v, tag in zip(sets.eval_variants(), CONDITIONS, strict=True):
         sel = select(sets.window_set(items, v), test_idx, test_lab)
         raw = np.asarray(sel.x, np.float32)
         pf = predict(trained.model, normalise_windows(raw, card.normalisation))
-        pq = int8_window_probs(tflite, card, raw)
+        pq = int8_window_probs(clf, raw)
         kinds: dict[Kind, npt.NDArray[np.float32]] = {"float": pf, "int8": pq}
-        if head is not None:
+        if clf.voice is not None:
             vsel = select(sets.voice_set(items, v), test_idx, test_lab)
             if not np.array_equal(vsel.file, sel.file):
                 raise RuntimeError(f"voice cache of {v.name} is out of step with its "
                                    "windows: delete the cache's voice-*.npz")
-            pv = head(np.asarray(vsel.x, np.float32))
-            kinds |= {"voice": pv, "fused_float": fuse(pf, pv, w),
-                      "fused_int8": fuse(pq, pv, w)}
+            stats = np.asarray(vsel.x, np.float32)
+            kinds |= {"voice": clf.voice.head(stats), "fused_float": clf.fused(pf, stats),
+                      "fused_int8": clf.fused(pq, stats)}
         y_win = sel.y_file[sel.file]
         res = ConditionResult(files=sel.n_files,
                               files_with_windows=int(np.unique(sel.file).size),
@@ -101,11 +101,11 @@ def evaluate(sets: WindowSets, trained: Trained, tflite: Path, card: ModelCard, 
         # what the int8 model (fused with its voice branch, if any) calls them.
         sel = select(sets.window_set(items, sets.eval_variants()[0]), other_idx,
                      [0] * len(other_idx))
-        pq = int8_window_probs(tflite, card, np.asarray(sel.x, np.float32))
-        if head is not None:
+        pq = int8_window_probs(clf, np.asarray(sel.x, np.float32))
+        if clf.voice is not None:
             vsel = select(sets.voice_set(items, sets.eval_variants()[0]), other_idx,
                           [0] * len(other_idx))
-            pq = fuse(pq, head(np.asarray(vsel.x, np.float32)), w)
+            pq = clf.fused(pq, np.asarray(vsel.x, np.float32))
         fpq, has = file_probs(pq, sel.file, sel.n_files)
         pred = fpq.argmax(1)
         dist = {}

@@ -19,7 +19,14 @@ import numpy.typing as npt
 
 from serd.model import ModelCard, fingerprint_signal, frontend_fingerprint, voice_head_path
 from serd.normalise import Normalisation, fit_normalisation, normalise_windows
-from serd.voice import VOICE_VERSION, VoiceHead, VoiceParams, VoiceTrunk, voice_fingerprint
+from serd.voice import (
+    VOICE_VERSION,
+    VoiceCard,
+    VoiceHead,
+    VoiceParams,
+    VoiceTrunk,
+    voice_fingerprint,
+)
 from train.config import TrainingConfig
 from train.corpora import Item
 from train.splits import Fold
@@ -123,22 +130,21 @@ def export(sets: WindowSets, trained: Trained, tax: Taxonomy, path: Path, name: 
     path.write_bytes(blob)
     from serd.model import card_path_for, sha256_of  # noqa: PLC0415
 
-    voice: dict[str, Any] = {}
+    voice = None
     if head is not None:
         head_path = voice_head_path(path)
         save_head(head, head_path)
         trunk = VoiceTrunk()
-        voice = {
-            "version": VOICE_VERSION, "params": VoiceParams().to_dict(),
-            "trunk": "GE2E speaker encoder of Resemblyzer 0.1.4 (Apache-2.0), LSTM "
-                     "layers 1-2; statistics of layer 2 (serd/voice.py)",
-            "trunk_sha256": trunk.sha256,
-            "fingerprint": voice_fingerprint(
-                trunk, fingerprint_signal(sets.features.sample_rate)),
-            "head_file": head_path.name, "head_sha256": sha256_of(head_path),
-            "cnn_weight": sets.cfg.voice.cnn_weight, "c": sets.cfg.voice.c,
-            "fitted_on_telephone": sets.cfg.voice.telephone,
-        }
+        voice = VoiceCard(
+            version=VOICE_VERSION, params=VoiceParams(),
+            trunk="GE2E speaker encoder of Resemblyzer 0.1.4 (Apache-2.0), LSTM "
+                  "layers 1-2; statistics of layer 2 (serd/voice.py)",
+            trunk_sha256=trunk.sha256,
+            fingerprint=tuple(voice_fingerprint(
+                trunk, fingerprint_signal(sets.features.sample_rate))),
+            head_file=head_path.name, head_sha256=sha256_of(head_path),
+            cnn_weight=sets.cfg.voice.cnn_weight, c=sets.cfg.voice.c,
+            fitted_on_telephone=sets.cfg.voice.telephone)
     card = ModelCard(
         name=name, labels=tax.labels, features=sets.features, windows=sets.windows,
         normalisation=trained.norm, sha256=sha256_of(path),

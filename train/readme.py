@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from serd.features import FeatureParams, WindowParams
+from serd.features import FeatureParams
+from serd.model import ModelCard
 from serd.normalise import Normalisation, channel_names
 from train.results import Condition, CvResult, CvSummary, FoldResult, Kind, Level, Stat
 
@@ -119,11 +118,8 @@ def cv_section(name: str, cv: CvResult) -> str:
     return "\n".join(out)
 
 
-def _normalisation_text(card: dict[str, Any], feats: FeatureParams) -> str:
+def _normalisation_text(norm: Normalisation, feats: FeatureParams) -> str:
     """The card's normalisation in words."""
-    if "normalisation" not in card:
-        return "normalisation not recorded"
-    norm = Normalisation.from_dict(card["normalisation"])
     if norm.centred is None:
         return "per-window mean removed, scaled per coefficient"
     names = channel_names(feats)
@@ -132,36 +128,35 @@ def _normalisation_text(card: dict[str, Any], feats: FeatureParams) -> str:
             "scaled per coefficient")
 
 
-def readme_text(card: dict[str, Any], cvs: dict[str, CvResult], size: int,
+def readme_text(card: ModelCard, cvs: dict[str, CvResult], size: int,
                 total_seconds: float | None) -> str:
-    tr = card.get("training", {})
-    labels = card["labels"]
-    feats = FeatureParams(**card["features"])
-    wins = WindowParams(**card["windows"])
+    tr = card.training
+    labels = card.labels
+    feats, wins, voice = card.features, card.windows, card.voice
     frames, _ = wins.frames(feats)
     lines = [
-        f"# Model card: {card['name']}",
+        f"# Model card: {card.name}",
         "",
-        card.get("description", ""),
+        card.description,
         "",
         "| | |",
         "|---|---|",
-        f"| file | `{card['name']}.tflite` ({size / 1024:.0f} KiB), card "
-        f"`{card['name']}.card.json` |",
-        f"| SHA-256 | `{card['model_file']['sha256']}` |",
+        f"| file | `{card.name}.tflite` ({size / 1024:.0f} KiB), card "
+        f"`{card.name}.card.json` |",
+        f"| SHA-256 | `{card.sha256}` |",
         f"| labels | {', '.join(labels)} |",
         f"| input | int8 (1, {frames}, {feats.n_features}): {wins.window_seconds:g} s of "
         f"{feats.n_mfcc} MFCCs{' + voicing + log-F0' if feats.pitch else ''} "
-        f"(25 ms frames, 10 ms hop, 16 kHz), {_normalisation_text(card, feats)} |",
+        f"(25 ms frames, 10 ms hop, 16 kHz), {_normalisation_text(card.normalisation, feats)} |",
         f"| output | int8 softmax (1, {len(labels)}), dequantised by serd |",
         *([f"| voice branch | `voice-trunk.npz` (layers 1-2 of the GE2E speaker encoder of "
-           f"Resemblyzer 0.1.4, Apache-2.0; SHA-256 `{card['voice']['trunk_sha256'][:16]}…`) "
-           f"and `{card['voice']['head_file']}` (a logistic regression over the mean and std "
+           f"Resemblyzer 0.1.4, Apache-2.0; SHA-256 `{voice.trunk_sha256[:16]}…`) "
+           f"and `{voice.head_file}` (a logistic regression over the mean and std "
            "of layer 2's outputs per window); fused with the CNN as "
-           f"softmax({card['voice']['cnn_weight']:g} log p_cnn + "
-           f"{1 - card['voice']['cnn_weight']:g} log p_voice) |"] if card.get("voice") else []),
+           f"softmax({voice.cnn_weight:g} log p_cnn + "
+           f"{1 - voice.cnn_weight:g} log p_voice) |"] if voice else []),
         f"| parameters | {tr.get('params', 'n/a')} |",
-        f"| created | {card.get('created', '')} |",
+        f"| created | {card.created} |",
         "",
         "## Intended use and limits",
         "",
@@ -204,7 +199,7 @@ def readme_text(card: dict[str, Any], cvs: dict[str, CvResult], size: int,
             *(["The voice branch's frozen layers are Resemblyzer's pretrained GE2E encoder "
                "(Corentin Jemine, https://github.com/resemble-ai/Resemblyzer, Apache-2.0; "
                "Wan et al. 2018, arXiv:1710.10467), trained by its authors on speaker-"
-               "verification corpora; see `models/NOTICE`."] if card.get("voice") else []),
+               "verification corpora; see `models/NOTICE`."] if voice else []),
             "",
         ]
     lines += [
@@ -238,7 +233,7 @@ def readme_text(card: dict[str, Any], cvs: dict[str, CvResult], size: int,
                 f"({'within' if abs(q.mean) <= 0.015 else 'outside'} 1.5), telephone drop "
                 f"{100 * d.mean:.1f} points ({'within' if d.mean <= 0.05 else 'above'} 5)")
     if status:
-        what = ("int8 CNN fused with the voice branch, as the device runs it" if card.get("voice")
+        what = ("int8 CNN fused with the voice branch, as the device runs it" if voice
                 else "int8")
         lines += [f"Project targets (speaker-independent, {what}):", "", *status, ""]
     for name, cv in cvs.items():

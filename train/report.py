@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serd.model import ModelCard
 from train.config import TrainConfig
 from train.results import CvResult, Kind, Stat
 
@@ -87,7 +88,7 @@ def render(out: Path, cfg: TrainConfig, name: str) -> None:
     """Write ``out/README.md`` from the card, the saved CV results and ``timings.json``."""
     from train.readme import readme_text  # noqa: PLC0415
 
-    card = json.loads((out / f"{name}.card.json").read_text())
+    card = ModelCard.load(out / f"{name}.card.json")
     cvs = {}
     for proto in cfg.protocols:
         p = out / f"cv-{proto}.json"

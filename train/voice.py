@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-import serd.voice
 from serd.features import FeatureParams
 from serd.gate import VadSettings
 from serd.voice import VOICE_VERSION, VoiceHead, VoiceStream, VoiceTrunk
@@ -25,6 +24,7 @@ from serd.windows import windows_of
 from train.augment import AugmentParams
 from train.corpora import Item
 from train.dataset import Variant, cache_key, extract_all, render, save_atomic, stack_rows
+from train.sources import source_hash
 
 _TRUNK: VoiceTrunk | None = None
 
@@ -61,8 +61,7 @@ def voice_path(items: Sequence[Item], variant: Variant, cache_dir: Path, *, aug:
     h = hashlib.sha256()
     h.update(cache_key(items, variant, aug=aug, seed=seed, features=features, vad=vad).encode())
     h.update(f"voice {VOICE_VERSION} {_trunk().sha256}".encode())
-    assert serd.voice.__file__ is not None
-    h.update(Path(serd.voice.__file__).read_bytes())
+    h.update(source_hash(["serd.voice"]).encode())
     return cache_dir / f"voice-{variant.name}-{h.hexdigest()[:20]}.npz"
 
 
