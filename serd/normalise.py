@@ -56,8 +56,8 @@ class Normalisation:
     average spectral envelope, which carries vocal effort and voice quality (a tense,
     raised voice has a flatter spectrum), and for voicing the share of voiced frames.
     Removing those means too (kind :data:`KIND`) also removes a fixed microphone or line
-    colouring, but cost 1.3 points of six-class balanced accuracy (5 of 6 folds lower)
-    and gained nothing across corpora (docs/training.md, fifth round); the training
+    colouring, but scored lower on six classes and gained nothing across corpora
+    (docs/experiments/LOG.md, fifth round); the training
     augmentation (telephone band, room, noise) teaches the model to live with the
     colouring instead.
     ``scale`` is 1/std of each channel over the training windows after the subtraction.

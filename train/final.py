@@ -106,7 +106,7 @@ def run_all(cv: CrossValidation, out_dir: Path, command: str
       same model.  Its card gets the CV metrics once the folds are done, and only then
       do model and card move from a staging folder into ``out_dir``.
 
-    What this schedule saves on a small machine: docs/training.md, Timings.
+    What this schedule saves on a small machine: docs/experiments/LOG.md, Timings history.
     """
     sets, cfg = cv.sets, cv.cfg
     protocols = list(cfg.protocols)

@@ -1,6 +1,6 @@
 """Twelfth round, part two: a pretrained *speaker* encoder as a second opinion.
 
-Throwaway experiment code (docs/training.md, "Twelfth round"). Resemblyzer 0.1.4 (PyPI,
+Throwaway experiment code (docs/experiments/LOG.md, "Twelfth round"). Resemblyzer 0.1.4 (PyPI,
 Apache-2.0) bundles a GE2E speaker encoder (3-layer LSTM, 256 units, on 40 mel bands of
 power, 1.6 s partials) trained for text-independent speaker verification, so unlike a
 keyword-spotting embedding it is not built to encode the words. Its checkpoint is read

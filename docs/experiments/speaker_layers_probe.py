@@ -1,6 +1,6 @@
 """Thirteenth round: which layer of the GE2E speaker encoder carries emotion?
 
-Throwaway experiment code (docs/training.md, "Thirteenth round"); it led to serd's voice
+Throwaway experiment code (docs/experiments/LOG.md, "Thirteenth round"); it led to serd's voice
 branch (serd/voice.py), which is what the README's figures measure.  It extends
 ``speaker_encoder_probe.py`` (run from this folder, with that probe's wheel unpacked):
 

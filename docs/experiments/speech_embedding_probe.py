@@ -1,6 +1,6 @@
 """Twelfth round: is there emotion that serd's CNN misses in a pretrained speech embedding?
 
-Throwaway experiment code (docs/training.md, "Twelfth round"); nothing in serd/ or train/
+Throwaway experiment code (docs/experiments/LOG.md, "Twelfth round"); nothing in serd/ or train/
 uses it.  The embedding is Google's speech_embedding (Lin et al. 2020,
 arXiv:2002.01322) as re-implemented in the openWakeWord 0.5.1 wheel, which bundles it:
 
