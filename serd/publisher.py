@@ -655,9 +655,10 @@ class MqttPublisher:
             if not self._refusal_logged:
                 self._refusal_logged = True
                 _LOGGER.error(
-                    "MQTT broker refused %s seq %d on %s: %s; kept in the spool (with any "
-                    "others it refuses) and retried every %.0f s; check the broker's ACL "
-                    "for this client", entry.stream, entry.seq, self.topic(entry.stream),
+                    "MQTT broker refused an event (%s seq %d on %s): %s; kept in the spool "
+                    "(with any others it refuses) and retried every %.0f s; check the "
+                    "broker's ACL for this client", entry.stream, entry.seq,
+                    self.topic(entry.stream),
                     reason, _REFUSED_RETRY_SECONDS,
                 )
             else:

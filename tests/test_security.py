@@ -514,7 +514,8 @@ def test_nothing_audio_sized_reaches_the_broker_the_spool_or_the_log(
         assert _audio_like(json.loads(text)) is None
     # What stays on disk: only the spool, and small (20 s of audio alone is 640 kB).
     files = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
-    assert {p.name.split("-")[0] for p in files} <= {"spool.sqlite3"}, files
+    # The spool and the state-dir lock (serd.lock: a pid, serd.statedir).
+    assert {p.name.split("-")[0] for p in files} <= {"spool.sqlite3", "serd.lock"}, files
     assert sum(p.stat().st_size for p in files) < 200_000
     db = sqlite3.connect(str(tmp_path / "state" / "spool.sqlite3"))
     assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")} \
