@@ -794,6 +794,8 @@ class StdoutPublisher:
                 sent=self._sent,
                 rejected=self._rejected,
                 connects=1 if self._spool is not None else 0,
+                expired=spool.expired if spool else 0,
+                spool_recovered=spool.recovered if spool else 0,
             )
 
     def close(self, timeout_seconds: float = 5.0) -> None:
