@@ -46,7 +46,7 @@ from bench.common import (  # noqa: E402
     rounded,
 )
 
-SECTIONS = ("model", "stream", "growth", "once", "usual", "daemon", "fleet")
+SECTIONS = ("model", "stream", "growth", "once", "usual", "daemon", "fleet", "gate")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,6 +99,10 @@ FLOORS: list[tuple[str, tuple[str, ...], str, float]] = [
     ("daemon: peak RSS MB", ("daemon", "peak_rss_mb"), "<=", 100),
     ("latency end->subscriber p95 ms", ("daemon", "speech", "latency_window", "p95_ms"), "<=", 250),
     ("fleet: every event accounted for", ("fleet", "all_accounted"), "==", 1),
+    ("gate: false utterances / h of office noise",
+     ("gate", "gates", "voiced", "noise", "all", "false_utterances_per_hour"), "<=", 6),
+    ("gate: speech clips found in office noise",
+     ("gate", "gates", "voiced", "scenes", "coverage"), ">=", 0.995),
 ]
 
 
@@ -245,6 +249,22 @@ def table(res: dict[str, Any]) -> str:
         row("broker CPU %", f["broker_cpu_pct_of_one_core"])
         row("latency p50 / p95 / p99 ms", None, "{p50:.0f} / {p95:.0f} / {p99:.0f}".format(
             **f["latency_window_ms"]))
+    gt = res.get("gate")
+    if gt:
+        from bench.gate import CATEGORIES  # noqa: PLC0415
+
+        sec("gate (voiced): speech placed in synthetic office noise; noise alone (bench.gate)")
+        for name, r in gt["gates"].items():
+            sc, nz, cpu = r["scenes"], r["noise"], r["cpu_s_per_audio_s"]
+            row(f"{name}: frame precision / recall", None,
+                f"{sc['frame_precision']:.3f} / {sc['frame_recall']:.3f}, "
+                f"{sc['clips']} clips at -45..-20 dBFS")
+            row(f"{name}: clips found", sc["coverage"])
+            row(f"{name}: false utterances / h", nz["all"]["false_utterances_per_hour"],
+                ", ".join(f"{c} {nz[c]['false_utterances_per_hour']:.1f}" for c in CATEGORIES)
+                + f"; {nz['all']['seconds'] / 3600:.2f} h of noise")
+            row(f"{name}: gate CPU s / s", None, ", ".join(
+                f"{k} {v:.2g}" for k, v in cpu.items()))
     meta = res.get("sections")
     if meta:
         sec("load average (1 min) at start / end of each section")
@@ -387,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         secs = args.fleet_seconds or (20.0 if args.quick else 60.0)
         return fleet.run(model, mixed, args.fleet_devices, args.fleet_procs, secs)
 
+    def gate_section() -> dict[str, Any]:
+        from bench import gate  # noqa: PLC0415
+
+        sizes = {"smoke": (6, 2, 10.0), "quick": (36, 4, 60.0), "full": (96, 8, 300.0)}[mode]
+        return gate.run(args.corpus or gate.corpora_root(None), clips=sizes[0],
+                        per_scene=sizes[1], noise_seconds=sizes[2], names=["voiced"], log=log)
+
     section("model", model_section, "model_stats")
     section("stream", stream_section)
     section("growth", growth_section)
@@ -394,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     section("usual", usual_section)
     section("daemon", daemon_section)
     section("fleet", fleet_section)
+    section("gate", gate_section)
 
     if "model_stats" in res:
         res["model"].update({k: res["model_stats"][k] for k in ("name", "runtime")})

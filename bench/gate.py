@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.gate --corpora /path/to/corpora          # the comparison
     .venv/bin/python -m bench.gate --corpora DIR --quick               # a minute or two
     .venv/bin/python -m bench.gate --corpora DIR --coverage            # every corpus clip
-    .venv/bin/python -m bench --only gate --corpus DIR/cremad          # inside the bench
+    .venv/bin/python -m bench --only gate --corpus DIR/cremad          # the default gate only
 
 ``--corpora`` (or ``$SERD_CORPORA``) is a folder with ``cremad/`` and/or ``ravdess/``
 (16 kHz clips, read in place); without it the committed CREMA-D fixtures in ``tests/data``
@@ -122,7 +122,13 @@ def speech_clips(root: Path | None, count: int) -> list[Path]:
     if root is None:
         fixtures = Path(__file__).resolve().parent.parent / "tests" / "data"
         return sorted(fixtures.glob("*.flac"))
-    per = corpus_files(root)
+    try:
+        per = corpus_files(root)
+    except FileNotFoundError:  # a folder of clips itself (python -m bench --corpus DIR)
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".flac", ".wav"))
+        if not files:
+            raise
+        per = {root.name: files}
     chosen: list[list[Path]] = []
     for files in per.values():
         k = max(1, count // len(per))

@@ -16,8 +16,8 @@ hard for a voice-activity gate:
 * ``knock``: two to four knocks on a door, each a decaying mix of wood resonances
   (90-700 Hz, tonal for a few tens of milliseconds).
 * ``cough``: one to three coughs, an explosive onset then a decaying noisy tail shaped by
-  vocal-tract resonances, some with a short voiced part (the hardest case: a cough is made
-  by a voice).
+  vocal-tract resonances, four in ten with a voiced part of 40-150 ms (the hardest case:
+  a cough is made by a voice).
 * ``breath``: inhale and exhale cycles, breathy band-passed noise with smooth 0.6-1.6 s
   envelopes, close to the microphone.
 
@@ -176,7 +176,7 @@ def _cough(rng: np.random.Generator, n: int) -> F64:
             if rng.random() < 0.4:  # a short voiced part, "uhh", after the burst
                 f0 = rng.uniform(90, 250)
                 v = np.sign(np.sin(2 * np.pi * f0 * t)) * 0.5
-                vlen = int(rng.uniform(0.04, 0.09) * RATE)
+                vlen = int(rng.uniform(0.04, 0.15) * RATE)
                 v[vlen + int(0.03 * RATE):] = 0
                 v[: int(0.03 * RATE)] = 0
                 x += _formants(v, f)
