@@ -469,10 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         text = (f"serd --once vs the gate stage: {c['agree']}/{c['clips']} of the quietest clips "
                 f"agree; --once gave a verdict for {c['once_verdicts']}")
     elif args.coverage:
-        if root is None:
-            print("bench.gate: --coverage needs --corpora DIR (or $SERD_CORPORA)",
-                  file=sys.stderr)
-            return 2
+        assert root is not None
         gates = candidates()
         if args.backend not in gates:
             print(f"bench.gate: unknown gate {args.backend!r}; choose from {list(gates)}",

@@ -218,15 +218,16 @@ class VoicedGate(EnergyGate):
 
     Speech is voiced: its vowels repeat at the pitch period for tens of milliseconds.
     Typing, clicks, paper, breathing and most of a cough are noise-like or impulsive and
-    do not.  So a segment opens only when the candidate run (gaps up to ``max_gap_seconds``
-    allowed) holds ``min_speech_seconds`` of candidates and ``voiced_seconds`` of voiced
-    blocks.  Voicing is measured only on candidate blocks while no segment is open: in a
-    quiet room (no candidates) and inside speech (the segment is already open) it costs
-    nothing, and it never runs more than a few dozen times per utterance.
+    do not; a knock rings periodically but only decays.  So a segment opens only when a
+    candidate run (gaps up to ``max_gap_seconds``) has lasted ``min_speech_seconds`` and
+    holds ``voiced_seconds`` of voiced, sustained blocks within its last 0.2 s.  Voicing is
+    measured only on the blocks of a run while no segment is open: in a quiet room (no
+    candidates) and inside speech (the segment is already open) it costs nothing.
 
-    The level of a block is the mean square of the last ``_SMOOTH`` blocks: single 10 ms
-    blocks of low-frequency room noise swing by several dB, which would make the tracked
-    floor (it follows the quiet blocks) sit well below the noise's mean level.
+    The level of a block is that of the pre-emphasised signal, averaged over the last
+    ``_SMOOTH`` blocks: raw 10 ms levels of a room's low-frequency noise swing by several
+    dB, which would keep the tracked floor (it follows the quiet blocks) well below the
+    noise's mean level and make candidates of the noise itself.
     """
 
     _SMOOTH = 3  # blocks per level and per voicing frame (30 ms at 10 ms blocks)
@@ -283,6 +284,7 @@ class VoicedGate(EnergyGate):
         block_len = getattr(self, "_block_len", 1)
         self._blocks = np.zeros((0, block_len), np.float32)
         self._prev = np.zeros((self._SMOOTH - 1, block_len), np.float32)
+        self._before = self._prev
 
     def process(self, blocks: npt.NDArray[np.float32]) -> list[GateEvent]:
         n, size = blocks.shape
@@ -308,12 +310,11 @@ class VoicedGate(EnergyGate):
             levels.append(10.0 * math.log10(ms) if ms > 1e-12 else SILENCE_DB)
             a, b = b, c
         self._tail_ms = (a, b)
-        # Voicing looks at this call's blocks and the last two before them (a copy: the
-        # caller may reuse its buffer).
-        if self._blocks.shape[0] >= 2:
-            self._prev = self._blocks[-2:].copy()
-        elif self._blocks.shape[0]:
-            self._prev = np.concatenate((self._prev, self._blocks))[-2:]
+        # Voicing looks at this call's blocks and the two before them; those of the next
+        # call are kept now, as a copy (the caller may reuse its buffer).
+        self._before = self._prev
+        last = blocks[-2:] if n >= 2 else np.concatenate((self._prev, blocks))[-2:]
+        self._prev = last.copy()
         self._blocks = blocks
         self._levels = self._levels[len(self._levels) - self._SUSTAIN_BLOCKS :] + levels
         self._levels_first = self.block
@@ -395,7 +396,7 @@ class VoicedGate(EnergyGate):
         """:meth:`voicing` of several blocks of this call (indices into it) in one batch:
         numpy's per-call overhead, not the arithmetic, is most of the cost."""
         k = self._SMOOTH - 1
-        ext = np.concatenate((self._prev, self._blocks)) if min(rows) < k else None
+        ext = np.concatenate((self._before, self._blocks)) if min(rows) < k else None
         frames = np.empty((len(rows), self._frame_len), np.float64)
         for j, i in enumerate(rows):
             src = self._blocks[i - k : i + 1] if ext is None else ext[i : i + k + 1]
