@@ -35,7 +35,7 @@ import yaml
 
 from serd import cli
 from serd.capture import Capture
-from serd.config import EXIT_CONFIG, EXIT_DATAERR, Config, parse
+from serd.config import EXIT_CONFIG, EXIT_DATAERR, EXIT_STATE, EXIT_TEMPFAIL, Config, parse
 from serd.config import load as load_config
 from serd.daemon import Daemon
 from serd.decode import load
@@ -522,8 +522,11 @@ def test_daemon_start_errors_exit_with_a_code_systemd_does_not_restart(
 
 def test_crash_codes_are_not_prevented() -> None:
     """A crash (exit 1, or a signal) must still be restarted; so must a bad --once file
-    (2), which the daemon never returns."""
+    (2), which the daemon never returns, and a state directory held by another serd (75),
+    which clears when that one stops.  An unusable state directory (73) is a storage
+    fault that a restart every few seconds cannot mend."""
     prevented = _unit_prevented_codes()
     assert 1 not in prevented
     assert 2 not in prevented
-    assert prevented == {EXIT_CONFIG, EXIT_DATAERR}
+    assert EXIT_TEMPFAIL not in prevented
+    assert prevented == {EXIT_CONFIG, EXIT_DATAERR, EXIT_STATE}
