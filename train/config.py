@@ -128,6 +128,10 @@ class TrainingConfig:
     """Epochs before this are never picked (and do not count towards ``patience``)."""
     representative_windows: int
     """Normalised training windows that calibrate the int8 conversion."""
+    corpus_balance: bool = False
+    """With ``class_weighting``: weight each (corpus, class) cell instead of each class, so
+    that every class weighs the same in the loss and, within a class, every corpus that
+    has it weighs the same (a large corpus no longer sets the decision boundaries)."""
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", "must be >= 1")
@@ -150,8 +154,9 @@ class TrainingConfig:
 class ProtocolConfig:
     """``protocols.<name>``: a speaker-disjoint cross-validation protocol."""
 
-    corpora: tuple[str, ...]
-    """The tested corpora: their speakers make the folds."""
+    corpora: tuple[str, ...] | None
+    """The tested corpora: their speakers make the folds.  null (``split: corpus`` only):
+    every corpus found under ``corpora_roots``, however many roots are given."""
     taxonomy: str
     """A name under ``taxonomies``."""
     training: TrainingConfig
@@ -166,21 +171,26 @@ class ProtocolConfig:
     """Corpora only ever trained on: never tested nor used for early stopping."""
 
     def __post_init__(self) -> None:
-        require(bool(self.corpora), "corpora", "needs at least one corpus")
+        require(bool(self.corpora) or (self.corpora is None and self.split == "corpus"),
+                "corpora", "needs at least one corpus (null, every corpus found: only with "
+                "split: corpus)")
         if self.split == "speakers":
             require(self.folds is not None and self.folds >= 2, "folds",
                     "must be an integer >= 2 with split: speakers")
         else:
             require(self.folds is None, "folds",
                     "is only for split: speakers (split: corpus has one fold per corpus)")
-            require(len(self.corpora) >= 2, "corpora",
+            require(self.corpora is None or len(self.corpora) >= 2, "corpora",
                     "split: corpus (leave one corpus out) needs at least 2 corpora")
-        both = sorted(set(self.corpora) & set(self.extra_train_corpora))
+        both = sorted(set(self.corpora or ()) & set(self.extra_train_corpora))
         require(not both, "extra_train_corpora", f"{both} are tested corpora already")
 
     @property
-    def all_corpora(self) -> list[str]:
-        """Every corpus the protocol reads: the tested ones, then the training-only extras."""
+    def all_corpora(self) -> list[str] | None:
+        """Every corpus the protocol reads: the tested ones, then the training-only extras
+        (None: every corpus found)."""
+        if self.corpora is None:
+            return None
         return list(self.corpora) + list(self.extra_train_corpora)
 
 

@@ -72,7 +72,7 @@ class CrossValidation:
         extra = list(p.extra_train_corpora)
         items = self.sets.corpus_items(p.all_corpora)
         tcfg = p.training
-        main = [it for it in items if it.corpus in p.corpora]
+        main = [it for it in items if p.corpora is None or it.corpus in p.corpora]
         split = p.split
         frac = float(tcfg.early_stop_fraction)
         if split == "corpus":
@@ -99,6 +99,7 @@ class CrossValidation:
         te = set(fold.test)
         other_idx = [i for i, it in enumerate(items)
                      if it.speaker in te and tax.eval_label(it) is None]
+        calib_idx, calib_lab = labelled(items, fold.early_stop, tax.eval_label)
         head = fit_voice(self.sets, items, tax, fold.train + fold.early_stop)
         with tempfile.TemporaryDirectory() as td:
             # The fold's model goes through serd's loader, as the device's does: its int8
@@ -108,7 +109,9 @@ class CrossValidation:
             size = tfl.stat().st_size
             clf = load_classifier(ModelSettings(path=str(tfl)))
             ev = evaluate(self.sets, trained, clf, items=items, test_idx=test_idx,
-                          test_lab=test_lab, n_labels=len(tax.labels), other_idx=other_idx)
+                          test_lab=test_lab, n_labels=len(tax.labels), other_idx=other_idx,
+                          calib_idx=calib_idx, calib_lab=calib_lab,
+                          dump=self.probs_record(protocol, index))
         return FoldResult(
             fold=fold.index, test_speakers=list(fold.test),
             early_stop_speakers=list(fold.early_stop),
@@ -151,10 +154,17 @@ class CrossValidation:
         key = self.fold_key(protocol, index)
         return self.sets.cache / "folds" / f"{protocol}-fold{index}-{key[:24]}.json"
 
+    def probs_record(self, protocol: str, index: int) -> Path:
+        """Beside the fold record: the fold's file probabilities (:func:`evaluate`'s dump),
+        for studies of calibration and adaptation that need no retraining."""
+        return self.fold_record(protocol, index).with_suffix(".probs.npz")
+
     def fold_records(self) -> set[Path]:
-        """The fold records that every CV protocol of this configuration would reuse."""
-        return {self.fold_record(name, f.index)
-                for name in self.cfg.protocols for f in self.plan(name).folds}
+        """The fold records (and their probabilities) that every CV protocol of this
+        configuration would reuse."""
+        return {path for name in self.cfg.protocols for f in self.plan(name).folds
+                for path in (self.fold_record(name, f.index),
+                             self.probs_record(name, f.index))}
 
     def _load_fold(self, protocol: str, index: int) -> FoldResult | None:
         path = self.fold_record(protocol, index)
@@ -233,7 +243,9 @@ class CrossValidation:
         tax, main, folds = plan.tax, plan.main, plan.folds
         results = sorted(run + reused, key=lambda r: r.fold)
         cv = CvResult(
-            protocol=protocol, taxonomy=tax.to_dict(), corpora=list(p.corpora),
+            protocol=protocol, taxonomy=tax.to_dict(),
+            corpora=list(p.corpora) if p.corpora is not None
+            else sorted({it.corpus for it in main}),
             extra_train_corpora=plan.extra, split=plan.split,
             folds=len(folds), folds_run=[r.fold for r in results],
             folds_reused=sorted(r.fold for r in reused),

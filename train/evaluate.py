@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,3 +64,67 @@ def summarise(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, np.float64)
     return {"mean": float(a.mean()) if a.size else 0.0,
             "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
+
+
+DISTRESS = ("angry", "fearful")
+"""The labels an alert acts on: distress is either of them, against every other label."""
+
+ECE_BINS = 10
+"""Equal-width confidence bins of the expected calibration error."""
+
+
+@dataclass
+class VerdictStats:
+    """How far the file verdicts can be acted on: distress (either :data:`DISTRESS` label
+    against the rest, from the argmax, balanced accuracy), the expected calibration error
+    of the verdict's confidence (its top probability against being right, ``ECE_BINS``
+    equal-width bins), and the share of files whose confidence reaches the decision
+    threshold (serd reports no label below it), with the balanced accuracy of those."""
+
+    distress_balanced_accuracy: float
+    ece: float
+    verdict_share: float
+    verdict_balanced_accuracy: float
+    threshold: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VerdictStats:
+        return cls(d["distress_balanced_accuracy"], d["ece"], d["verdict_share"],
+                   d["verdict_balanced_accuracy"], d["threshold"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"distress_balanced_accuracy": self.distress_balanced_accuracy,
+                "ece": self.ece, "verdict_share": self.verdict_share,
+                "verdict_balanced_accuracy": self.verdict_balanced_accuracy,
+                "threshold": self.threshold}
+
+
+def expected_calibration_error(probs: npt.NDArray[np.floating], y: npt.NDArray[np.int64],
+                               bins: int = ECE_BINS) -> float:
+    """Sum over confidence bins of (share of files) x |accuracy - mean confidence|."""
+    if y.size == 0:
+        return 0.0
+    conf = probs.max(1)
+    right = probs.argmax(1) == y
+    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.mean() * abs(float(right[m].mean()) - float(conf[m].mean()))
+    return float(total)
+
+
+def verdict_stats(probs: npt.NDArray[np.floating], y: npt.NDArray[np.int64],
+                  labels: Sequence[str], threshold: float) -> VerdictStats:
+    """:class:`VerdictStats` of file probabilities ``probs`` with true labels ``y``."""
+    pred = probs.argmax(1) if y.size else np.zeros(0, np.int64)
+    dis = [labels.index(lab) for lab in DISTRESS if lab in labels]
+    yt, yp = np.isin(y, dis).astype(np.int64), np.isin(pred, dis).astype(np.int64)
+    sure = probs.max(1) >= threshold if y.size else np.zeros(0, bool)
+    return VerdictStats(
+        distress_balanced_accuracy=scores(yt, yp, 2)["balanced_accuracy"],
+        ece=expected_calibration_error(probs, y),
+        verdict_share=float(sure.mean()) if y.size else 0.0,
+        verdict_balanced_accuracy=scores(y[sure], pred[sure], len(labels))["balanced_accuracy"],
+        threshold=threshold)

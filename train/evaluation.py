@@ -8,14 +8,18 @@ the device runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from serd.decisions import DecisionSettings
 from serd.model import Classifier
 from serd.normalise import normalise_windows
 from train.corpora import Item
-from train.evaluate import file_probs, int8_window_probs, scores
+from train.dataset import Variant
+from train.evaluate import file_probs, int8_window_probs, scores, verdict_stats
 from train.fit import Trained
 from train.results import (
     AGREEMENTS,
@@ -27,7 +31,10 @@ from train.results import (
     LevelScores,
     Scores,
 )
-from train.windowsets import WindowSets, select
+from train.windowsets import Selection, WindowSets, select
+
+VERDICT_KINDS: tuple[Kind, ...] = ("int8", "voice", "fused_int8")
+"""Kinds whose file verdicts get :class:`train.evaluate.VerdictStats`."""
 
 
 @dataclass
@@ -42,17 +49,25 @@ class Evaluation:
 
 def evaluate(sets: WindowSets, trained: Trained, clf: Classifier, *,
              items: list[Item], test_idx: list[int], test_lab: list[int],
-             n_labels: int, other_idx: list[int] | None = None) -> Evaluation:
+             n_labels: int, other_idx: list[int] | None = None,
+             calib_idx: list[int] | None = None, calib_lab: list[int] | None = None,
+             dump: Path | None = None) -> Evaluation:
     """Scores of the float and int8 CNN alone, and, when the exported model ``clf`` has a
     voice branch, of the branch alone and fused with each CNN (``fused_float``,
     ``fused_int8``: the latter is what the device computes), on the clean and the
     telephone renderings of the test files.  ``clf`` is the fold's model as serd loads
     it (:func:`serd.model.load_classifier`): its int8 CNN and its fusion are the
-    device's."""
+    device's.  ``dump``: also write every test file's probabilities per kind and
+    condition, with its label, corpus and speaker (and the device's probabilities of the
+    ``calib_idx`` files, clean: the early-stopping speakers, for calibration studies), to
+    this ``.npz``."""
     from train.model import predict  # noqa: PLC0415
 
     out: dict[str, ConditionResult] = {}
     card = clf.card
+    labels = list(card.labels)
+    threshold = DecisionSettings().threshold
+    saved: dict[str, Any] = {"labels": np.array(labels)}  # the dump's arrays
     for v, tag in zip(sets.eval_variants(), CONDITIONS, strict=True):
         sel = select(sets.window_set(items, v), test_idx, test_lab)
         raw = np.asarray(sel.x, np.float32)
@@ -94,23 +109,47 @@ def evaluate(sets: WindowSets, trained: Trained, clf: Classifier, *,
                     if len(raw) else 1.0,
                     file_argmax=float((fps[a][has].argmax(1) == fps[b][has].argmax(1))
                                       .mean()) if has.any() else 1.0)
+        for kind in VERDICT_KINDS:
+            if kind in fps:
+                res.verdicts[kind] = verdict_stats(fps[kind][has], sel.y_file[has], labels,
+                                                   threshold)
+        if dump is not None:
+            saved |= {f"{tag}_{k}": fp for k, fp in fps.items()}
+            saved |= {f"{tag}_has": has, "y": sel.y_file,
+                      "corpus": np.array([items[i].corpus for i in test_idx]),
+                      "speaker": np.array([items[i].speaker for i in test_idx])}
         out[tag] = res
     dist: dict[str, list[int]] | None = None
     if other_idx:
         # Emotions outside the taxonomy (RAVDESS calm/surprised in the six-class model):
         # what the int8 model (fused with its voice branch, if any) calls them.
-        sel = select(sets.window_set(items, sets.eval_variants()[0]), other_idx,
-                     [0] * len(other_idx))
-        pq = int8_window_probs(clf, np.asarray(sel.x, np.float32))
-        if clf.voice is not None:
-            vsel = select(sets.voice_set(items, sets.eval_variants()[0]), other_idx,
-                          [0] * len(other_idx))
-            pq = clf.fused(pq, np.asarray(vsel.x, np.float32))
-        fpq, has = file_probs(pq, sel.file, sel.n_files)
+        v = sets.eval_variants()[0]
+        sel = select(sets.window_set(items, v), other_idx, [0] * len(other_idx))
+        fpq, has = _device_file_probs(sets, clf, items, other_idx, sel, v)
         pred = fpq.argmax(1)
         dist = {}
         for j, i in enumerate(other_idx):
             if has[j]:
                 dist.setdefault(items[i].label, [0] * n_labels)[int(pred[j])] += 1
+    if dump is not None:
+        if calib_idx:
+            v = sets.eval_variants()[0]
+            sel = select(sets.window_set(items, v), calib_idx, calib_lab or [])
+            saved["calib_y"], saved["calib_fused_int8"], saved["calib_has"] = (
+                sel.y_file, *_device_file_probs(sets, clf, items, calib_idx, sel, v))
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(dump, **saved)
     return Evaluation(out["clean"], out["telephone"], dist)
+
+
+def _device_file_probs(sets: WindowSets, clf: Classifier, items: list[Item], idx: list[int],
+                       sel: Selection, variant: Variant
+                       ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """File probabilities of the device's model (int8 CNN, fused with the voice branch
+    where the model has one) and the mask of files with a window."""
+    pq = int8_window_probs(clf, np.asarray(sel.x, np.float32))
+    if clf.voice is not None:
+        vsel = select(sets.voice_set(items, variant), idx, [0] * len(idx))
+        pq = clf.fused(pq, np.asarray(vsel.x, np.float32))
+    return file_probs(pq, sel.file, sel.n_files)
 

@@ -77,14 +77,17 @@ def train_cnn(sets: WindowSets, items: list[Item], tax: Taxonomy, fold: Fold, de
     rng = np.random.default_rng(sets.seed)
     sub = rng.choice(len(clean.x), size=min(len(clean.x), 4000), replace=False)
     norm = fit_normalisation(np.asarray(clean.x[np.sort(sub)], np.float32), sets.centred)
+    corpora = sorted({items[i].corpus for i in tr_idx})
+    file_group = np.array([corpora.index(items[i].corpus) for i in tr_idx], np.int64)
     xs, ys, fs, cs = [], [], [], []
     for c, p in enumerate(parts):
         xs.append(_normalise_f16(p.x, norm))
         ys.append(p.y_file[p.file])
         fs.append(p.file)
         cs.append(np.full(len(p.file), c, np.int64))
-    pool = TrainPool(np.concatenate(xs), np.concatenate(ys), np.concatenate(fs),
-                     np.concatenate(cs), len(parts))
+    files = np.concatenate(fs)
+    pool = TrainPool(np.concatenate(xs), np.concatenate(ys), files,
+                     np.concatenate(cs), len(parts), group=file_group[files])
     del xs
     ev = select(sets.window_set(items, sets.eval_variants()[0]), es_idx, es_lab)
     val = EvalSet(normalise_windows(np.asarray(ev.x, np.float32), norm), ev.file, ev.y_file)

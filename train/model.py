@@ -116,6 +116,8 @@ class TrainPool:
     file: npt.NDArray[np.int64]
     copy: npt.NDArray[np.int64]
     n_copies: int
+    group: npt.NDArray[np.int64] | None = None
+    """The corpus (an index) of each window, for ``training.corpus_balance``."""
 
     def epoch_indices(self, rng: np.random.Generator) -> npt.NDArray[np.int64]:
         """One rendering per file, shuffled."""
@@ -155,6 +157,22 @@ def spec_augment(x: npt.NDArray[np.float32], cfg: TrainingConfig,
 def class_weights(y: npt.NDArray[np.int64], n_labels: int) -> npt.NDArray[np.float32]:
     counts = np.bincount(y, minlength=n_labels).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / (n_labels * np.maximum(counts, 1)), 0.0)
+    return w.astype(np.float32)
+
+
+def corpus_class_weights(y: npt.NDArray[np.int64], group: npt.NDArray[np.int64],
+                         n_labels: int) -> npt.NDArray[np.float32]:
+    """Per-window weights (mean 1) that give every class present the same total weight and
+    split a class's weight equally between the corpora that have it."""
+    n_groups = int(group.max()) + 1 if group.size else 0
+    cell = group * n_labels + y
+    counts = np.bincount(cell, minlength=n_groups * n_labels).astype(np.float64)
+    counts = counts.reshape(n_groups, n_labels)
+    corpora_per_class = (counts > 0).sum(0)
+    classes = int(np.count_nonzero(corpora_per_class))
+    share = np.where(counts > 0, 1.0 / (classes * np.maximum(corpora_per_class, 1)
+                                        * np.maximum(counts, 1)), 0.0)
+    w = share.ravel()[cell] * y.size
     return w.astype(np.float32)
 
 
@@ -201,6 +219,10 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: ModelCo
     )
     cw = class_weights(pool.y, n_labels) if cfg.class_weighting \
         else np.ones(n_labels, np.float32)
+    # Per window: the class's weight, or its (corpus, class) cell's.
+    ww = corpus_class_weights(pool.y, pool.group, n_labels) \
+        if cfg.class_weighting and cfg.corpus_balance and pool.group is not None \
+        else cw[pool.y]
     eye = np.eye(n_labels, dtype=np.float32)
     best, best_score, best_epoch, wait = None, -np.inf, -1, 0
     select = cfg.select
@@ -214,7 +236,7 @@ def train_model(pool: TrainPool, val: EvalSet, n_labels: int, model_cfg: ModelCo
         idx = pool.epoch_indices(rng)
         x = np.asarray(pool.x[idx], np.float32)
         y = eye[pool.y[idx]]
-        w = cw[pool.y[idx]]
+        w = ww[idx]
         spec_augment(x, cfg, rng)
         alpha = float(cfg.mixup_alpha)
         if alpha > 0:

@@ -16,7 +16,7 @@ from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
-from train.evaluate import summarise
+from train.evaluate import VerdictStats, summarise
 
 Kind = Literal["float", "int8", "voice", "fused_float", "fused_int8"]
 """Which model's probabilities: the CNN alone (float Keras model or the int8 file run by
@@ -85,6 +85,9 @@ class ConditionResult:
     come from more than one corpus."""
     agreements: dict[str, Agreement] = field(default_factory=dict)
     """``agreement`` (float vs int8 CNN), ``fused_agreement`` (the same fused)."""
+    verdicts: dict[Kind, VerdictStats] = field(default_factory=dict)
+    """Distress, calibration and verdict share of the file verdicts (``int8``,
+    ``fused_int8``); absent from results written before they were measured."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ConditionResult:
@@ -95,7 +98,9 @@ class ConditionResult:
             per_corpus={k: dict(d[f"{k}_per_corpus"]) for k in KINDS
                         if f"{k}_per_corpus" in d},
             agreements={a: Agreement(d[a]["window_argmax"], d[a]["file_argmax"])
-                        for a in AGREEMENTS if a in d})
+                        for a in AGREEMENTS if a in d},
+            verdicts={k: VerdictStats.from_dict(d[f"{k}_verdict"]) for k in KINDS
+                      if f"{k}_verdict" in d})
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"files": self.files, "files_with_windows": self.files_with_windows,
@@ -106,6 +111,8 @@ class ConditionResult:
             out[f"{k}_per_corpus"] = pc
         for a, ag in self.agreements.items():
             out[a] = {"window_argmax": ag.window_argmax, "file_argmax": ag.file_argmax}
+        for k, v in self.verdicts.items():
+            out[f"{k}_verdict"] = v.to_dict()
         return out
 
 
@@ -209,6 +216,8 @@ class KindSummary:
 
 
 _METRICS = ("balanced_accuracy", "macro_f1")
+VERDICT_METRICS = ("distress_balanced_accuracy", "ece", "verdict_share")
+""":class:`VerdictStats` fields summarised over folds (``<cond>.<kind>.file.<metric>``)."""
 
 
 @dataclass
@@ -218,6 +227,8 @@ class ConditionSummary:
     """Agreement name -> (window argmax, file argmax)."""
     files: int
     files_with_windows: int
+    verdicts: dict[Kind, dict[str, Stat]] = field(default_factory=dict)
+    """Kind -> :data:`VERDICT_METRICS` over the folds, where every fold has them."""
 
 
 @dataclass
@@ -251,6 +262,8 @@ class CvSummary:
                     for m in _METRICS:
                         yield f"{cond}.{kind}.{level}.{m}", ks.stat(level, m).to_dict()
                 yield f"{cond}.{kind}.file.confusion", ks.confusion
+                for m, st in c.verdicts.get(kind, {}).items():
+                    yield f"{cond}.{kind}.file.{m}", st.to_dict()
             for name, (w, f) in c.agreements.items():
                 yield f"{cond}.{name}.window_argmax", w.to_dict()
                 yield f"{cond}.{name}.file_argmax", f.to_dict()
@@ -280,7 +293,11 @@ class CvSummary:
                               Stat.from_dict(d[f"{c}.{a}.file_argmax"]))
                           for a in AGREEMENTS if f"{c}.{a}.window_argmax" in d}
             cov = d[f"{c}.coverage"]
-            return ConditionSummary(kinds, agreements, cov["files"], cov["files_with_windows"])
+            verdicts = {k: {m: Stat.from_dict(d[f"{c}.{k}.file.{m}"])
+                            for m in VERDICT_METRICS}
+                        for k in KINDS if f"{c}.{k}.file.{VERDICT_METRICS[0]}" in d}
+            return ConditionSummary(kinds, agreements, cov["files"], cov["files_with_windows"],
+                                    verdicts)
 
         return cls(cond("clean"), cond("telephone"),
                    {k: Stat.from_dict(d[f"telephone_drop.{k}"]) for k in KINDS
@@ -311,8 +328,11 @@ def aggregate(results: list[FoldResult], n_labels: int) -> CvSummary | None:
         agreements = {a: (Stat.of([r.agreements[a].window_argmax for r in rs], False),
                           Stat.of([r.agreements[a].file_argmax for r in rs], False))
                       for a in AGREEMENTS if all(a in r.agreements for r in rs)}
+        verdicts = {k: {m: Stat.of([getattr(r.verdicts[k], m) for r in rs])
+                        for m in VERDICT_METRICS}
+                     for k in kinds if all(k in r.verdicts for r in rs)}
         return ConditionSummary(out, agreements, int(sum(r.files for r in rs)),
-                                int(sum(r.files_with_windows for r in rs)))
+                                int(sum(r.files_with_windows for r in rs)), verdicts)
 
     drop = {k: Stat.of([r.clean.kinds[k].file.balanced_accuracy
                         - r.telephone.kinds[k].file.balanced_accuracy for r in results])

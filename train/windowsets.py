@@ -220,7 +220,7 @@ class WindowSets:
         older corpus files, front-ends, settings or code.  Returns (files, bytes) deleted."""
         n = size = 0
         stale = [*self.cache.glob("windows-*.npz"), *self.cache.glob("voice-*.npz"),
-                 *self.cache.glob("folds/*.json")]
+                 *self.cache.glob("folds/*.json"), *self.cache.glob("folds/*.probs.npz")]
         for f in sorted(stale):
             if f not in keep:
                 size += f.stat().st_size
