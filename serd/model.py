@@ -32,6 +32,7 @@ from serd.normalise import Normalisation, normalise_windows
 from serd.quiet import native_stderr_quiet
 from serd.validate import require
 from serd.voice import (
+    DEFAULT_LSTM,
     DEFAULT_TRUNK,
     VOICE_VERSION,
     VoiceBranch,
@@ -432,8 +433,24 @@ def load_voice_branch(model_path: Path, card: ModelCard) -> VoiceBranch:
         raise ModelError(f"model {card.name}: voice cnn_weight {weight} is not in 0..1")
     beside = model_path.with_name(DEFAULT_TRUNK.name)
     trunk_path = beside if beside.is_file() else DEFAULT_TRUNK
+    lstm_path = None
+    if v.lstm_file and Path(v.lstm_file).name != v.lstm_file:
+        raise ModelError(f"model {card.name}: voice lstm_file {v.lstm_file!r} is not a file "
+                         "name: the card is damaged")
+    if v.lstm_file:
+        # Named by the card; beside the model first, as the trunk.
+        lstm_path = model_path.with_name(v.lstm_file)
+        if not lstm_path.is_file():
+            lstm_path = DEFAULT_LSTM.with_name(v.lstm_file)
     try:
-        trunk = VoiceTrunk(trunk_path, params)
+        trunk = VoiceTrunk(trunk_path, params, lstm=lstm_path,
+                           interpreter=_interpreter_factory()[1])
+        if trunk.lite is not None and trunk.lite.sha256 != v.lstm_sha256:
+            raise ModelError(
+                f"voice LSTM {lstm_path} is not the one model {card.name} was trained with "
+                f"(SHA-256 {trunk.lite.sha256[:12]}... vs {v.lstm_sha256[:12]}...): put its "
+                f"LSTM beside the model as {v.lstm_file}"
+            )
         if trunk.sha256 != v.trunk_sha256:
             raise ModelError(
                 f"voice trunk {trunk_path} is not the one model {card.name} was trained with "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from serd.quiet import native_stderr_quiet
 from serd.windows import Window
 
 FloatArray = npt.NDArray[np.float32]
@@ -42,6 +44,10 @@ FloatArray = npt.NDArray[np.float32]
 # Package data (serd/models: in a checkout a link to the top-level models/ that training
 # writes, in a wheel a copy of its shipped files), found where the package is installed.
 DEFAULT_TRUNK = Path(str(resources.files("serd") / "models" / "voice-trunk.npz"))
+DEFAULT_LSTM = DEFAULT_TRUNK.with_name("voice-lstm.tflite")
+"""The trunk's two LSTM layers as a LiteRT model (``serd-train voice-lstm``), int8 weights:
+a card that names it (``lstm_file``) runs the trunk with it, a card that does not runs the
+numpy LSTM (float32)."""
 
 VOICE_VERSION = 1
 """Bump whenever this module's arithmetic changes; cards record the version they used."""
@@ -97,6 +103,9 @@ class VoiceCard:
     """:func:`voice_fingerprint` at training time; empty: not checked."""
     trunk: str = ""
     """The trunk in words (provenance, licence)."""
+    lstm_file: str = ""
+    """The LiteRT LSTM the trunk runs with (:data:`DEFAULT_LSTM`'s name); empty: numpy."""
+    lstm_sha256: str = ""
     c: float | None = None
     """The head's regularisation (training record)."""
     fitted_on_telephone: bool | None = None
@@ -107,6 +116,8 @@ class VoiceCard:
         if self.trunk:
             out["trunk"] = self.trunk
         out["trunk_sha256"] = self.trunk_sha256
+        if self.lstm_file:
+            out |= {"lstm_file": self.lstm_file, "lstm_sha256": self.lstm_sha256}
         if self.fingerprint:
             out["fingerprint"] = list(self.fingerprint)
         out |= {"head_file": self.head_file, "head_sha256": self.head_sha256,
@@ -129,7 +140,8 @@ class VoiceCard:
             trunk_sha256=str(d["trunk_sha256"]), head_file=str(d["head_file"]),
             head_sha256=str(d["head_sha256"]), cnn_weight=float(d["cnn_weight"]),
             fingerprint=tuple(float(x) for x in d.get("fingerprint", ())),
-            trunk=str(d.get("trunk", "")), c=None if c is None else float(c),
+            trunk=str(d.get("trunk", "")), lstm_file=str(d.get("lstm_file", "")),
+            lstm_sha256=str(d.get("lstm_sha256", "")), c=None if c is None else float(c),
             fitted_on_telephone=None if tel is None else bool(tel))
 
 
@@ -200,7 +212,11 @@ class VoiceTrunk:
     zero state (the card's fingerprint).  The streaming use is :class:`VoiceStream`.
     """
 
-    def __init__(self, path: Path | None = None, params: VoiceParams | None = None) -> None:
+    def __init__(self, path: Path | None = None, params: VoiceParams | None = None,
+                 lstm: Path | None = None,
+                 interpreter: Callable[..., Any] | None = None) -> None:
+        """``lstm``: the LiteRT LSTM to run the layers with (None: numpy), built by
+        ``interpreter`` (a TFLite ``Interpreter`` class; default LiteRT's)."""
         self.params = params or VoiceParams()
         self.path = path or DEFAULT_TRUNK
         if not self.path.is_file():
@@ -240,6 +256,10 @@ class VoiceTrunk:
                                  np.ascontiguousarray((wh[order] * scale[:, None]).T),
                                  np.ascontiguousarray(b[order] * scale)))
             n_in = u
+        self.lite: LiteLstm | None = None
+        if lstm is not None:
+            self.lite = LiteLstm(lstm, w["weight_ih_l0"].T,
+                                 w["bias_ih_l0"] + w["bias_hh_l0"], p, interpreter)
 
     def zero_state(self) -> LstmState:
         u = self.params.units
@@ -256,6 +276,8 @@ class VoiceTrunk:
         (2, 1024) views cost more than they save; docs/performance.md has the costs.)
         """
         seq = np.asarray(mel, np.float32)
+        if self.lite is not None:
+            return self.lite.run(seq, state)
         u = self.params.units
         matmul, tanh, multiply = np.matmul, np.tanh, np.multiply  # looked up once
         for k, (wi, wh, b) in enumerate(self._layers):
@@ -290,6 +312,69 @@ class VoiceTrunk:
         out = self.run(voice_mel(x, self.params) * level_gain(x, self.params),
                        self.zero_state())
         return stats(out, self.params)
+
+
+class LiteLstm:
+    """The trunk's LSTM layers in LiteRT (``serd-train voice-lstm``), int8 weights.
+
+    Layer 1's input projection is one float32 product over a run's frames here (the mel
+    powers span decades, too wide for int8: quantised too, the outputs moved six times as
+    far); one invoke then does a frame of both layers, its state an input and an output.
+    """
+
+    def __init__(self, path: Path, w_ih0: FloatArray, bias0: FloatArray,
+                 params: VoiceParams, interpreter: Callable[..., Any] | None = None) -> None:
+        self.path = path
+        if not path.is_file():
+            raise VoiceError(
+                f"voice LSTM {path} does not exist: reinstall serd to get "
+                f"models/{DEFAULT_LSTM.name}, or make it with serd-train voice-lstm"
+            )
+        data = path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        if interpreter is None:
+            from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+            interpreter = Interpreter
+        try:
+            with native_stderr_quiet():
+                self._it = interpreter(model_content=data, num_threads=1)
+                self._it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise VoiceError(f"voice LSTM {path} cannot be loaded: {exc}") from None
+        u, n_layers = params.units, params.layers
+        ins = {d["name"]: d for d in self._it.get_input_details()}
+        outs = self._it.get_output_details()
+        if ("pre" not in ins or "state" not in ins or len(outs) != 1
+                or list(ins["pre"]["shape"]) != [1, 4 * u]
+                or list(ins["state"]["shape"]) != [2 * n_layers, u]
+                or list(outs[0]["shape"]) != [2 * n_layers, u]):
+            raise VoiceError(f"voice LSTM {path} has the wrong inputs or outputs for this "
+                             "trunk: make it with serd-train voice-lstm")
+        self._pre, self._state = ins["pre"]["index"], ins["state"]["index"]
+        self._out = outs[0]["index"]
+        self._w = np.ascontiguousarray(w_ih0, np.float32)
+        self._b = np.asarray(bias0, np.float32)
+        self.units, self.layers = u, n_layers
+
+    def run(self, mel: FloatArray, state: LstmState) -> FloatArray:
+        """As :meth:`VoiceTrunk.run`: (T, n_mels) -> (T, units), ``state`` advanced."""
+        n = mel.shape[0]
+        if n == 0:
+            return np.zeros((0, self.units), np.float32)
+        pre = mel @ self._w + self._b
+        after = np.empty((n + 1, 2 * self.layers, self.units), np.float32)
+        after[0] = [v for hc in zip(state.h, state.c, strict=True) for v in hc]
+        it, i_pre, i_state, i_out = self._it, self._pre, self._state, self._out
+        set_tensor, get_tensor, invoke = it.set_tensor, it.get_tensor, it.invoke
+        for t in range(n):  # one invoke per frame: its state is the last one's output
+            set_tensor(i_pre, pre[t : t + 1])
+            set_tensor(i_state, after[t])
+            invoke()
+            after[t + 1] = get_tensor(i_out)
+        state.h[:] = [after[n, 2 * k].copy() for k in range(self.layers)]
+        state.c[:] = [after[n, 2 * k + 1].copy() for k in range(self.layers)]
+        return np.ascontiguousarray(after[1:, 2 * self.layers - 2])
 
 
 @dataclass

@@ -8,6 +8,7 @@
     serd-train fit                       # train the shipped model on all data -> models/
     serd-train all                       # every CV, then the final model (the README's numbers)
     serd-train voice-trunk pretrained.pt # the voice branch's frozen layers, from Resemblyzer
+    serd-train voice-lstm --card models/serd-emotion-6.card.json  # those layers in LiteRT
 
 Every CV fold's result is kept in the cache directory (``folds/``); a fold already trained
 with the same settings, data and code is not trained again (``--fresh`` forces it), so an
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     vt = sub.add_parser("voice-trunk", help="write voice-trunk.npz (the voice branch's frozen "
                                             "layers) into --out from Resemblyzer's checkpoint")
     vt.add_argument("checkpoint", help="resemblyzer/pretrained.pt of the Resemblyzer 0.1.4 wheel")
+    vl = sub.add_parser("voice-lstm", help="write voice-lstm.tflite (the trunk's LSTM layers "
+                                           "in LiteRT, int8 weights) into --out from its "
+                                           "voice-trunk.npz")
+    vl.add_argument("--card", help="then point this model card's voice branch at it")
     rep = sub.add_parser("report", help="re-render README/PNGs from saved CV results and card")
     rep.add_argument("--name", default=None)
     return ap
@@ -128,6 +133,15 @@ def _main(argv: list[str] | None = None) -> int:
 
         path = write_trunk(Path(args.checkpoint), out / "voice-trunk.npz")
         _LOGGER.info("wrote %s", path)
+        return 0
+    if args.cmd == "voice-lstm":
+        from train.voice_trunk import attach_lstm, write_lstm  # noqa: PLC0415
+
+        path = write_lstm(out / "voice-trunk.npz", out / "voice-lstm.tflite")
+        _LOGGER.info("wrote %s", path)
+        if args.card:
+            attach_lstm(Path(args.card), path)
+            _LOGGER.info("%s now runs its voice branch with %s", args.card, path.name)
         return 0
     if args.cmd == "cv" and args.protocol not in cfg.protocols:
         raise CorpusError(f"unknown protocol {args.protocol!r}; train/config.yaml has "
