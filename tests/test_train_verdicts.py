@@ -99,3 +99,18 @@ def test_verdict_figures_are_summarised_and_round_trip() -> None:
         == pytest.approx(0.71)
     assert "clean.int8.file.ece" not in d["summary"]  # no fold has it
     assert CvResult.from_dict(json.loads(json.dumps(d))).to_dict() == d
+
+
+def test_capped_keeps_at_most_cap_files_per_corpus_in_order() -> None:
+    from train.corpora import Item  # noqa: PLC0415
+    from train.windowsets import capped  # noqa: PLC0415
+
+    items = [Item(f"{c}{i}.wav", c, f"{c}:{i % 3}", "sad") for c, n in (("a", 10), ("b", 3))
+             for i in range(n)]
+    idx, lab = list(range(len(items))), list(range(len(items)))
+    got, glab = capped(items, idx, lab, 4, seed=1)
+    assert got == sorted(got) and glab == got
+    assert sum(items[i].corpus == "a" for i in got) == 4
+    assert [i for i in got if items[i].corpus == "b"] == [10, 11, 12]
+    assert capped(items, idx, lab, 4, seed=1) == (got, glab)  # seeded
+    assert capped(items, idx, lab, 0, seed=1) == (idx, lab)

@@ -128,6 +128,10 @@ class TrainingConfig:
     """Epochs before this are never picked (and do not count towards ``patience``)."""
     representative_windows: int
     """Normalised training windows that calibrate the int8 conversion."""
+    max_files_per_corpus: int = 0
+    """Train on at most this many files of each corpus (a seeded random subset of its
+    training files; early stopping and tests keep every file); 0: every file.  Bounds the
+    time and memory of a run as corpora are added."""
     corpus_balance: bool = False
     """With ``class_weighting``: weight each (corpus, class) cell instead of each class, so
     that every class weighs the same in the loss and, within a class, every corpus that
@@ -148,6 +152,8 @@ class TrainingConfig:
                 "must be between 0 and 1 (a share of the training speakers)")
         require(self.smooth_epochs >= 1, "smooth_epochs", "must be >= 1")
         require(self.representative_windows >= 1, "representative_windows", "must be >= 1")
+        require(self.max_files_per_corpus >= 0, "max_files_per_corpus",
+                "must be >= 0 (0: every file)")
 
 
 @dataclass(frozen=True)

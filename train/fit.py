@@ -32,7 +32,7 @@ from train.corpora import Item
 from train.splits import Fold
 from train.taxonomy import Taxonomy
 from train.voice import fit_head, save_head
-from train.windowsets import WindowSets, labelled, select
+from train.windowsets import WindowSets, capped, labelled, select
 
 
 @dataclass
@@ -68,7 +68,8 @@ def train_cnn(sets: WindowSets, items: list[Item], tax: Taxonomy, fold: Fold, de
     tcfg = tcfg or sets.cfg.training
     from train.model import EvalSet, TrainPool, train_model  # noqa: PLC0415
 
-    tr_idx, tr_lab = labelled(items, fold.train, tax.train_label)
+    tr_idx, tr_lab = capped(items, *labelled(items, fold.train, tax.train_label),
+                            tcfg.max_files_per_corpus, sets.seed)
     es_idx, es_lab = labelled(items, fold.early_stop, tax.eval_label)
 
     parts = [select(sets.window_set(items, v), tr_idx, tr_lab)
@@ -105,12 +106,14 @@ def train_cnn(sets: WindowSets, items: list[Item], tax: Taxonomy, fold: Fold, de
         n_train_windows_all_copies=len(pool.y), n_early_stop_files=len(es_idx))
 
 
-def fit_voice(sets: WindowSets, items: list[Item], tax: Taxonomy, speakers: Iterable[str]
-              ) -> VoiceHead | None:
-    """The voice head, fitted on the windows of ``speakers`` (None: branch disabled)."""
+def fit_voice(sets: WindowSets, items: list[Item], tax: Taxonomy, speakers: Iterable[str],
+              max_files_per_corpus: int = 0) -> VoiceHead | None:
+    """The voice head, fitted on the windows of ``speakers`` (None: branch disabled), at
+    most ``max_files_per_corpus`` files of each corpus (0: all)."""
     if not sets.cfg.voice.enabled:
         return None
-    idx, lab = labelled(items, speakers, tax.train_label)
+    idx, lab = capped(items, *labelled(items, speakers, tax.train_label),
+                      max_files_per_corpus, sets.seed)
     xs, ys = [], []
     for v in sets.voice_variants():
         sel = select(sets.voice_set(items, v), idx, lab)

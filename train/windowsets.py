@@ -244,6 +244,22 @@ def labelled(items: Sequence[Item], speakers: Iterable[str],
     return idx, labels
 
 
+def capped(items: Sequence[Item], idx: list[int], labels: list[int], cap: int, seed: int
+           ) -> tuple[list[int], list[int]]:
+    """At most ``cap`` of the files ``idx`` per corpus (a seeded random subset, in the
+    original order); ``cap`` 0: all of them."""
+    if cap <= 0:
+        return idx, labels
+    rng = np.random.default_rng(seed)
+    keep: set[int] = set()
+    for corpus in sorted({items[i].corpus for i in idx}):
+        mine = [j for j, i in enumerate(idx) if items[i].corpus == corpus]
+        pick = mine if len(mine) <= cap else rng.choice(mine, size=cap, replace=False)
+        keep.update(int(j) for j in pick)
+    order = sorted(keep)
+    return [idx[j] for j in order], [labels[j] for j in order]
+
+
 def select(ws: WindowSet, idx: list[int], labels: list[int]) -> Selection:
     """The windows of the items ``idx`` of ``ws`` with these ``labels``."""
     remap = np.full(len(ws.items), -1, np.int64)
