@@ -8,8 +8,10 @@ al. 2018, "Generalized end-to-end loss for speaker verification"), three LSTM la
 256 units over 40 mel bands, trained for text-independent speaker verification.  Its
 final embedding is built to ignore how a speaker feels; its *second* layer still carries
 it (voice quality, pitch and energy dynamics).  Per window, this module runs the first two
-layers (frozen, float32, numpy) over the window's audio and summarises the second layer's
-outputs by their mean and standard deviation over time (512 values).  A logistic
+layers (frozen) over the window's audio and summarises the second layer's outputs by their
+mean and standard deviation over time (512 values).  The layers run in LiteRT with int8
+weights when the model card names that LSTM (:class:`LiteLstm`, the shipped card does), else
+in float32 numpy.  A logistic
 regression trained with the CNN (``serd-train``) turns those into probabilities, and
 :func:`fuse` multiplies them with the CNN's (equal log weights).
 
@@ -18,7 +20,8 @@ numpy with librosa's conventions (``melspectrogram(sr=16000, n_fft=400, hop_leng
 n_mels=40)``: centred frames, periodic Hann window, power, Slaney mel scale and area
 normalisation), which a test checks against librosa itself.  The weights (layers 1-2 of
 the encoder, float16) ship as ``models/voice-trunk.npz``; ``serd-train
-voice-trunk`` makes that file from Resemblyzer's checkpoint.
+voice-trunk`` makes that file from Resemblyzer's checkpoint, and ``serd-train voice-lstm``
+the LiteRT LSTM ``models/voice-lstm.tflite`` from it.
 """
 
 from __future__ import annotations
@@ -205,7 +208,8 @@ def level_gain(audio: npt.ArrayLike, params: VoiceParams | None = None) -> float
 
 
 class VoiceTrunk:
-    """The frozen LSTM layers, run one frame after another with a carried state.
+    """The frozen LSTM layers, run one frame after another with a carried state (in numpy,
+    or in LiteRT when built with ``lstm``).
 
     :meth:`run` advances a :class:`LstmState` over new mel frames and returns the last
     layer's outputs; ``__call__(audio)`` is the statistics of one stretch of audio from a
@@ -252,9 +256,10 @@ class VoiceTrunk:
                     f"voice trunk {self.path}: layer {k} has shapes {wi.shape}, {wh.shape}; "
                     f"expected {(4 * u, n_in)}, {(4 * u, u)}"
                 )
-            self._layers.append((np.ascontiguousarray((wi[order] * scale[:, None]).T),
-                                 np.ascontiguousarray((wh[order] * scale[:, None]).T),
-                                 np.ascontiguousarray(b[order] * scale)))
+            if lstm is None:  # the numpy LSTM's weights (LiteRT holds its own)
+                self._layers.append((np.ascontiguousarray((wi[order] * scale[:, None]).T),
+                                     np.ascontiguousarray((wh[order] * scale[:, None]).T),
+                                     np.ascontiguousarray(b[order] * scale)))
             n_in = u
         self.lite: LiteLstm | None = None
         if lstm is not None:
@@ -263,8 +268,8 @@ class VoiceTrunk:
 
     def zero_state(self) -> LstmState:
         u = self.params.units
-        return LstmState([np.zeros(u, np.float32) for _ in self._layers],
-                         [np.zeros(u, np.float32) for _ in self._layers])
+        return LstmState([np.zeros(u, np.float32) for _ in range(self.params.layers)],
+                         [np.zeros(u, np.float32) for _ in range(self.params.layers)])
 
     def run(self, mel: FloatArray, state: LstmState) -> FloatArray:
         """(T, n_mels) -> (T, units): the last layer's outputs; ``state`` is advanced.

@@ -24,6 +24,7 @@ from serd.model import (
 )
 from serd.pipeline import Pipeline
 from serd.voice import (
+    DEFAULT_LSTM,
     DEFAULT_TRUNK,
     VOICE_VERSION,
     VoiceCard,
@@ -33,6 +34,7 @@ from serd.voice import (
     VoiceStream,
     VoiceTrunk,
     fuse,
+    level_gain,
     voice_fingerprint,
     voice_mel,
 )
@@ -50,6 +52,18 @@ TRUNK_SHA256 = "6b71801a3139900d952d8851b534248aecb5377f5dc85084b3cfd16209141686
 @pytest.fixture(scope="module")
 def trunk() -> VoiceTrunk:
     return VoiceTrunk()
+
+
+@pytest.fixture(scope="module")
+def lite_trunk() -> VoiceTrunk:
+    """The trunk run by the LiteRT LSTM (int8 weights) that the shipped card names."""
+    return VoiceTrunk(lstm=DEFAULT_LSTM)
+
+
+@pytest.fixture(scope="module", params=["numpy", "litert"])
+def any_trunk(request: pytest.FixtureRequest, trunk: VoiceTrunk,
+              lite_trunk: VoiceTrunk) -> VoiceTrunk:
+    return trunk if request.param == "numpy" else lite_trunk
 
 
 def long_call(data_dir: Path) -> np.ndarray:
@@ -85,20 +99,25 @@ def test_golden_values(trunk: VoiceTrunk) -> None:
     assert (out[256:] >= 0).all()  # standard deviations
 
 
-def test_running_in_pieces_equals_one_run(trunk: VoiceTrunk, data_dir: Path) -> None:
+def test_running_in_pieces_equals_one_run(any_trunk: VoiceTrunk, data_dir: Path) -> None:
     from train.corpora import load_audio  # noqa: PLC0415
 
+    trunk = any_trunk
     mel = voice_mel(load_audio(str(data_dir / "1091_TIE_ANG_XX.flac"))[:40000])
     whole = trunk.run(mel, trunk.zero_state())
     state = trunk.zero_state()
-    parts = [trunk.run(mel[a:b], state) for a, b in ((0, 1), (1, 57), (57, len(mel)))]
-    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-6)
+    parts = [trunk.run(mel[a:b], state) for a, b in ((0, 1), (1, 57), (57, 57), (57, len(mel)))]
+    if trunk.lite is None:
+        np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-6)
+    else:  # one invoke per frame whatever the pieces: the same bits
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
-def test_stream_first_window_is_a_fresh_run(trunk: VoiceTrunk, data_dir: Path) -> None:
+def test_stream_first_window_is_a_fresh_run(any_trunk: VoiceTrunk, data_dir: Path) -> None:
     """A segment's first window sees the LSTM from a zero state and the segment's gain set
     from that window: the same as running the trunk on the window alone.  Later windows
     carry the state, so they differ from a fresh run."""
+    trunk = any_trunk
     ws = windows_of(long_call(data_dir), keep_audio=True)
     stream = VoiceStream(trunk)
     got = [stream(w) for w in ws]
@@ -109,6 +128,26 @@ def test_stream_first_window_is_a_fresh_run(trunk: VoiceTrunk, data_dir: Path) -
     assert any(np.abs(got[i] - trunk(ws[i].audio)).max() > 1e-3 for i in later)
     stream.reset()
     np.testing.assert_allclose(stream(ws[0]), got[0], atol=1e-6)
+
+
+def test_the_litert_lstm_is_the_numpy_lstm_within_int8_error(
+        trunk: VoiceTrunk, lite_trunk: VoiceTrunk, data_dir: Path) -> None:
+    """The LiteRT LSTM's int8 weights and per-frame quantised inputs move layer 2's outputs
+    (in -1..1) by a few thousandths on average, and the window statistics the head reads
+    by a few hundredths at most; docs/performance.md has what that does to the fused
+    probabilities."""
+    for name in ("1091_TIE_ANG_XX.flac", "1001_IEO_SAD_HI.flac"):
+        x = load(data_dir / name, 16000)
+        mel = voice_mel(x) * level_gain(x)
+        ref = trunk.run(mel, trunk.zero_state())
+        got = lite_trunk.run(mel, lite_trunk.zero_state())
+        assert got.shape == ref.shape and got.dtype == np.float32
+        err = np.abs(got - ref)
+        assert err.mean() < 0.01 and err.max() < 0.25, (err.mean(), err.max())
+        stats_err = np.abs(lite_trunk(x) - trunk(x))
+        assert stats_err.max() < 0.05, stats_err.max()
+    assert lite_trunk.lite is not None and trunk.lite is None
+    assert not lite_trunk._layers  # no second copy of the weights in numpy
 
 
 def test_windows_carry_their_audio(data_dir: Path) -> None:
@@ -273,6 +312,84 @@ def test_a_bad_voice_branch_is_one_clear_error(model_path: Path, tmp_path: Path,
     with pytest.raises(ModelError, match=message) as info:
         load_classifier(ModelSettings(path=str(model)))
     assert "\n" not in str(info.value)
+
+
+def _shipped_copy(model_path: Path, tmp_path: Path) -> Path:
+    """The model, its card and its head in a folder of their own (the trunk and LSTM stay
+    in serd's models, where the loader finds them unless a copy lies beside the model)."""
+    for src in (model_path, card_path_for(model_path), voice_head_path(model_path)):
+        shutil.copy(src, tmp_path / src.name)
+    return tmp_path / model_path.name
+
+
+def test_the_shipped_model_runs_the_litert_lstm_whatever_the_chunking(
+        model_path: Path, data_dir: Path) -> None:
+    """Streaming invariance with the shipped branch: the daemon's blocks of any size give
+    the same windows and the same fused probabilities, bit for bit, as one call."""
+    clf = load_classifier(ModelSettings(path=str(model_path)))
+    if clf.voice is None or clf.voice.trunk.lite is None:
+        pytest.skip("this model's voice branch runs without the LiteRT LSTM")
+    assert clf.card.voice is not None
+    assert clf.voice.trunk.lite.sha256 == clf.card.voice.lstm_sha256
+    x = long_call(data_dir)
+    whole = Pipeline(clf)
+    ref = [d.raw_probs for d in whole(x) + whole.flush() if d.type == "window"]
+    assert len(ref) >= 10
+    for chunk in (160, 800, 4096):
+        pipe = Pipeline(clf)
+        got = [d for i in range(0, x.size, chunk) for d in pipe(x[i : i + chunk])]
+        got += pipe.flush()
+        assert [d.raw_probs for d in got if d.type == "window"] == ref
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("missing", "voice LSTM .*nothere.tflite does not exist"),
+    ("other", "voice LSTM .* is not the one"),
+    ("not_an_lstm", "voice LSTM .* has the wrong inputs or outputs"),
+    ("truncated", "voice LSTM .* cannot be loaded"),
+    ("path", "lstm_file .* is not a file name"),
+])
+def test_a_bad_voice_lstm_is_one_clear_error(model_path: Path, tmp_path: Path,
+                                             change: str, message: str) -> None:
+    model = _shipped_copy(model_path, tmp_path)
+    cp = card_path_for(model)
+    card = json.loads(cp.read_text())
+    if not card.get("voice", {}).get("lstm_file"):
+        pytest.skip("this model's voice branch runs without the LiteRT LSTM")
+    beside = model.with_name(card["voice"]["lstm_file"])  # found before serd's own
+    if change == "missing":
+        card["voice"]["lstm_file"] = "nothere.tflite"
+    elif change == "other":
+        beside.write_bytes(DEFAULT_LSTM.read_bytes() + b"\0" * 16)
+    elif change == "not_an_lstm":
+        shutil.copy(model, beside)
+    elif change == "truncated":
+        beside.write_bytes(DEFAULT_LSTM.read_bytes()[:4000])
+    else:
+        card["voice"]["lstm_file"] = "../voice-lstm.tflite"
+    cp.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=message) as info:
+        load_classifier(ModelSettings(path=str(model)))
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_voice_lstm_exits_65_with_one_line(model_path: Path, tmp_path: Path,
+                                                     data_dir: Path) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    model = _shipped_copy(model_path, tmp_path)
+    cp = card_path_for(model)
+    card = json.loads(cp.read_text())
+    if not card.get("voice", {}).get("lstm_file"):
+        pytest.skip("this model's voice branch runs without the LiteRT LSTM")
+    card["voice"]["lstm_file"] = "nothere.tflite"
+    cp.write_text(json.dumps(card))
+    r = subprocess.run([sys.executable, "-m", "serd.cli", "-q", "--model", str(model), "--once",
+                        str(data_dir / "1001_IEO_ANG_HI.flac")],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 65
+    assert r.stderr.strip().count("\n") == 0 and "nothere.tflite does not exist" in r.stderr
 
 
 def test_fit_head_learns_and_handles_few_classes() -> None:
