@@ -230,41 +230,48 @@ class VoiceTrunk:
             )
         data = self.path.read_bytes()  # read once: hashed for the card, then parsed
         self.sha256 = hashlib.sha256(data).hexdigest()
-        try:
-            with np.load(io.BytesIO(data)) as z:
-                w = {k: np.asarray(z[k], np.float32) for k in z.files}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise VoiceError(f"voice trunk {self.path} is not readable: {exc}") from None
         p = self.params
         u = p.units
+        # With the LiteRT LSTM only layer 1's input side is computed here: the other
+        # matrices (in the LSTM file too) are not even decompressed.
+        names = (["weight_ih_l0", "bias_ih_l0", "bias_hh_l0"] if lstm is not None else
+                 [f"{name}_l{k}" for k in range(p.layers)
+                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")])
+        try:
+            with np.load(io.BytesIO(data)) as z:
+                w = {k: np.asarray(z[k], np.float32) for k in names}
+        except KeyError as exc:
+            raise VoiceError(f"voice trunk {self.path} lacks {exc}: not a serd trunk") from None
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise VoiceError(f"voice trunk {self.path} is not readable: {exc}") from None
+        self._layers: list[tuple[FloatArray, FloatArray, FloatArray]] = []
+        self.lite: LiteLstm | None = None
+        if lstm is not None:
+            if w["weight_ih_l0"].shape != (4 * u, p.n_mels):
+                raise VoiceError(f"voice trunk {self.path}: layer 0 has input weights of shape "
+                                 f"{w['weight_ih_l0'].shape}; expected {(4 * u, p.n_mels)}")
+            self.lite = LiteLstm(lstm, w["weight_ih_l0"].T,
+                                 w["bias_ih_l0"] + w["bias_hh_l0"], p, interpreter)
+            return
         # PyTorch's gate order is input, forget, cell, output.  Reordered to input, forget,
         # output, cell and the sigmoid gates' rows halved, one tanh per step gives all four
         # gates: sigmoid(x) = (1 + tanh(x / 2)) / 2.  (About a third fewer numpy calls per
         # step, which is most of the cost at one frame at a time.)
         order = np.r_[0:u, u:2 * u, 3 * u:4 * u, 2 * u:3 * u]
         scale = np.r_[np.full(3 * u, 0.5), np.ones(u)].astype(np.float32)
-        self._layers: list[tuple[FloatArray, FloatArray, FloatArray]] = []
         n_in = p.n_mels
         for k in range(p.layers):
-            try:
-                wi, wh = w[f"weight_ih_l{k}"], w[f"weight_hh_l{k}"]
-                b = w[f"bias_ih_l{k}"] + w[f"bias_hh_l{k}"]
-            except KeyError as exc:
-                raise VoiceError(f"voice trunk {self.path} lacks {exc}: not a serd trunk") from None
+            wi, wh = w[f"weight_ih_l{k}"], w[f"weight_hh_l{k}"]
+            b = w[f"bias_ih_l{k}"] + w[f"bias_hh_l{k}"]
             if wi.shape != (4 * u, n_in) or wh.shape != (4 * u, u):
                 raise VoiceError(
                     f"voice trunk {self.path}: layer {k} has shapes {wi.shape}, {wh.shape}; "
                     f"expected {(4 * u, n_in)}, {(4 * u, u)}"
                 )
-            if lstm is None:  # the numpy LSTM's weights (LiteRT holds its own)
-                self._layers.append((np.ascontiguousarray((wi[order] * scale[:, None]).T),
-                                     np.ascontiguousarray((wh[order] * scale[:, None]).T),
-                                     np.ascontiguousarray(b[order] * scale)))
+            self._layers.append((np.ascontiguousarray((wi[order] * scale[:, None]).T),
+                                 np.ascontiguousarray((wh[order] * scale[:, None]).T),
+                                 np.ascontiguousarray(b[order] * scale)))
             n_in = u
-        self.lite: LiteLstm | None = None
-        if lstm is not None:
-            self.lite = LiteLstm(lstm, w["weight_ih_l0"].T,
-                                 w["bias_ih_l0"] + w["bias_hh_l0"], p, interpreter)
 
     def zero_state(self) -> LstmState:
         u = self.params.units
