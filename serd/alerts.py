@@ -283,7 +283,9 @@ class AlertEngine:
                       f"{rule.over_seconds:g} s of speech on {channel}"
                 out.append(self._payload(channel, rule.name, STARTED, label=label, start=first,
                                          end=last, confidence=mean_conf, message=msg, now=now))
-                _LOGGER.info("alert %s started on %s: %s", rule.name, channel, msg)
+                # No label or figures in the log: the journal outlives the spool's
+                # retention (issue 25.4); the event itself says what happened.
+                _LOGGER.debug("alert %s started on %s", rule.name, channel)
             elif act is not None and matched <= rule.clear_at_seconds:
                 del ch.active[rule.name]
                 msg = f"{_labels_text(rule)} {matched:.1f} s of the last " \
@@ -291,7 +293,7 @@ class AlertEngine:
                 out.append(self._payload(channel, rule.name, CLEARED, label=act.label,
                                          start=act.start, end=last, confidence=mean_conf,
                                          message=msg, now=now))
-                _LOGGER.info("alert %s cleared on %s: %s", rule.name, channel, msg)
+                _LOGGER.debug("alert %s cleared on %s", rule.name, channel)
         return out
 
     @staticmethod
@@ -326,7 +328,7 @@ class AlertEngine:
             out.append(self._payload(channel, rule_name, CLEARED, label=act.label,
                                      start=act.start, end=now, confidence=0.0, message=why,
                                      now=now))
-            _LOGGER.info("alert %s cleared on %s: %s", rule_name, channel, why)
+            _LOGGER.debug("alert %s cleared on %s", rule_name, channel)
         ch.active.clear()
         return out
 

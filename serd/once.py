@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serd.roles import UNSPECIFIED, Channel
+from serd.roles import LAWFUL_USE_DOC, UNSPECIFIED, Channel
 
 if TYPE_CHECKING:
     from serd.capture import AudioSettings
@@ -86,6 +86,14 @@ def analyse_channels(cfg: Config, clf: Classifier, path: Path) -> list[FileResul
         return _run(cfg, clf, path, info, [_single(cfg.audio)], mix=True)
     if info.channels == 1:
         # A recording of one mixed line: there is no agent channel to tell voices apart.
+        # It can only be analysed as 'unspecified', and only where the deployer allows
+        # that role (the daemon and --publish refuse it too).
+        if not MIXED.analysed or MIXED.role not in cfg.audio.analyse_roles:
+            raise AudioError(
+                f"has one channel, a mixed line that carries the agent's voice too; it "
+                f"could only be analysed as '{MIXED.role}', which audio.analyse_roles "
+                f"({', '.join(cfg.audio.analyse_roles)}) does not allow: not analysed "
+                f"(use a recording with the channels apart, see {LAWFUL_USE_DOC})")
         return _run(cfg, clf, path, info, [MIXED], mix=True)
     if info.channels < len(named):
         raise AudioError(

@@ -551,9 +551,13 @@ class MqttPublisher:
                 if spool.stats().held_in_memory and now - last_flush_attempt >= 1.0:
                     last_flush_attempt = now
                     spool.flush_held()
-                if max_age is not None and now - last_expire >= _EXPIRE_EVERY_SECONDS:
+                if now - last_expire >= _EXPIRE_EVERY_SECONDS:
                     last_expire = now
-                    spool.expire(max_age)
+                    # Also truncates the WAL, which holds delivered events' text.
+                    if max_age is not None:
+                        spool.expire(max_age)
+                    else:
+                        spool.scrub()
                 with self._lock:
                     connected, epoch = self._connected, self._epoch
                 if not connected:
@@ -641,8 +645,14 @@ class MqttPublisher:
                 acked = track.acked_at.get(entry.id)
                 if acked is not None and now - acked >= _ECHO_TIMEOUT_SECONDS:
                     track.refuse(entry)
-                    refusals.append((entry, "acknowledged but never delivered (MQTT 3.1.1 "
-                                            "cannot say why: probably the broker's ACL)"))
+                    # Mosquitto grants a subscription its ACL denies and then delivers
+                    # nothing: a write-only ACL looks exactly like a refused publish.
+                    refusals.append((entry, "acknowledged but never delivered back to serd "
+                                            "(MQTT 3.1.1 cannot say why: either the broker's "
+                                            "ACL refused the publish, or it does not let this "
+                                            f"client read {self.topic('#')}, which serd "
+                                            "needs under 3.1.1 to confirm delivery; allow "
+                                            "read there or use mqtt.protocol \"5\")"))
         if delivered:
             spool.ack(delivered)
             with self._lock:

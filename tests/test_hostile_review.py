@@ -1,0 +1,175 @@
+"""Defects found by a hostile review of issues 24 and 25, each against the real component.
+
+* The spool's WAL kept the text of delivered (and expired) events until SQLite's own
+  checkpoint at 1000 pages, days on a quiet desk: "deleted at once" was not true on disk.
+* Under MQTT 3.1.1 a write-only ACL (the device may not read its own topics) makes every
+  delivered event look refused; the line blamed only the publish.
+* ``serd --once`` analysed a mono file as ``unspecified`` even where
+  ``audio.analyse_roles`` leaves that role out.
+* An alert's label and figures went to the log (the journal), which outlives the spool's
+  retention.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from serd import publisher as publisher_mod
+from serd.alerts import AlertEngine, AlertRule, AlertSettings
+from serd.decisions import Decision
+from serd.mqttsettings import MqttSettings
+from serd.publisher import MqttPublisher
+from serd.spool import SPOOL_FILENAME, Spool
+from serd_testkit import Broker, wait_until
+
+DEVICE = "review-desk"
+SECRET = "caller-was-furious-51c9"
+
+
+def _event(i: int) -> dict[str, Any]:
+    return {"schema": 1, "type": "emotion", "device_id": DEVICE, "seq": None,
+            "note": f"{SECRET}-{i}"}
+
+
+def _state_bytes(state: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in state.iterdir() if p.is_file())
+
+
+def test_scrub_takes_delivered_and_expired_events_out_of_the_wal(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / SPOOL_FILENAME)
+    for i in range(6):
+        sp.put("emotion", _event(i))
+    rows = [e.id for e in sp.peek(6)]
+    sp.ack(rows[:3])
+    # The fault: acknowledged and deleted, yet the text is still in the open spool's WAL.
+    assert SECRET.encode() in (tmp_path / (SPOOL_FILENAME + "-wal")).read_bytes()
+    assert sp.expire(3600, now_epoch_seconds=time.time() + 7200) == 3
+    assert sp.depth() == 0
+    assert SECRET.encode() not in _state_bytes(tmp_path)  # spool still open
+    sp.put("emotion", {"schema": 1, "note": "later"})
+    sp.scrub()  # also without an age limit
+    sp.close()
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("max_age", [3600.0, None])
+def test_running_publisher_keeps_no_delivered_event_on_disk(
+    tmp_path: Path, mosquitto: Broker, monkeypatch: pytest.MonkeyPatch,
+    max_age: float | None,
+) -> None:
+    monkeypatch.setattr(publisher_mod, "_EXPIRE_EVERY_SECONDS", 0.5)
+    state = tmp_path / "state"
+    settings = MqttSettings(host=mosquitto.host, port=mosquitto.port,
+                            reconnect_min_seconds=0.1, spool_max_age_seconds=max_age)
+    pub = MqttPublisher(settings, DEVICE, state)
+    pub.start()
+    try:
+        for i in range(20):
+            pub.publish_event("emotion", _event(i))
+        assert wait_until(lambda: pub.stats().sent == 20 and pub.stats().spool_depth == 0, 30)
+        # Within a scrub period of the last delivery, none of it is left in any file.
+        assert wait_until(lambda: SECRET.encode() not in _state_bytes(state), 10)
+    finally:
+        pub.close()
+
+
+@pytest.mark.broker
+def test_write_only_acl_under_311_names_read_access(
+    tmp_path: Path, mosquitto_factory: Any, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The device may write its topics but not read them (a least-privilege ACL):
+    Mosquitto grants the echo subscription and delivers nothing, so the event reaches a
+    reader but looks refused to serd.  The line must name the read access."""
+    caplog.set_level(logging.INFO, logger="serd")
+    monkeypatch.setattr(publisher_mod, "_ECHO_TIMEOUT_SECONDS", 1.0)
+    acl = tmp_path / "acl"
+    acl.write_text("topic write serd/#\n\nuser reader\ntopic read serd/#\n")
+    broker = mosquitto_factory(extra_config=f"acl_file {acl}")
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    reader = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="review-reader")
+    reader.username_pw_set("reader")
+    reader.on_connect = lambda c, *a: c.subscribe(f"serd/{DEVICE}/emotion", 1)
+    reader.on_subscribe = lambda *a: subscribed.set()
+    reader.on_message = lambda c, u, m: got.append(m.payload)
+    reader.connect(broker.host, broker.port)
+    reader.loop_start()
+    try:
+        assert subscribed.wait(10)
+        settings = MqttSettings(host=broker.host, port=broker.port, protocol="3.1.1",
+                                reconnect_min_seconds=0.1)
+        pub = MqttPublisher(settings, DEVICE, tmp_path / "state")
+        pub.start()
+        pub.publish_event("emotion", _event(0))
+        assert wait_until(lambda: pub.stats().refused_kept == 1, 20), pub.stats()
+        assert wait_until(lambda: len(got) >= 1, 5)  # it was delivered all the same
+        pub.close(timeout_seconds=1.0)
+    finally:
+        reader.loop_stop()
+        reader.disconnect()
+    lines = [r.getMessage() for r in caplog.records if "refused an event" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"read serd/{DEVICE}/#" in lines[0] and 'mqtt.protocol "5"' in lines[0]
+    assert not [r for r in caplog.records if "refused serd's subscription" in r.getMessage()]
+
+
+def test_once_refuses_a_mono_file_when_unspecified_is_not_analysed(
+    tmp_path: Path, data_dir: Path, model_path: Path,
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"path": str(model_path)}, "state_dir": str(tmp_path / "state"),
+        "audio": {"channels": ["agent", "customer"], "analyse_roles": ["customer"]}}))
+    clip = data_dir / "1091_TIE_ANG_XX.flac"
+    r = subprocess.run([sys.executable, "-m", "serd.cli", "--config", str(cfg), "--once",
+                        str(clip), "--json"], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout.strip() == "", r.stdout  # nothing analysed, nothing printed
+    lines = [x for x in r.stderr.splitlines() if x.startswith("serd:")]
+    assert len(lines) == 1 and "audio.analyse_roles" in lines[0] and "unspecified" in lines[0]
+    # With unspecified allowed (the default), the same file is analysed, as the docs say.
+    cfg.write_text(yaml.safe_dump({
+        "model": {"path": str(model_path)}, "state_dir": str(tmp_path / "state"),
+        "audio": {"channels": ["agent", "customer"]}}))
+    r = subprocess.run([sys.executable, "-m", "serd.cli", "--config", str(cfg), "--once",
+                        str(clip), "--json"], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert (summary["channel"], summary["role"]) == ("main", "unspecified")
+
+
+def test_alert_transitions_leave_no_label_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="serd")
+    labels = ("neutral", "angry")
+    engine = AlertEngine(
+        AlertSettings(enabled=True, rules=(AlertRule("distress", ("angry",), min_seconds=1.0,
+                                                     over_seconds=4.0, min_confidence=0.1),)),
+        device_id=DEVICE, model="m", labels=labels)
+    out: list[dict[str, Any]] = []
+    t = 1000.0
+    for i in range(6):
+        d = Decision(type="window", channel="customer", segment=0, start_s=i, end_s=i + 1.0,
+                     label="angry", confidence=0.9, probs={"neutral": 0.1, "angry": 0.9},
+                     raw_probs=(0.1, 0.9), windows=1)
+        out += engine.observe(d, t + i, t + i + 1, t + i + 1, t + i + 1)
+    out += engine.close(t + 10)
+    assert [a["state"] for a in out] == ["started", "cleared"]
+    assert any(a["label"] == "angry" for a in out)
+    logged = [r for r in caplog.records if r.name == "serd.alerts"]
+    assert logged and all(r.levelno == logging.DEBUG for r in logged)
+    assert not [r.getMessage() for r in logged if "angry" in r.getMessage()
+                or "0.9" in r.getMessage()]
