@@ -9,8 +9,9 @@ channel may still be captured, only to mute the other channels while the agent s
 (:mod:`serd.crosstalk`).  docs/lawful-use.md explains the rules behind this.
 
 A channel is written in ``audio.channels`` either as a bare name, whose role is inferred
-(``agent`` -> agent, ``customer`` or ``caller`` -> customer, anything else ->
-unspecified, so an existing configuration keeps working), or as ``{name: ..., role: ...}``.
+from its words (``agent``, ``agent_left``, ``Agent2`` -> agent; ``customer``, ``caller_1``
+-> customer; anything else -> unspecified, so an existing configuration keeps working),
+or as ``{name: ..., role: ...}``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,23 @@ DEFAULT_ANALYSED = (CUSTOMER, UNSPECIFIED)
 LAWFUL_USE_DOC = "docs/lawful-use.md"
 
 _ROLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
-_INFERRED = {"agent": AGENT, "customer": CUSTOMER, "caller": CUSTOMER}
+_WORD_RE = re.compile(r"[a-z]+")
 
 
 def infer_role(name: str) -> str:
-    """The role of a channel written as a bare name."""
-    return _INFERRED.get(name.strip().lower(), UNSPECIFIED)
+    """The role of a channel written as a bare name.
+
+    By its words, not the whole name: ``agent_left``, ``Agent2`` or ``agent-mic`` is the
+    agent's side as surely as ``agent`` is, and analysing it as ``unspecified`` would
+    judge the worker.  A name with an agent word is the agent's even if it also names the
+    customer (never analysed is the safe side).
+    """
+    words = _WORD_RE.findall(name.lower())
+    if any(w.startswith(AGENT) for w in words):
+        return AGENT
+    if any(w.startswith((CUSTOMER, "caller")) for w in words):
+        return CUSTOMER
+    return UNSPECIFIED
 
 
 def check_role(role: str, key: str) -> None:
@@ -54,7 +66,8 @@ class ChannelSpec:
     """Name in events and topics, e.g. ``customer``."""
     role: str | None = None
     """customer, agent, unspecified or another declared word; null = inferred from the
-    name (agent -> agent, customer or caller -> customer, else unspecified)."""
+    name's words (:func:`infer_role`: agent_left -> agent, caller_1 -> customer, else
+    unspecified)."""
 
     def __post_init__(self) -> None:
         require(bool(self.name.strip()), "name", "must be non-empty")

@@ -21,13 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+import soundfile as sf
 import yaml
 
 from serd import publisher as publisher_mod
 from serd.alerts import AlertEngine, AlertRule, AlertSettings
 from serd.decisions import Decision
+from serd.decode import load
 from serd.mqttsettings import MqttSettings
 from serd.publisher import MqttPublisher
 from serd.spool import SPOOL_FILENAME, Spool
@@ -173,3 +176,30 @@ def test_alert_transitions_leave_no_label_in_the_log(caplog: pytest.LogCaptureFi
     assert logged and all(r.levelno == logging.DEBUG for r in logged)
     assert not [r.getMessage() for r in logged if "angry" in r.getMessage()
                 or "0.9" in r.getMessage()]
+
+
+@pytest.mark.parametrize("name", ["agent_left", "Agent2", "agent-mic", "customer_agent"])
+def test_a_bare_name_with_an_agent_word_is_never_analysed(
+    tmp_path: Path, data_dir: Path, model_path: Path, name: str,
+) -> None:
+    """``[agent_left, customer]`` analysed the agent's side as 'unspecified' (only the
+    exact name 'agent' was the agent's), with no bleed muting."""
+    agent = np.concatenate([load(data_dir / f"1091_TIE_{n}_XX.flac", 16000)
+                            for n in ("ANG", "NEU", "SAD")])
+    call = tmp_path / "call.wav"
+    sf.write(call, np.stack([agent, np.zeros_like(agent)], axis=1), 16000)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"path": str(model_path)},
+                                   "audio": {"channels": [name, "caller_1"]}}))
+    cli = [sys.executable, "-m", "serd.cli", "--config", str(cfg)]
+    r = subprocess.run([*cli, "--check-config"], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert (f"channels: 0:{name} (agent: never analysed, mutes the analysed channels while "
+            "it speaks); 1:caller_1 (analysed as customer, inferred from its name)") in r.stderr
+    r = subprocess.run([*cli, "--once", str(call), "--json"], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert {(x["channel"], x["role"]) for x in recs} == {("caller_1", "customer")}
+    assert not [x for x in recs if x.get("speech")]  # the agent's speech reached nothing
