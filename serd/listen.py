@@ -1,10 +1,13 @@
 """``serd listen``: watch every device on a broker from a terminal.
 
-Subscribes to ``{prefix}/+/emotion``, ``/alert`` and ``/status`` and shows one row per
-device and channel: availability (from the retained status), the current emotion and its
-confidence, and the last alert.  On a terminal the table is redrawn in place; piped, it
-is printed again whenever it changed (at most once a second); with ``--json`` every
-message is written as one JSON line (the payload with its ``topic`` added) for scripts.
+Subscribes to ``{prefix}/+/emotion``, ``/alert``, ``/status`` and ``/state`` and shows one
+row per device and channel: availability (from the retained status), the current emotion and
+its confidence, and the last alert.  Emotion and alert events are not retained: the retained
+``state`` (serd.state) gives a listener started mid-call each channel's last verdict and the
+alerts in progress; events, being fresher, win over it.  On a terminal the table is
+redrawn in place; piped, it is printed again whenever it changed (at most once a second);
+with ``--json`` every message is written as one JSON line (the payload with its ``topic``
+added) for scripts.
 
 Connection settings come from the ``mqtt:`` section of ``--config`` (the same TLS and
 credentials as the daemon); ``--host``, ``--port`` and ``--prefix`` override it.
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from serd.alerts import CLEARED, alert_state
 from serd.events import ALERT_SUFFIX, EMOTION_SUFFIX, STATUS_SUFFIX, parse_iso_utc
+from serd.state import STATE_SUFFIX
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -48,7 +52,7 @@ _LOGGER = logging.getLogger("serd.listen")
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-_SUFFIXES = (EMOTION_SUFFIX, ALERT_SUFFIX, STATUS_SUFFIX)
+_SUFFIXES = (EMOTION_SUFFIX, ALERT_SUFFIX, STATUS_SUFFIX, STATE_SUFFIX)
 _REDRAW_SECONDS = 0.5
 _PIPE_REPRINT_SECONDS = 1.0
 
@@ -79,6 +83,7 @@ class AlertView:
     active: bool
     start: str  # local clock time, or "?"
     end: str
+    started: float = 0.0  # the alert's start (device clock, epoch s); 0 when unknown
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,8 @@ class Board:
                 dev.reason = update.reason
                 self.version += 1
                 return True
+            if isinstance(update, _State):
+                return self._apply_state(device_id, dev, update, now)
             if update.seq is not None:
                 # A seq already seen: re-sent after a reconnect (docs/events.md).
                 last = dev.last_seq.get(suffix, 0)
@@ -215,14 +222,10 @@ class Board:
                     self.duplicates += 1
                     return False
                 dev.last_seq[suffix] = update.seq
-            row = dev.rows.get(update.channel)
+            row = self._row(device_id, dev, update.channel)
             if row is None:
-                if len(dev.rows) >= _MAX_CHANNELS or self.row_count >= _MAX_ROWS:
-                    self.refused += 1
-                    self.version += 1
-                    return False
-                row = Row(device_id, update.channel)
-                self.row_count += 1
+                self.version += 1
+                return False
             if isinstance(update, _Emotion):
                 row = dataclasses.replace(row, label=update.label, confidence=update.confidence,
                                           kind=update.kind, updated=now)
@@ -231,6 +234,51 @@ class Board:
             dev.rows[update.channel] = row
             self.version += 1
             return True
+
+    def _row(self, device_id: str, dev: Device, channel: str) -> Row | None:
+        """The channel's row (created if there is room); call with the lock held."""
+        row = dev.rows.get(channel)
+        if row is None:
+            if len(dev.rows) >= _MAX_CHANNELS or self.row_count >= _MAX_ROWS:
+                self.refused += 1
+                return None
+            row = Row(device_id, channel)
+            self.row_count += 1
+        return row
+
+    def _apply_state(self, device_id: str, dev: Device, st: _State, now: float) -> bool:
+        """The retained present of a device; call with the lock held.  It only fills in
+        what live events have not said more recently."""
+        for ch in st.channels:
+            row = self._row(device_id, dev, ch.channel)
+            if row is None:
+                continue
+            # row.updated is when this listener heard the channel's last event; a verdict
+            # whose audio ended earlier than that is older news.
+            if ch.end is not None and ch.end > row.updated:
+                row = dataclasses.replace(row, label=ch.label, confidence=ch.confidence,
+                                          kind=ch.kind, updated=min(ch.end, now))
+            dev.rows[ch.channel] = row
+        listed = set()
+        for channel, view in st.alerts:
+            listed.add((channel, view.rule))
+            row = self._row(device_id, dev, channel)
+            if row is None:
+                continue
+            held = row.alert
+            if held is None or not (held.active and held.rule == view.rule):
+                row = dataclasses.replace(row, alert=view)
+            dev.rows[channel] = row
+        # An alert held open that this state no longer lists cleared (unless it started
+        # after the state was taken).
+        for channel, row in list(dev.rows.items()):
+            a = row.alert
+            if a is not None and a.active and (channel, a.rule) not in listed \
+                    and a.started <= st.ts:
+                dev.rows[channel] = dataclasses.replace(
+                    row, alert=dataclasses.replace(a, active=False, end=_clock_at(st.ts)))
+        self.version += 1
+        return True
 
     def _device(self, device_id: str) -> Device | None:
         """The device (created if there is room); call with the lock held."""
@@ -360,8 +408,64 @@ class _Alert:
     alert: AlertView
 
 
-def _checked(suffix: str, p: dict[str, Any], now: float) -> _Status | _Emotion | _Alert:
+@dataclass(frozen=True)
+class _StateChannel:
+    channel: str
+    label: str | None
+    confidence: float | None
+    kind: str
+    end: float | None  # epoch seconds (device clock) of the verdict's audio end
+
+
+@dataclass(frozen=True)
+class _State:
+    ts: float
+    channels: tuple[_StateChannel, ...]
+    alerts: tuple[tuple[str, AlertView], ...]
+
+
+def _epoch(value: object) -> float | None:
+    """A UTC timestamp as epoch seconds, else None."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        return parse_iso_utc(value)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _list(p: dict[str, Any], key: str, limit: int) -> list[dict[str, Any]]:
+    value = p.get(key)
+    if not isinstance(value, list) or len(value) > limit or \
+            not all(isinstance(x, dict) for x in value):
+        raise InvalidPayloadError(f"{key}: not a list of at most {limit} objects")
+    return value
+
+
+def _checked_state(p: dict[str, Any]) -> _State:
+    ts = _epoch(p.get("ts"))
+    if ts is None:
+        raise InvalidPayloadError("ts: not a UTC timestamp")
+    channels = []
+    for c in _list(p, "channels", _MAX_CHANNELS):
+        kind = c.get("kind")
+        channels.append(_StateChannel(_text(c, "channel"), _optional_text(c, "label"),
+                                      _number(c.get("confidence")),
+                                      kind if kind in _KINDS else "", _epoch(c.get("end"))))
+    alerts = []
+    for a in _list(p, "alerts", _MAX_CHANNELS * 8):
+        since = a.get("since")
+        alerts.append((_text(a, "channel"), AlertView(
+            _text(a, "rule"), _optional_text(a, "label") or "?", True, _clock(since), "",
+            _epoch(since) or 0.0)))
+    return _State(ts, tuple(channels), tuple(alerts))
+
+
+def _checked(suffix: str, p: dict[str, Any],
+             now: float) -> _Status | _Emotion | _Alert | _State:
     """The fields of a payload the board uses, type-checked (else :class:`InvalidPayloadError`)."""
+    if suffix == STATE_SUFFIX:
+        return _checked_state(p)
     if suffix == STATUS_SUFFIX:
         state = p.get("state")
         reason = p.get("reason")
@@ -375,7 +479,8 @@ def _checked(suffix: str, p: dict[str, Any], now: float) -> _Status | _Emotion |
                         _number(p.get("confidence")), kind if kind in _KINDS else "")
     active = alert_state(p) != CLEARED
     return _Alert(channel, seq, AlertView(_text(p, "rule"), _text(p, "label"), active,
-                                          _clock(p.get("start")), _clock(p.get("end"))))
+                                          _clock(p.get("start")), _clock(p.get("end")),
+                                          _epoch(p.get("start")) or 0.0))
 
 
 # Control characters (C0, DEL, C1) and the bidirectional overrides that reorder what a
@@ -420,6 +525,13 @@ def _clock(text: object) -> str:
         return "?"
     try:
         return time.strftime("%H:%M:%S", time.localtime(parse_iso_utc(text)))
+    except (ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _clock_at(epoch: float) -> str:
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(epoch))
     except (ValueError, OverflowError, OSError):
         return "?"
 

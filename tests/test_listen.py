@@ -506,3 +506,74 @@ def test_a_terminal_that_is_not_utf8_never_stops_listen() -> None:
     listener._write("sad \U0001f600 é\n")
     assert not listener.stop.is_set()
     assert out.buffer.getvalue() == b"sad \\U0001f600 \xe9\n"
+
+
+# -- the retained state: a listener started during an incident sees it ------------------------
+
+
+def state_payload(alerts: list[dict[str, Any]], *, ts: float = T0 + 20,
+                  label: str | None = "angry") -> dict[str, Any]:
+    """A ``{prefix}/{device}/state`` payload as serd.state publishes it (schema-checked)."""
+    import jsonschema  # noqa: PLC0415
+
+    p = {"schema": 1, "type": "state", "device_id": "desk-1", "ts": events.iso_utc(ts),
+         "model": "m",
+         "channels": [{"channel": "customer", "role": "customer", "label": label,
+                       "confidence": 0.74, "kind": "utterance", "end": events.iso_utc(ts - 1)}],
+         "alerts": alerts}
+    schema = json.loads((Path(events.__file__).parent / "schema" /
+                         "state.schema.json").read_text())
+    jsonschema.validate(p, schema)
+    return p
+
+
+DISTRESS = {"channel": "customer", "rule": "distress", "label": "angry",
+            "since": events.iso_utc(T0 + 5), "confidence": 0.71, "message": "angry 2.0 s"}
+
+
+def test_retained_state_shows_the_verdict_and_the_alert_in_progress() -> None:
+    b = Board("serd")
+    b.feed("serd/desk-1/status", events.status_event("desk-1", "online", "connected",
+                                                     version="0.1.0"))
+    assert b.feed("serd/desk-1/state", state_payload([DISTRESS]), now=T0 + 21)
+    row = next(r for r in b.table(now=T0 + 21).splitlines() if " customer " in r)
+    assert "angry" in row and "0.74" in row
+    assert "ACTIVE distress angry since" in row
+    # A fresher live event wins over the state; a later state without the alert clears it.
+    b.feed("serd/desk-1/emotion", with_seq(emotion("customer", "neutral", T0 + 22), 1),
+           now=T0 + 24)
+    b.feed("serd/desk-1/state", state_payload([], ts=T0 + 23), now=T0 + 24.5)
+    row = next(r for r in b.table(now=T0 + 25).splitlines() if " customer " in r)
+    assert "neutral" in row
+    assert "ACTIVE" not in row and "distress angry" in row
+    # An alert that started after the state was taken is not cleared by it.
+    b.feed("serd/desk-1/alert", with_seq(alert("customer", "started: angry 11 s"), 1))
+    b.feed("serd/desk-1/state", state_payload([], ts=T0 - 10), now=T0 + 26)  # late, old
+    assert b.rows[("desk-1", "customer")].alert.active  # type: ignore[union-attr]
+
+
+def test_hostile_state_payloads_are_dropped() -> None:
+    b = Board("serd")
+    good = state_payload([DISTRESS])
+    for bad in ({**good, "channels": "x"}, {**good, "alerts": [1]}, {**good, "ts": 5},
+                {**good, "channels": [{"channel": ["c"]}]},
+                {**good, "alerts": [{**DISTRESS, "rule": {"x": 1}}]},
+                {**good, "channels": [{"channel": f"c{i}"} for i in range(10_000)]}):
+        assert not b.feed("serd/desk-1/state", bad)
+    assert b.invalid == 6
+    assert not b.devices
+
+
+@pytest.mark.broker
+def test_listen_started_during_an_alert_shows_it(mosquitto: Any, listens: list[Listen]) -> None:
+    _retain(mosquitto, [
+        ("serd/desk-1/status", json.dumps(events.status_event(
+            "desk-1", "online", "connected", version="0.1.0"))),
+        ("serd/desk-1/state", json.dumps(state_payload([DISTRESS])))])
+    table = Listen("--host", mosquitto.host, "--port", str(mosquitto.port))
+    js = Listen("--host", mosquitto.host, "--port", str(mosquitto.port), "--json",
+                "--count", "2")
+    listens += [table, js]
+    table.wait_for("ACTIVE distress angry since")
+    recs = [json.loads(line) for line in js.lines()]
+    assert sorted(r["topic"] for r in recs) == ["serd/desk-1/state", "serd/desk-1/status"]
