@@ -57,6 +57,7 @@ class Result:
 
     device_id: str
     topics: tuple[str, ...]
+    """The retained topics the broker held under {prefix}/{device}/ (all were cleared)."""
     discovery: tuple[str, ...]
     refused: str | None = None
 
@@ -132,7 +133,10 @@ class Forgetter:
             info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             if not info.is_published():
                 raise ConnectionError("the broker did not acknowledge the deletions in time")
-        return Result(found.device_id, tuple(sorted(topics)), tuple(sorted(found.discovery)))
+        # Report what the broker held, not the blind deletions: a mistyped id must not
+        # read as "forgot desk17: cleared 2 retained topics".
+        return Result(found.device_id, tuple(sorted(found.topics)),
+                      tuple(sorted(found.discovery)))
 
     # -- paho callbacks (network thread) ---------------------------------------------
 
@@ -182,6 +186,10 @@ def _status_state(payload: bytes) -> str | None:
         return None
     state = value.get("state") if isinstance(value, dict) else None
     return state if isinstance(state, str) else None
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -237,9 +245,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"serd forget: {r.device_id} not forgotten: {r.refused}", file=sys.stderr)
             rc = EXIT_FAILED
             continue
-        print(f"forgot {r.device_id}: cleared {len(r.topics)} retained topics "
-              f"({', '.join(t.rsplit('/', 1)[-1] for t in r.topics)}) and "
-              f"{len(r.discovery)} Home Assistant discovery configs")
+        if not r.topics and not r.discovery:
+            print(f"nothing to forget for {r.device_id}: the broker holds no retained topic "
+                  f"under {settings.topic_prefix}/{r.device_id}/ and no discovery config "
+                  f"for it under {discovery_prefix}/ (is the id right? serd listen lists "
+                  "the devices it sees)")
+            continue
+        names = ", ".join(t.rsplit("/", 1)[-1] for t in r.topics)
+        print(f"forgot {r.device_id}: cleared {_count(len(r.topics), 'retained topic')}"
+              f"{f' ({names})' if names else ''} and "
+              f"{_count(len(r.discovery), 'Home Assistant discovery config')}")
     return rc
 
 

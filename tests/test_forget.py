@@ -71,8 +71,14 @@ def test_forget_clears_retained_topics_and_discovery_of_that_device_only(
                                 "and 2 Home Assistant discovery configs")
     left = retained(mosquitto)
     assert sorted(left) == sorted(device("desk-1", "offline", "x"))
-    # Forgetting again is harmless (nothing left but status and state are cleared anyway).
-    assert forget(mosquitto, "old-replay").returncode == 0
+    # Forgetting again is harmless, and says that there was nothing left: a mistyped id
+    # (desk1 for desk-1) must not read as "forgot desk1: cleared 2 retained topics".
+    for name in ("old-replay", "desk1"):
+        again = forget(mosquitto, name)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith(f"nothing to forget for {name}: "), again.stdout
+        assert "cleared" not in again.stdout
+    assert sorted(retained(mosquitto)) == sorted(device("desk-1", "offline", "x"))
 
 
 @pytest.mark.broker
