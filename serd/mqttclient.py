@@ -89,6 +89,7 @@ def create_client(
             if name is not None and not os.access(name, os.R_OK):
                 why = "no such file" if not os.path.exists(name) else "not readable"
                 raise ConfigError(f"mqtt.{key}: cannot read {name}: {why}")
+        _check_tls_files(settings)
         try:
             client.tls_set(
                 ca_certs=settings.ca_file,
@@ -103,6 +104,40 @@ def create_client(
     if settings.username is not None:
         client.username_pw_set(settings.username, read_password(settings))
     return client
+
+
+def _check_tls_files(settings: MqttSettings) -> None:
+    """ConfigError naming the key and the file when a readable TLS file is not what it
+    should be: ssl's own error ("[X509: NO_CERTIFICATE_OR_CRL_FOUND]", "PEM lib") names
+    neither, and a config can hold three such files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if settings.ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=settings.ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"mqtt.ca_file: {settings.ca_file} holds no usable CA "
+                              f"certificate (PEM expected): {_ssl_reason(exc)}") from None
+    if settings.cert_file is not None:
+        try:
+            ctx.load_cert_chain(settings.cert_file, settings.key_file,
+                                password=_no_passphrase)
+        except (ssl.SSLError, ValueError) as exc:
+            what = f"mqtt.cert_file {settings.cert_file}"
+            if settings.key_file is not None:
+                what += f" with mqtt.key_file {settings.key_file}"
+            raise ConfigError(f"{what}: not a usable certificate and unencrypted key (PEM "
+                              f"expected): {_ssl_reason(exc)}") from None
+
+
+def _no_passphrase() -> str:
+    # Without it OpenSSL would ask for an encrypted key's passphrase on the terminal
+    # and wait there; serd has no passphrase to give.
+    raise ValueError("the key is encrypted (serd needs an unencrypted key file)")
+
+
+def _ssl_reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)
+    return reason.replace("_", " ").lower() if isinstance(reason, str) else str(exc)
 
 
 def connect_async(

@@ -500,7 +500,8 @@ def test_daemon_start_errors_exit_with_a_code_systemd_does_not_restart(
         ("CA file not a certificate",
          {**base, "mqtt": {"host": "127.0.0.1", "tls": True,
                            "ca_file": str(config_file(tmp_path, "not a cert", "ca.pem"))}},
-         {}, "mqtt.tls", EXIT_CONFIG),
+         {}, f"mqtt.ca_file: {tmp_path / 'ca.pem'} holds no usable CA certificate",
+         EXIT_CONFIG),
         ("model missing", {**base, "model": {"path": str(tmp_path / "none.tflite")}}, {},
          "does not exist", EXIT_DATAERR),
     ]
