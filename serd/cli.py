@@ -196,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "serd listen --json prints them)")
     if args.probe and not args.check_config:
         parser.error("--probe needs --check-config")
+    if args.check_config and args.once is not None:
+        # Was: the files were silently not analysed and the check's exit code was returned.
+        parser.error("--check-config checks the daemon's configuration and --once analyses "
+                     "files: pick one")
     if args.wait != PUBLISH_WAIT_SECONDS and not args.publish:
         parser.error("--wait needs --publish")
     if args.wait < 0:

@@ -65,7 +65,8 @@ def serd_lines(stderr: str) -> list[str]:
 
 def test_json_without_once_is_a_one_line_usage_error() -> None:
     """Was: `serd --json` silently started the daemon."""
-    for argv in (["--json"], ["--probe"], ["--wait", "3"], ["x.wav"]):
+    for argv in (["--json"], ["--probe"], ["--wait", "3"], ["x.wav"],
+                 ["--check-config", "--once", "x.wav"]):  # was: the files silently ignored
         r = serd(*argv, timeout=30)
         assert r.returncode == 2, (argv, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
