@@ -398,6 +398,11 @@ class Spool:
         if self.path.is_dir() or (self.path.is_symlink() and not self.path.exists()):
             salvaged = self._move_aside_locked(
                 "a folder" if self.path.is_dir() else "a dangling symlink")
+        elif self.path.exists() and not self.path.is_file():
+            # A FIFO, socket or device node (or a symlink to one): SQLite's open fails
+            # with a "disk I/O error" that would otherwise hold every event in memory
+            # for ever, never delivered.
+            salvaged = self._move_aside_locked("not a regular file")
         else:
             try:
                 return self._open_locked()

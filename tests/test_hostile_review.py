@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -203,3 +204,33 @@ def test_a_bare_name_with_an_agent_word_is_never_analysed(
     recs = [json.loads(x) for x in r.stdout.splitlines()]
     assert {(x["channel"], x["role"]) for x in recs} == {("caller_1", "customer")}
     assert not [x for x in recs if x.get("speech")]  # the agent's speech reached nothing
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("node", ["fifo", "symlink to /dev/null"])
+def test_a_spool_that_is_not_a_regular_file_is_moved_aside(
+    tmp_path: Path, mosquitto: Broker, node: str,
+) -> None:
+    """--check-config said "serd will move it aside"; the daemon instead took SQLite's
+    "disk I/O error" for a full disk and held every event in memory, never delivered,
+    lost at stop."""
+    state = tmp_path / "state"
+    state.mkdir()
+    spool = state / SPOOL_FILENAME
+    if node == "fifo":
+        os.mkfifo(spool)
+    else:
+        spool.symlink_to("/dev/null")
+    settings = MqttSettings(host=mosquitto.host, port=mosquitto.port, reconnect_min_seconds=0.1)
+    pub = MqttPublisher(settings, DEVICE, state)
+    pub.start()
+    try:
+        for i in range(5):
+            pub.publish_event("emotion", _event(i))
+        assert wait_until(lambda: pub.stats().sent == 5, 20), pub.stats()
+        stats = pub.stats()
+        assert stats.held_in_memory == 0 and stats.spool_recovered == 1
+    finally:
+        pub.close()
+    assert spool.is_file() and not spool.is_symlink()
+    assert len(list(state.glob(SPOOL_FILENAME + ".damaged-*"))) == 1
