@@ -99,10 +99,25 @@ def _version_text() -> str:
     except (ModelError, OSError) as exc:
         lines.append(f"model: unavailable ({exc})")
     try:
-        lines.append(f"runtime {_interpreter_factory()[0]}")
+        runtime = _interpreter_factory()[0]
+        lines.append(f"runtime {runtime} {_distribution_version(runtime)}")
     except ModelError as exc:
         lines.append(f"runtime: {exc}")
     return "\n".join(lines)
+
+
+def _distribution_version(runtime: str) -> str:
+    """The installed version of the runtime's package ("?" when unknown): a bug report
+    needs it, and two LiteRT releases need not compute the same int8 results."""
+    from importlib import metadata  # noqa: PLC0415
+
+    base = runtime.split(".", maxsplit=1)[0]
+    for dist in (base, f"{base}-cpu"):  # tensorflow.lite comes from tensorflow(-cpu)
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "?"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,9 +126,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Speech-emotion recognition on the device: microphone -> emotion events "
         "over MQTT.  With --once, run the same pipeline on audio files and print the result.",
         epilog="Also: serd listen [--json] (live table of every device on the broker), "
-        "serd dashboard [--port 8080] [--broker ws://host:9001] (live web page) and "
-        "serd devices [--json] (input devices for audio.device); "
-        "see serd listen --help, serd dashboard --help and docs/dashboard.md.",
+        "serd dashboard [--port 8080] [--broker ws://host:9001] (live web page), "
+        "serd devices [--json] (input devices for audio.device) and "
+        "serd forget DEVICE... (remove a retired device's retained topics); "
+        "see serd listen --help, serd dashboard --help, serd forget --help and "
+        "docs/dashboard.md.",
     )
     p.add_argument("--version", action=_Version, nargs=0,
                    help="print serd's version, the default model and the TFLite runtime")

@@ -84,6 +84,11 @@ def test_version_names_package_model_and_runtime(model_path: Path) -> None:
     assert f"serd {__version__}" in r.stdout
     assert card.name in r.stdout and card.sha256[:12] in r.stdout
     assert "runtime " in r.stdout and "litert" in r.stdout.lower()
+    # ... with the runtime's installed version (two releases need not agree on int8).
+    from importlib import metadata  # noqa: PLC0415
+
+    assert f"runtime ai-edge-litert {metadata.version('ai-edge-litert')}" in r.stdout
+    assert "serd forget" in serd("--help", timeout=30).stdout
 
 
 def test_help_lists_what_libsndfile_reads_and_mp3_opus_aiff_are_read(
