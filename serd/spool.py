@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
+_EVENT_COLUMNS = {"id", "stream", "seq", "qos", "payload", "created"}
 
 
 @dataclass(frozen=True)
@@ -398,11 +399,14 @@ class Spool:
         if self.path.is_dir() or (self.path.is_symlink() and not self.path.exists()):
             salvaged = self._move_aside_locked(
                 "a folder" if self.path.is_dir() else "a dangling symlink")
-        elif self.path.exists() and not self.path.is_file():
+        elif _not_a_file(self.path):
             # A FIFO, socket or device node (or a symlink to one): SQLite's open fails
             # with a "disk I/O error" that would otherwise hold every event in memory
             # for ever, never delivered.
             salvaged = self._move_aside_locked("not a regular file")
+        elif _not_a_file(Path(f"{self.path}-wal")) or _not_a_file(Path(f"{self.path}-shm")):
+            # The same "disk I/O error" when its WAL or shared-memory file is a folder.
+            salvaged = self._move_aside_locked("its -wal or -shm file is not a regular file")
         else:
             try:
                 return self._open_locked()
@@ -435,6 +439,13 @@ class Spool:
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
             conn.executescript(_SCHEMA)
             columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+            kept = {r[1] for r in conn.execute("PRAGMA table_info(counters)")}
+            if not (columns | {"created"} >= _EVENT_COLUMNS and {"name", "value"} <= kept):
+                # Another program's database (or another layout): every query would fail,
+                # a traceback a second for ever.  Not an OperationalError: moved aside.
+                raise sqlite3.DatabaseError(
+                    f"not serd's tables (events: {', '.join(sorted(columns))}; counters: "
+                    f"{', '.join(sorted(kept))})")
             if "created" not in columns:  # a spool from before retention existed
                 conn.execute("ALTER TABLE events ADD COLUMN created REAL")
                 conn.execute("UPDATE events SET created = ?", (time.time(),))
@@ -630,6 +641,11 @@ class Spool:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("spool is closed")
+
+
+def _not_a_file(path: Path) -> bool:
+    """Something is at ``path`` (a link included) and it is not a regular file."""
+    return (path.exists() or path.is_symlink()) and not path.is_file()
 
 
 def _disk_trouble(exc: BaseException) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -207,18 +208,28 @@ def test_a_bare_name_with_an_agent_word_is_never_analysed(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("node", ["fifo", "symlink to /dev/null"])
+@pytest.mark.parametrize("node", ["fifo", "symlink to /dev/null", "wal folder",
+                                  "foreign tables"])
 def test_a_spool_that_is_not_a_regular_file_is_moved_aside(
     tmp_path: Path, mosquitto: Broker, node: str,
 ) -> None:
-    """--check-config said "serd will move it aside"; the daemon instead took SQLite's
-    "disk I/O error" for a full disk and held every event in memory, never delivered,
-    lost at stop."""
+    """A FIFO: --check-config said "serd will move it aside"; the daemon instead took
+    SQLite's "disk I/O error" for a full disk and held every event in memory, never
+    delivered, lost at stop.  A folder in place of the WAL: the same.  Another layout of
+    tables: a traceback every second, nothing delivered."""
     state = tmp_path / "state"
     state.mkdir()
     spool = state / SPOOL_FILENAME
     if node == "fifo":
         os.mkfifo(spool)
+    elif node == "wal folder":
+        Path(f"{spool}-wal").mkdir()
+    elif node == "foreign tables":
+        db = sqlite3.connect(spool)
+        db.execute("CREATE TABLE events(a)")
+        db.execute("INSERT INTO events VALUES (1)")
+        db.commit()
+        db.close()
     else:
         spool.symlink_to("/dev/null")
     settings = MqttSettings(host=mosquitto.host, port=mosquitto.port, reconnect_min_seconds=0.1)
@@ -233,4 +244,4 @@ def test_a_spool_that_is_not_a_regular_file_is_moved_aside(
     finally:
         pub.close()
     assert spool.is_file() and not spool.is_symlink()
-    assert len(list(state.glob(SPOOL_FILENAME + ".damaged-*"))) == 1
+    assert list(state.glob(SPOOL_FILENAME + ".damaged-*"))
