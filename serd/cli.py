@@ -275,6 +275,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+REPLAY_SUFFIX = "-replay"
+
+
+def replay_device_id(device_id: str) -> str:
+    """The device id ``serd --once --publish`` replays as: ``device_id`` plus ``-replay``,
+    the id cut so that the whole stays within the 64 characters a device id may have (a
+    long host name would otherwise make every replay a usage error)."""
+    return device_id[: 64 - len(REPLAY_SUFFIX)] + REPLAY_SUFFIX
+
+
 def _with_channels(cfg: Config, text: str) -> Config:
     """``cfg`` with ``--channels`` as its ``audio.channels``; ConfigError if unusable."""
     import dataclasses  # noqa: PLC0415
@@ -422,7 +432,7 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
             else cfg.audio.channels[:1])
     except ValueError as exc:  # e.g. unspecified is not in audio.analyse_roles
         raise ConfigError(f"audio.{exc} (replaying the files as one mixed line)") from None
-    device = device_id or f"{cfg.resolved_device_id}-replay"
+    device = device_id or replay_device_id(cfg.resolved_device_id)
     try:
         validate_device_id(device)
     except ValueError as exc:

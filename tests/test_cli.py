@@ -421,3 +421,14 @@ def test_totals_count_a_file_analysed_per_channel_once() -> None:
                           "audio_s": 63.0, "speech_s": 20.0, "verdicts": {"angry": 1}}
     assert t.text().startswith("total: 2 files, 20.0 s of speech in 1:03 of audio; "
                                "verdicts: angry 1; no speech found: 2; unreadable: 1")
+
+
+def test_replay_device_id_fits_a_long_device_id() -> None:
+    """Was: a 60-character device_id made `serd --once --publish` fail with
+    "--device-id device_id: 'ddd...-replay' is not usable" although no --device-id was given."""
+    from serd.cli import replay_device_id  # noqa: PLC0415
+    from serd.events import validate_device_id  # noqa: PLC0415
+
+    assert replay_device_id("desk-17") == "desk-17-replay"
+    long_id = "d" * 64
+    assert validate_device_id(replay_device_id(long_id)) == "d" * 57 + "-replay"
