@@ -511,7 +511,17 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
 
     out = out or sys.stdout
     clf = load_classifier(cfg.model)
-    files = list(find_audio(list(paths)))
+    files: list[Path] = []
+    empty: list[str] = []
+    for raw in paths:
+        found = list(find_audio([raw]))
+        if not found and Path(raw).is_dir():
+            empty.append(raw)
+        files += found
+    if files:
+        # Was silent beside other paths: a folder given by mistake looked analysed.
+        for raw in empty:
+            print(f"serd: no audio files found in {raw}", file=sys.stderr)
     totals = RunTotals()
     notes: set[str] = set()
     # A bar only for runs of several files, on a terminal; cleared before any other line.

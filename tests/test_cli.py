@@ -432,3 +432,12 @@ def test_replay_device_id_fits_a_long_device_id() -> None:
     assert replay_device_id("desk-17") == "desk-17-replay"
     long_id = "d" * 64
     assert validate_device_id(replay_device_id(long_id)) == "d" * 57 + "-replay"
+
+
+def test_an_empty_folder_beside_other_paths_is_said(tmp_path: Path, data_dir: Path) -> None:
+    """Was: `serd --once empty/ clip.flac` said nothing about empty/."""
+    (tmp_path / "empty").mkdir()
+    r = serd("--once", str(tmp_path / "empty"), str(data_dir / CLIP), "-q", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert serd_lines(r.stderr) == [f"serd: no audio files found in {tmp_path / 'empty'}"]
+    assert "verdict: " in r.stdout
