@@ -83,6 +83,8 @@ _SESSION_TAKEN_OVER = 0x8E
 _SHORT_CONNECTION_SECONDS = 3.0
 _SHORT_CONNECTIONS_TAKEOVER = 3
 _EXPIRE_EVERY_SECONDS = 60.0
+# Reconnects within this long of a session takeover are logged at DEBUG only.
+_TAKEOVER_QUIET_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class MqttPublisher:
         self._refusal_logged = False
         self._taken_over = 0
         self._takeover_logged = False
+        self._last_takeover = 0.0  # monotonic
         self._connected_at = 0.0  # monotonic
         self._short_connections = 0
         # MQTT 3.1.1 delivery check (see the module docstring): "off" trusts PUBACKs.
@@ -399,7 +402,12 @@ class MqttPublisher:
                 self._connects += 1
             self._connected_at = time.monotonic()
             self._last_error = ""
-            _LOGGER.info("connected to MQTT broker %s:%d", self._host, self._settings.port)
+            # While a twin keeps taking the session over (logged once), each reconnect
+            # would be another INFO line, one every second or two for ever.
+            quiet = (self._takeover_logged and
+                     time.monotonic() - self._last_takeover < _TAKEOVER_QUIET_SECONDS)
+            (_LOGGER.debug if quiet else _LOGGER.info)(
+                "connected to MQTT broker %s:%d", self._host, self._settings.port)
             online = status_event(self._device_id, "online", "connected", version=__version__)
             with self._lock:
                 retained = {STATUS_SUFFIX: to_json(online), **self._retained}
@@ -464,6 +472,7 @@ class MqttPublisher:
             taken = self._short_connections >= _SHORT_CONNECTIONS_TAKEOVER
         if not taken:
             return False
+        self._last_takeover = time.monotonic()
         with self._lock:
             self._taken_over += 1
         client_id = self._settings.client_id or f"serd-{self._device_id}"

@@ -245,3 +245,29 @@ def test_a_spool_that_is_not_a_regular_file_is_moved_aside(
         pub.close()
     assert spool.is_file() and not spool.is_symlink()
     assert list(state.glob(SPOOL_FILENAME + ".damaged-*"))
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_twin_reconnects_are_not_an_info_line_each(
+    tmp_path: Path, mosquitto: Broker, protocol: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two serd with one client id: after the one "session taken over" line, every
+    reconnect still logged "connected to MQTT broker" at INFO (12 in 25 s per device)."""
+    caplog.set_level(logging.INFO, logger="serd")
+    settings = MqttSettings(host=mosquitto.host, port=mosquitto.port, protocol=protocol,
+                            reconnect_min_seconds=0.1, reconnect_max_seconds=0.5)
+    a = MqttPublisher(settings, DEVICE, tmp_path / "a")
+    b = MqttPublisher(settings, DEVICE, tmp_path / "b")
+    a.start()
+    b.start()
+    try:
+        assert wait_until(lambda: a.stats().session_taken_over + b.stats().session_taken_over
+                          >= 12, 60), (a.stats(), b.stats())
+    finally:
+        a.close(timeout_seconds=1.0)
+        b.close(timeout_seconds=1.0)
+    connects = a.stats().connects + b.stats().connects
+    infos = [r for r in caplog.records if r.levelno == logging.INFO
+             and r.getMessage().startswith("connected to MQTT broker")]
+    assert connects >= 12 and len(infos) <= 2 * 4, (connects, len(infos))
