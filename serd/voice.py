@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -368,6 +369,9 @@ class LiteLstm:
         self._w = np.ascontiguousarray(w_ih0, np.float32)
         self._b = np.asarray(bias0, np.float32)
         self.units, self.layers = u, n_layers
+        # One interpreter serves every channel's stream (the state is theirs); a lock
+        # keeps two threads from interleaving their frames in it.
+        self._lock = threading.Lock()
 
     def run(self, mel: FloatArray, state: LstmState) -> FloatArray:
         """As :meth:`VoiceTrunk.run`: (T, n_mels) -> (T, units), ``state`` advanced."""
@@ -379,11 +383,12 @@ class LiteLstm:
         after[0] = [v for hc in zip(state.h, state.c, strict=True) for v in hc]
         it, i_pre, i_state, i_out = self._it, self._pre, self._state, self._out
         set_tensor, get_tensor, invoke = it.set_tensor, it.get_tensor, it.invoke
-        for t in range(n):  # one invoke per frame: its state is the last one's output
-            set_tensor(i_pre, pre[t : t + 1])
-            set_tensor(i_state, after[t])
-            invoke()
-            after[t + 1] = get_tensor(i_out)
+        with self._lock:
+            for t in range(n):  # one invoke per frame: its state is the last one's output
+                set_tensor(i_pre, pre[t : t + 1])
+                set_tensor(i_state, after[t])
+                invoke()
+                after[t + 1] = get_tensor(i_out)
         state.h[:] = [after[n, 2 * k].copy() for k in range(self.layers)]
         state.c[:] = [after[n, 2 * k + 1].copy() for k in range(self.layers)]
         return np.ascontiguousarray(after[1:, 2 * self.layers - 2])

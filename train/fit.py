@@ -24,14 +24,13 @@ from serd.voice import (
     VoiceCard,
     VoiceHead,
     VoiceParams,
-    VoiceTrunk,
     voice_fingerprint,
 )
 from train.config import TrainingConfig
 from train.corpora import Item
 from train.splits import Fold
 from train.taxonomy import Taxonomy
-from train.voice import fit_head, save_head
+from train.voice import fit_head, save_head, training_trunk
 from train.windowsets import WindowSets, capped, labelled, select
 
 
@@ -140,12 +139,14 @@ def export(sets: WindowSets, trained: Trained, tax: Taxonomy, path: Path, name: 
     if head is not None:
         head_path = voice_head_path(path)
         save_head(head, head_path)
-        trunk = VoiceTrunk()
+        trunk = training_trunk()  # the statistics the head was fitted on
         voice = VoiceCard(
             version=VOICE_VERSION, params=VoiceParams(),
             trunk="GE2E speaker encoder of Resemblyzer 0.1.4 (Apache-2.0), LSTM "
                   "layers 1-2; statistics of layer 2 (serd/voice.py)",
             trunk_sha256=trunk.sha256,
+            lstm_file=trunk.lite.path.name if trunk.lite else "",
+            lstm_sha256=trunk.lite.sha256 if trunk.lite else "",
             fingerprint=tuple(voice_fingerprint(
                 trunk, fingerprint_signal(sets.features.sample_rate))),
             head_file=head_path.name, head_sha256=sha256_of(head_path),

@@ -4,8 +4,8 @@ Every statistic comes from :class:`serd.voice.VoiceStream` over exactly the wind
 :func:`serd.windows.windows_of` gives (``keep_audio=True``), the windows whose MFCCs the
 CNN sees, in the same order: row ``i`` of a voice set belongs to row ``i`` of the window
 set of the same items and variant.  Each (variant, corpus) is one
-``voice-*.npz`` in the cache directory, keyed by the window set's key, the trunk's digest
-and the source of :mod:`serd.voice`.
+``voice-*.npz`` in the cache directory, keyed by the window set's key, the trunk's (and
+its LiteRT LSTM's) digest and the source of :mod:`serd.voice`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from serd.features import FeatureParams
 from serd.gate import VadSettings
-from serd.voice import VOICE_VERSION, VoiceHead, VoiceStream, VoiceTrunk
+from serd.voice import DEFAULT_LSTM, VOICE_VERSION, VoiceHead, VoiceStream, VoiceTrunk
 from serd.windows import windows_of
 from train.augment import AugmentParams
 from train.corpora import Item
@@ -29,10 +29,13 @@ from train.sources import source_hash
 _TRUNK: VoiceTrunk | None = None
 
 
-def _trunk() -> VoiceTrunk:
+def training_trunk() -> VoiceTrunk:
+    """The trunk as the cards ``serd-train`` writes run it: with serd's LiteRT LSTM when
+    there is one (``serd-train voice-lstm``), so that the head is fitted on the statistics
+    the device computes; else the numpy LSTM."""
     global _TRUNK  # noqa: PLW0603 (one trunk per extraction process)
     if _TRUNK is None:
-        _TRUNK = VoiceTrunk()
+        _TRUNK = VoiceTrunk(lstm=DEFAULT_LSTM if DEFAULT_LSTM.is_file() else None)
     return _TRUNK
 
 
@@ -41,7 +44,7 @@ def extract_voice(path: str, variant: Variant, *, aug: AugmentParams, seed: int,
     """(k, 512) trunk statistics of one file's windows (k may be 0), by the daemon's own
     stream (:class:`serd.voice.VoiceStream`), one per file as the daemon has one per
     channel."""
-    trunk = _trunk()
+    trunk = training_trunk()
     audio = render(path, variant, aug, seed)
     ws = windows_of(audio, features, variant.windows, vad, keep_audio=True)
     stream = VoiceStream(trunk)
@@ -60,7 +63,10 @@ def voice_path(items: Sequence[Item], variant: Variant, cache_dir: Path, *, aug:
                seed: int, features: FeatureParams, vad: VadSettings) -> Path:
     h = hashlib.sha256()
     h.update(cache_key(items, variant, aug=aug, seed=seed, features=features, vad=vad).encode())
-    h.update(f"voice {VOICE_VERSION} {_trunk().sha256}".encode())
+    trunk = training_trunk()
+    h.update(f"voice {VOICE_VERSION} {trunk.sha256}".encode())
+    if trunk.lite is not None:
+        h.update(f" lstm {trunk.lite.sha256}".encode())
     h.update(source_hash(["serd.voice"]).encode())
     return cache_dir / f"voice-{variant.name}-{h.hexdigest()[:20]}.npz"
 
@@ -76,7 +82,8 @@ def build_voice(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, 
             return z["x"], z["file_index"]
     args = [(it.path, variant, aug, seed, features, vad) for it in items]
     outs = extract_all(_job, args, f"voice {variant.name} ({len(items)} files)", jobs, progress)
-    x, file = stack_rows(outs, np.zeros((0, _trunk().params.n_outputs), np.float32))
+    x, file = stack_rows(outs, np.zeros((0, training_trunk().params.n_outputs),
+                                        np.float32))
     save_atomic(path, x, file)
     return x, file
 
