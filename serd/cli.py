@@ -411,17 +411,29 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
             continue
         files.append(path)
         counts.append(n)
+    if width and counts and min(counts) == 1 < max(counts):
+        # Was: one mono file in the batch made every file one mixed line, the named stereo
+        # calls included, so their agent channels were analysed and published.  A replay
+        # is one stream of one channel layout: the multi-channel files keep theirs.
+        for f, n in zip(files, counts, strict=True):
+            if n == 1:
+                failed += 1
+                print(f"serd: {_shown(f)}: has one channel while the other files' channels "
+                      f"are replayed apart ({', '.join(cfg.audio.channel_names)}); replay "
+                      "one-channel files in a run of their own (docs/lawful-use.md)",
+                      file=sys.stderr)
+        files = [f for f, n in zip(files, counts, strict=True) if n > 1]
+        counts = [n for n in counts if n > 1]
     if not files:
         print("serd: no usable audio files in " + ", ".join(paths), file=sys.stderr)
         return EXIT_BAD_INPUT
     split = bool(width) and min(counts) > 1
     if width and not split:
         # One stream: mono files can only be replayed as one mixed line.
-        mono = [f for f, n in zip(files, counts, strict=True) if n == 1]
-        print(f"serd: {_shown(mono[0])}{' and others' if len(mono) > 1 else ''} "
-              f"{'have' if len(mono) > 1 else 'has'} one channel: all files are replayed "
-              "as one mixed line 'main' (role unspecified), which also carries the agent's "
-              "voice (docs/lawful-use.md)", file=sys.stderr)
+        print(f"serd: {_shown(files[0])}{' and others' if len(files) > 1 else ''} "
+              f"{'have' if len(files) > 1 else 'has'} one channel: replayed as one mixed "
+              "line 'main' (role unspecified), which also carries the agent's voice "
+              "(docs/lawful-use.md)", file=sys.stderr)
     elif not width and max(counts) > 1:
         print(f"serd: multi-channel files are mixed to one channel "
               f"'{cfg.audio.channel_names[0]}'; name the channels to replay each apart, e.g. "

@@ -433,6 +433,28 @@ def test_once_publish_follows_the_roles(
     assert {(e["channel"], e["role"]) for e in events} == {("customer", "customer")}
 
 
+@pytest.mark.broker
+def test_once_publish_a_mono_file_beside_a_call_does_not_mix_the_call(
+    tmp_path: Path, mosquitto: Any, subscriber: Any, model_path: Path, stereo_call: Path,
+    data_dir: Path,
+) -> None:
+    """Was: one mono file in the batch replayed every file as one mixed line 'main', the
+    named stereo call included, so its agent's voice was analysed and published."""
+    sub = subscriber(mosquitto, "serd/#")
+    cfg = write_config(tmp_path, model_path, audio={"channels": TWO},
+                       mqtt={"host": mosquitto.host, "port": mosquitto.port})
+    mono = data_dir / "1001_IEO_ANG_HI.flac"
+    r = serd("--config", str(cfg), "--once", "--publish", "--speed", "0", str(stereo_call),
+             str(mono))
+    assert r.returncode == 2, r.stderr
+    assert f"serd: {mono}: has one channel while" in r.stderr
+    sub.wait_for(lambda ms: any(m.topic.endswith("/emotion") and b'"utterance"'
+                                in m.payload for m in ms), timeout=30)
+    time.sleep(0.5)
+    events = [m.json() for m in sub.snapshot() if m.topic.endswith("/emotion")]
+    assert {(e["channel"], e["role"]) for e in events} == {("customer", "customer")}
+
+
 # -- the lawful set-up is the easy one -------------------------------------------------------
 
 
