@@ -139,7 +139,9 @@ def inference_time(model: Path, window: np.ndarray | None, repeats: int = 300) -
                     vc.append(time.thread_time() - c0)
         voice = {"voice_branch_ms_per_speech_s": median(vt) * 1000,
                  "voice_branch_cpu_ms_per_speech_s": median(vc) * 1000,
-                 "voice_trunk_bytes": trunk.path.stat().st_size}
+                 "voice_trunk_bytes": trunk.path.stat().st_size,
+                 "voice_lstm": (f"LiteRT int8 ({trunk.lite.path.name})" if trunk.lite
+                                else "numpy float32")}
     interp = clf._interp
     invokes = []
     for _ in range(repeats):
