@@ -30,7 +30,7 @@ import zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 shipped = {f"serd/models/{n}" for n in ("serd-emotion-6.tflite", "serd-emotion-6.card.json",
                                         "serd-emotion-6.voice.npz", "voice-trunk.npz",
-                                        "NOTICE", "LICENSE-resemblyzer")}
+                                        "voice-lstm.tflite", "NOTICE", "LICENSE-resemblyzer")}
 missing = sorted(shipped - names)
 extra = sorted(n for n in names if n.startswith(("serd_testkit/", "tests/", "bench/")))
 if missing or extra:
