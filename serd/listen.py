@@ -297,6 +297,20 @@ class Board:
         dev = self.devices[device_id] = Device(heard=time.monotonic())
         return dev
 
+    def forget(self, topic: str) -> bool:
+        """Drop the device whose status ``topic`` was deleted (an empty retained payload,
+        as ``serd forget`` publishes); True if it was on the board."""
+        where = self.split(topic)
+        if where is None or where[1] != STATUS_SUFFIX:
+            return False
+        with self.lock:
+            dev = self.devices.pop(where[0], None)
+            if dev is None:
+                return False
+            self.row_count -= len(dev.rows)
+            self.version += 1
+        return True
+
     def sweep(self, now_monotonic: float | None = None) -> int:
         """Forget devices that are not online and were silent for ``stale_seconds``."""
         now_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
@@ -741,6 +755,10 @@ class Listener:
             return
         from serd.mqttclient import read_json_object  # noqa: PLC0415
 
+        if not msg.payload:
+            # An empty retained status deletes it: `serd forget` retired the device.
+            self.board.forget(msg.topic)
+            return
         payload = read_json_object(bytes(msg.payload))
         if payload.value is None:
             if payload.problem == "too_big":

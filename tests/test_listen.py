@@ -577,3 +577,20 @@ def test_listen_started_during_an_alert_shows_it(mosquitto: Any, listens: list[L
     table.wait_for("ACTIVE distress angry since")
     recs = [json.loads(line) for line in js.lines()]
     assert sorted(r["topic"] for r in recs) == ["serd/desk-1/state", "serd/desk-1/status"]
+
+
+@pytest.mark.broker
+def test_a_forgotten_device_leaves_a_running_listen(mosquitto: Any, listens: list[Listen]) -> None:
+    """Was: `serd forget` cleared the retained topics, but a running `serd listen` kept
+    showing the device (for an hour, until it aged out)."""
+    _retain(mosquitto, [(f"serd/{d}/status", json.dumps(events.status_event(
+        d, "offline", "shutdown", version="0.1.0"))) for d in ("old-replay", "desk-9")])
+    lst = Listen("--host", mosquitto.host, "--port", str(mosquitto.port))
+    listens.append(lst)
+    lst.wait_for("2 devices")
+    _retain(mosquitto, [("serd/old-replay/status", b"")])  # what serd forget publishes
+    lst.wait_for("1 devices")
+    assert not any("old-replay" in line for line in lst.out[-4:])
+    b = Board("serd")
+    b.feed("serd/x/status", {"state": "offline"})
+    assert not b.forget("serd/x/state") and b.forget("serd/x/status") and not b.devices
