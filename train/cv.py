@@ -87,8 +87,10 @@ class CrossValidation:
             folds = [Fold(f.index, f.train + extra_spk, f.early_stop, f.test) for f in folds]
         return CvPlan(tax, items, main, folds, tcfg, extra, split)
 
-    def run_fold(self, protocol: str, index: int) -> FoldResult:
-        """Train, export and evaluate one CV fold."""
+    def run_fold(self, protocol: str, index: int, probs: Path | None = None) -> FoldResult:
+        """Train, export and evaluate one CV fold; its file probabilities go to ``probs``
+        (default :meth:`probs_record`; a worker is given its caller's, whose fold key
+        has the caller's thread settings)."""
         plan = self.plan(protocol)
         tax, items, folds, tcfg = plan.tax, plan.items, plan.folds, plan.training
         fold = folds[index]
@@ -112,7 +114,7 @@ class CrossValidation:
             ev = evaluate(self.sets, trained, clf, items=items, test_idx=test_idx,
                           test_lab=test_lab, n_labels=len(tax.labels), other_idx=other_idx,
                           calib_idx=calib_idx, calib_lab=calib_lab,
-                          dump=self.probs_record(protocol, index))
+                          dump=probs or self.probs_record(protocol, index))
         return FoldResult(
             fold=fold.index, test_speakers=list(fold.test),
             early_stop_speakers=list(fold.early_stop),
@@ -297,7 +299,8 @@ class CrossValidation:
         # than walking and fingerprinting the corpora again, once per fold.
         items, dropped = self.sets.items, self.sets.dropped
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = {pool.submit(_fold_worker, cfg, protocol, i, items, dropped): protocol
+            futures = {pool.submit(_fold_worker, cfg, protocol, i, items, dropped,
+                                   self.probs_record(protocol, i)): protocol
                        for protocol, i in todo}
             for future in as_completed(futures):
                 protocol = futures[future]
@@ -308,12 +311,12 @@ class CrossValidation:
 
 
 def _fold_worker(cfg: TrainConfig, protocol: str, index: int, items: list[Item],
-                 dropped: list[tuple[str, str]]) -> FoldResult:
+                 dropped: list[tuple[str, str]], probs: Path) -> FoldResult:
     """One CV fold in a worker process (see :meth:`CrossValidation.in_processes`)."""
     logging.basicConfig(level=logging.WARNING)
     set_tf_threads(cfg.jobs)
     sets = WindowSets(cfg, progress=False, scan=(items, dropped))
-    return CrossValidation(sets).run_fold(protocol, index)
+    return CrossValidation(sets).run_fold(protocol, index, probs)
 
 
 def code_hash() -> str:
