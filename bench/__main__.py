@@ -4,8 +4,8 @@ Prints a table and writes the same figures as JSON (``bench/results/latest.json`
 ``--out``); every figure is a median over repeated runs, with the machine and the load
 average recorded.  See bench/README.md and docs/performance.md.
 
-    .venv/bin/python -m bench                       # everything, shipped model (~8 min)
-    .venv/bin/python -m bench --quick               # shorter runs (~2-3 min)
+    .venv/bin/python -m bench                       # everything, shipped model (the long run)
+    .venv/bin/python -m bench --quick               # shorter runs
     .venv/bin/python -m bench --model my-models/serd-emotion-6.tflite --only stream,model
     SERD_CORPORA=../shared/corpora .venv/bin/python -m bench   # speech from CREMA-D there
 """

@@ -10,11 +10,11 @@ mains hum, i.e. a quiet office picked up by a cheap microphone (below the gate's
 absolute floor, so it never opens a segment by level alone).
 
 * ``speech``: clips trimmed of their leading/trailing silence, levelled to -24 dBFS and
-  butted together, over room noise: the gate stays open over 90 % of the time, the
+  butted together, over room noise: the gate stays open nearly all the time, the
   worst case (a monologue).
 * ``silence``: room noise only.
 * ``mixed``: speech turns (one to three levelled clips) separated by 1-4 s pauses of
-  room noise, like one side of a call; the gate is open about 65 % of the time.
+  room noise, like one side of a call; the gate opens for the turns, not the pauses.
 
 Everything is 16 kHz mono float32; :func:`write_wav` stores 16-bit WAV files for the
 parts that need files (``serd --once``, paplay into the virtual microphone, replay).
