@@ -185,7 +185,24 @@ def _setup_logging(level: str) -> None:
     )
 
 
+EXIT_BROKEN_PIPE = 141
+"""The reader of standard output went away (``serd --once DIR | head``): 128 + SIGPIPE, as
+a shell reports for the other tools of such a pipe."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Was a traceback.  Python flushes stdout once more at exit and would complain
+        # again: point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _SUBCOMMANDS:
         import importlib  # noqa: PLC0415

@@ -441,3 +441,16 @@ def test_an_empty_folder_beside_other_paths_is_said(tmp_path: Path, data_dir: Pa
     assert r.returncode == 0, r.stderr
     assert serd_lines(r.stderr) == [f"serd: no audio files found in {tmp_path / 'empty'}"]
     assert "verdict: " in r.stdout
+
+
+def test_a_reader_that_goes_away_is_no_traceback(data_dir: Path) -> None:
+    """Was: `serd --once DIR --json | head -1` ended in a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "serd.cli", "-q", "--once", str(data_dir),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env())
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"{")
+    proc.stdout.close()  # as `| head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
