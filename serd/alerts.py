@@ -109,6 +109,10 @@ class AlertSettings:
         names = [r.name for r in self.rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
         require(not dupes, "rules", f"rule names must be unique: {', '.join(dupes)}")
+        # Was accepted by --check-config and the daemon, which then never alerted.
+        require(bool(self.rules) or not self.enabled, "rules",
+                "alerts are enabled but no rule is given: add one (see config.yaml) or set "
+                "alerts.enabled: false")
         if self.clear_after_silence_seconds is not None:
             require(
                 self.clear_after_silence_seconds > 0,

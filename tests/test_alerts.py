@@ -218,6 +218,7 @@ alerts:
         ("alerts: {rules: [{name: a}, {name: a}]}", r"alerts\.rules: rule names must be unique"),
         ("alerts: {rules: [{nmae: a}]}", r"alerts\.rules\[0\]\.nmae: unknown key"),
         ("alerts: {clear_after_silence_seconds: 0}", r"alerts\.clear_after_silence_seconds"),
+        ("alerts: {enabled: true, rules: []}", r"alerts\.rules: alerts are enabled but no rule"),
     ]:
         with pytest.raises(ConfigError, match=match) as exc:
             parse(yaml.safe_load(text))
