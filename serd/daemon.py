@@ -458,6 +458,11 @@ def take_state_dir(cfg: Config) -> tuple[StateLock | None, int]:
 
 def run(cfg: Config) -> int:
     """``serd`` with no --once: the daemon until SIGTERM."""
+    # Until the loop's handlers are installed (after the model has loaded, which takes
+    # seconds on a small Pi), SIGHUP and SIGUSR1 would kill the daemon with their default
+    # action, without a log line: they are ignored meanwhile, as documented.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # The state directory first: its faults end the start in one line, before the model
     # is loaded.
     lock, refused = take_state_dir(cfg)

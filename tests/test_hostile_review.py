@@ -271,3 +271,31 @@ def test_twin_reconnects_are_not_an_info_line_each(
     infos = [r for r in caplog.records if r.levelno == logging.INFO
              and r.getMessage().startswith("connected to MQTT broker")]
     assert connects >= 12 and len(infos) <= 2 * 4, (connects, len(infos))
+
+
+def test_sighup_while_the_model_loads_does_not_kill_the_daemon(
+    tmp_path: Path, model_path: Path,
+) -> None:
+    """The handlers were installed only after the model had loaded (seconds on a small
+    Pi): a SIGHUP meanwhile killed the daemon by its default action, without a line."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"device_id": DEVICE, "state_dir": str(tmp_path / "state"),
+                                   "model": {"path": str(model_path)},
+                                   "audio": {"device": "no-such-microphone-here"}}))
+    code = f"""
+import os, signal, sys, threading
+import serd.daemon as d
+from serd.config import load
+real = d.load_classifier
+def slow(settings):
+    os.kill(os.getpid(), signal.SIGHUP)   # a real signal, while the model loads
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return real(settings)
+d.load_classifier = slow
+threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+sys.exit(d.run(load({str(cfg)!r})))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=False)
+    # Exit 0 after SIGTERM's flush (was -1: killed by SIGHUP while loading).
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
