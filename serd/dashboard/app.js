@@ -829,9 +829,12 @@
     state.lines.forEach(function (l) { if (activeAlert(l)) inAlert.push(l); });
     inAlert.sort(function (a, b) { return a.lastAlert.start - b.lastAlert.start; });
     var shown = state.devices.size - hidden;
-    var parts = [shown + ' device' + (shown === 1 ? '' : 's'), online + ' online'];
+    // Problems first: on a narrow screen the end of this line is cut, and a deaf device
+    // must not be what disappears.
+    var parts = [];
     if (degraded) parts.push(degraded + ' degraded');
     if (offline) parts.push(offline + ' offline');
+    parts.push(online + ' online', shown + ' device' + (shown === 1 ? '' : 's'));
     $('summary').textContent = parts.join(' \u00b7 ');
     var h = $('hidden-toggle');
     h.hidden = hidden === 0 && !state.showHidden;
