@@ -96,6 +96,7 @@ class Row:
     label: str | None = None
     confidence: float | None = None
     kind: str = ""
+    role: str | None = None  # whose voice the channel carries (customer, unspecified, ...)
     updated: float = 0.0  # time.time() when the last emotion event arrived
     alert: AlertView | None = None
 
@@ -228,7 +229,8 @@ class Board:
                 return False
             if isinstance(update, _Emotion):
                 row = dataclasses.replace(row, label=update.label, confidence=update.confidence,
-                                          kind=update.kind, updated=now)
+                                          kind=update.kind, updated=now,
+                                          role=update.role or row.role)
             else:
                 row = dataclasses.replace(row, alert=update.alert)
             dev.rows[update.channel] = row
@@ -257,7 +259,8 @@ class Board:
             # whose audio ended earlier than that is older news.
             if ch.end is not None and ch.end > row.updated:
                 row = dataclasses.replace(row, label=ch.label, confidence=ch.confidence,
-                                          kind=ch.kind, updated=min(ch.end, now))
+                                          kind=ch.kind, updated=min(ch.end, now),
+                                          role=ch.role or row.role)
             dev.rows[ch.channel] = row
         listed = set()
         for channel, view in st.alerts:
@@ -367,7 +370,7 @@ class Board:
                         alert = _alert_text(row.alert)
                         if row.alert.active and availability != "offline":
                             style = "alert"
-                lines.append([clean(device_id), clean(row.channel) if row else "-",
+                lines.append([clean(device_id), _channel_cell(row) if row else "-",
                               clean(avail, _TEXT_CHARS + 20), clean(emotion), conf, age,
                               clean(alert, 3 * _TEXT_CHARS)])
                 styles.append(style)
@@ -406,6 +409,15 @@ class _Status:
     reason: str
 
 
+def _channel_cell(row: Row) -> str:
+    """The channel, and the role it was declared with when its name does not say so
+    already (``right:customer``); no role, or ``unspecified``, shows the name alone.  One
+    word, so the table still splits on white space."""
+    if row.role and row.role not in (row.channel, "unspecified"):
+        return f"{clean(row.channel)}:{clean(row.role)}"
+    return clean(row.channel)
+
+
 @dataclass(frozen=True)
 class _Emotion:
     channel: str
@@ -413,6 +425,7 @@ class _Emotion:
     label: str | None
     confidence: float | None
     kind: str
+    role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -429,6 +442,7 @@ class _StateChannel:
     confidence: float | None
     kind: str
     end: float | None  # epoch seconds (device clock) of the verdict's audio end
+    role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -465,7 +479,8 @@ def _checked_state(p: dict[str, Any]) -> _State:
         kind = c.get("kind")
         channels.append(_StateChannel(_text(c, "channel"), _optional_text(c, "label"),
                                       _number(c.get("confidence")),
-                                      kind if kind in _KINDS else "", _epoch(c.get("end"))))
+                                      kind if kind in _KINDS else "", _epoch(c.get("end")),
+                                      _optional_text(c, "role")))
     alerts = []
     for a in _list(p, "alerts", _MAX_CHANNELS * 8):
         since = a.get("since")
@@ -490,7 +505,8 @@ def _checked(suffix: str, p: dict[str, Any],
     if suffix == EMOTION_SUFFIX:
         kind = p.get("type")
         return _Emotion(channel, seq, _optional_text(p, "label"),
-                        _number(p.get("confidence")), kind if kind in _KINDS else "")
+                        _number(p.get("confidence")), kind if kind in _KINDS else "",
+                        _optional_text(p, "role"))
     active = alert_state(p) != CLEARED
     return _Alert(channel, seq, AlertView(_text(p, "rule"), _text(p, "label"), active,
                                           _clock(p.get("start")), _clock(p.get("end")),

@@ -594,3 +594,18 @@ def test_a_forgotten_device_leaves_a_running_listen(mosquitto: Any, listens: lis
     b = Board("serd")
     b.feed("serd/x/status", {"state": "offline"})
     assert not b.forget("serd/x/state") and b.forget("serd/x/status") and not b.devices
+
+
+def test_the_table_says_whose_voice_a_channel_carries() -> None:
+    """A channel named for its wiring (``right``) shows its declared role; one named for
+    its role (``customer``) is not repeated."""
+    b = Board("serd")
+    b.feed("serd/desk-1/status", events.status_event("desk-1", "online", "connected",
+                                                     version="0.1.0"))
+    assert b.feed("serd/desk-1/emotion", with_seq({**emotion("right", "angry"),
+                                                   "role": "customer"}, 1))
+    assert b.feed("serd/desk-1/emotion", with_seq({**emotion("customer", "sad"),
+                                                   "role": "customer"}, 2))
+    rows = b.table(now=time.time()).splitlines()
+    assert any(" right:customer " in r and "angry" in r for r in rows)
+    assert any(" customer " in r and ":customer" not in r for r in rows)
