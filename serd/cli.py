@@ -364,6 +364,10 @@ def _check_config(cfg: Config, *, probe: bool = False) -> int:
     from serd.roles import describe  # noqa: PLC0415
 
     print(describe(cfg.audio.resolved_channels), file=sys.stderr)
+    # The id the dashboards will show, which the config usually leaves to the host name.
+    print(f"device {cfg.resolved_device_id}"
+          f"{'' if cfg.device_id else ' (host name + machine-id suffix)'}, "
+          f"state in {cfg.resolved_state_dir}", file=sys.stderr)
     # The state directory and spool, as the daemon will find them (serd.statedir).
     from serd.config import EXIT_STATE  # noqa: PLC0415
     from serd.statedir import StateDirError, inspect  # noqa: PLC0415

@@ -100,6 +100,9 @@ def test_check_config_says_who_is_analysed(tmp_path: Path, model_path: Path) -> 
     # The out-of-the-box run: one channel, no role declared, analysed as unspecified.
     r = serd("--model", str(model_path), "--check-config")
     assert "channels: 0:main (analysed as unspecified, inferred from its name)" in r.stderr
+    # ... and the device id the dashboards will show, which the config left to the host.
+    assert re.search(r"^device [A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{6} \(host name \+ "
+                     r"machine-id suffix\), state in ", r.stderr, re.M), r.stderr
 
 
 # -- the daemon: an agent's speech never leaves the channel stage ------------------------
