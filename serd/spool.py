@@ -734,17 +734,28 @@ def inspect(path: Path) -> str | None:
 
     Read-only; a missing file is fine (it is created at start).
     """
+    for side in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if _not_a_file(side):
+            return f"{side} is not a regular file; serd will move the spool aside"
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_dir():
         return f"{path} is a folder; serd will move it aside and start a fresh spool"
     if not path.is_file():
         return f"{path} is not a regular file; serd will move it aside"
+    if path.stat().st_size == 0:
+        return None  # an empty database: the daemon creates its tables in it
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             check = db.execute("PRAGMA quick_check").fetchone()[0]
-            db.execute("SELECT COUNT(*) FROM events").fetchone()
+            # The daemon's own test (Spool._open_locked): tables it would create are
+            # fine, tables of another layout are not.
+            columns = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+            kept = {r[1] for r in db.execute("PRAGMA table_info(counters)")}
+            if check == "ok" and ((columns and not columns | {"created"} >= _EVENT_COLUMNS)
+                                  or (kept and not {"name", "value"} <= kept)):
+                check = "not serd's tables"
         finally:
             db.close()
     except sqlite3.Error as exc:

@@ -36,6 +36,7 @@ from serd.decode import load
 from serd.mqttsettings import MqttSettings
 from serd.publisher import MqttPublisher
 from serd.spool import SPOOL_FILENAME, Spool
+from serd.spool import inspect as spool_inspect
 from serd_testkit import Broker, wait_until
 
 DEVICE = "review-desk"
@@ -299,3 +300,30 @@ sys.exit(d.run(load({str(cfg)!r})))
                        timeout=120, check=False)
     # Exit 0 after SIGTERM's flush (was -1: killed by SIGHUP while loading).
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize(("node", "warned"), [
+    ("empty file", False), ("wal folder", True), ("foreign tables", True), ("fifo", True)])
+def test_check_config_says_what_the_daemon_will_do_with_the_spool(
+    tmp_path: Path, node: str, warned: bool,
+) -> None:
+    """--check-config called an empty file damaged (the daemon just uses it) and said
+    nothing of a folder in place of the WAL or of another program's tables."""
+    spool = tmp_path / SPOOL_FILENAME
+    if node == "empty file":
+        spool.touch()
+    elif node == "wal folder":
+        Path(f"{spool}-wal").mkdir()
+    elif node == "fifo":
+        os.mkfifo(spool)
+    else:
+        db = sqlite3.connect(spool)
+        db.execute("CREATE TABLE events(a)")
+        db.commit()
+        db.close()
+    said = spool_inspect(spool)
+    assert (said is not None) == warned, said
+    sp = Spool(spool)  # and the daemon: moved aside exactly where it was warned
+    sp.put("emotion", _event(0))
+    assert sp.stats().recovered == int(warned)
+    sp.close()
