@@ -95,7 +95,9 @@ CREATE TABLE IF NOT EXISTS events (
     seq     INTEGER NOT NULL,
     qos     INTEGER NOT NULL,
     payload TEXT    NOT NULL,
-    created REAL
+    created REAL,
+    boot    TEXT,
+    uptime  REAL
 );
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -103,6 +105,23 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 _EVENT_COLUMNS = {"id", "stream", "seq", "qos", "payload", "created"}
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux), or None: rows spooled in this boot age by its clock."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
+def _uptime() -> float | None:
+    """Seconds since boot (CLOCK_BOOTTIME: counts suspend, never steps), or None."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(clock) if clock is not None else None
+
+
+_BOOT_ID = _boot_id()
 
 
 @dataclass(frozen=True)
@@ -307,9 +326,18 @@ class Spool:
 
     def expire(self, max_age_seconds: float, now_epoch_seconds: float | None = None) -> int:
         """Delete undelivered events spooled more than ``max_age_seconds`` ago (and
-        moved-aside damaged spools as old); returns how many events."""
+        moved-aside damaged spools as old); returns how many events.
+
+        Events spooled in this boot age by the boot clock, not the wall clock: a Pi
+        without a real-time clock boots with the time it saved at shutdown, and NTP's
+        first sync steps it forward by however long it was off, which made events
+        spooled before the sync (broker not yet reachable) look that old.  Events from
+        earlier boots, and a given ``now_epoch_seconds`` (a simulated clock), use the
+        wall clock.
+        """
         now = time.time() if now_epoch_seconds is None else now_epoch_seconds
         cutoff = now - max_age_seconds
+        uptime = _uptime() if now_epoch_seconds is None else None
         self._remove_old_damaged(cutoff)
         with self._lock:
             self._check_open()
@@ -319,7 +347,14 @@ class Spool:
             try:
                 self._set_sync_full_locked(True)
                 conn.execute("BEGIN IMMEDIATE")
-                gone = conn.execute("DELETE FROM events WHERE created < ?", (cutoff,)).rowcount
+                if uptime is not None and _BOOT_ID is not None:
+                    gone = conn.execute(
+                        "DELETE FROM events WHERE CASE WHEN boot = ? AND uptime IS NOT NULL "
+                        "THEN uptime < ? ELSE created < ? END",
+                        (_BOOT_ID, uptime - max_age_seconds, cutoff)).rowcount
+                else:
+                    gone = conn.execute("DELETE FROM events WHERE created < ?",
+                                        (cutoff,)).rowcount
                 if gone:
                     self._add_counter_locked(_EXPIRED, gone)
                 conn.execute("COMMIT")
@@ -449,6 +484,9 @@ class Spool:
             if "created" not in columns:  # a spool from before retention existed
                 conn.execute("ALTER TABLE events ADD COLUMN created REAL")
                 conn.execute("UPDATE events SET created = ?", (time.time(),))
+            for name, kind in (("boot", "TEXT"), ("uptime", "REAL")):
+                if name not in columns:  # rows without them age by the wall clock
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
             depth = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
             counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
         except BaseException:
@@ -545,8 +583,9 @@ class Spool:
             seq = self._counter(name)
             record["seq"] = seq
             conn.execute(
-                "INSERT INTO events(stream, seq, qos, payload, created) VALUES (?, ?, ?, ?, ?)",
-                (stream, seq, qos, to_json(record), time.time()),
+                "INSERT INTO events(stream, seq, qos, payload, created, boot, uptime) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (stream, seq, qos, to_json(record), time.time(), _BOOT_ID, _uptime()),
             )
             overflow = max(0, self._depth + 1 - self.max_events)
             new_drops = overflow + self._unpersisted_drops

@@ -327,3 +327,30 @@ def test_check_config_says_what_the_daemon_will_do_with_the_spool(
     sp.put("emotion", _event(0))
     assert sp.stats().recovered == int(warned)
     sp.close()
+
+
+def test_a_forward_clock_step_expires_nothing_spooled_in_this_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Pi without a real-time clock, off for 8 days, boots with the time it saved at
+    shutdown; events spooled before NTP's first sync were deleted as 8 days old at the
+    next minute's expire (5 of 5).  The wall clock is faked (it cannot be stepped here);
+    the boot clock and SQLite are real."""
+    real = time.time
+    step = [-8 * 86400.0]
+    monkeypatch.setattr(time, "time", lambda: real() + step[0])
+    sp = Spool(tmp_path / SPOOL_FILENAME)
+    for i in range(5):
+        sp.put("emotion", _event(i))
+    step[0] = 0.0  # NTP's first sync
+    assert sp.expire(7 * 86400) == 0
+    assert sp.depth() == 5 and sp.stats().expired == 0
+    # Events from an earlier boot (or an older spool) still age by the wall clock.
+    sp.close()
+    db = sqlite3.connect(tmp_path / SPOOL_FILENAME)
+    db.execute("UPDATE events SET boot = 'an-earlier-boot' WHERE seq <= 2")
+    db.commit()
+    db.close()
+    sp = Spool(tmp_path / SPOOL_FILENAME)
+    assert sp.expire(7 * 86400) == 2 and sp.depth() == 3
+    sp.close()

@@ -572,7 +572,9 @@ def test_publisher_expires_old_events_at_start_and_reports_them(
     state = tmp_path / "state"
     _spool_with(state / SPOOL_FILENAME, 8)
     db = sqlite3.connect(str(state / SPOOL_FILENAME))
-    db.execute("UPDATE events SET created = created - 7200 WHERE seq <= 5")
+    # Five spooled two hours ago: by the wall clock and by the boot clock.
+    db.execute("UPDATE events SET created = created - 7200, uptime = uptime - 7200 "
+               "WHERE seq <= 5")
     db.commit()
     db.close()
     sub = subscriber(mosquitto, f"serd/{DEVICE}/#")
