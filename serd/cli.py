@@ -524,8 +524,12 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
           file=sys.stderr)
     if left:
         # Not "done": the events are safe in the spool, not at the broker.
-        print(f"serd: {left} event(s) NOT delivered: {mqtt.host}:{mqtt.port} did not "
-              f"acknowledge them within {wait_seconds:g} s; they stay spooled in "
+        # A refusal is an answer: "did not acknowledge in time" would send the operator
+        # after the network instead of the broker's ACL.
+        why = (f"{mqtt.host}:{mqtt.port} refused {stats.refused_kept} of them (check the "
+               "broker's ACL for this client)" if stats.refused_kept else
+               f"{mqtt.host}:{mqtt.port} did not acknowledge them within {wait_seconds:g} s")
+        print(f"serd: {left} event(s) NOT delivered: {why}; they stay spooled in "
               f"{cfg.resolved_state_dir} and go out first on the next serd --once --publish "
               f"as device {device}", file=sys.stderr)
         return EXIT_UNDELIVERED

@@ -354,3 +354,26 @@ def test_a_forward_clock_step_expires_nothing_spooled_in_this_boot(
     sp = Spool(tmp_path / SPOOL_FILENAME)
     assert sp.expire(7 * 86400) == 2 and sp.depth() == 3
     sp.close()
+
+
+@pytest.mark.broker
+def test_publish_closing_line_says_refused_not_unacknowledged(
+    tmp_path: Path, data_dir: Path, model_path: Path, mosquitto_factory: Any,
+) -> None:
+    """The broker's ACL refused every event (MQTT 5, PUBACK 0x87); the closing line said
+    the broker "did not acknowledge them within 5 s"."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic read serd/#\n")
+    broker = mosquitto_factory(extra_config=f"acl_file {acl}")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "device_id": DEVICE, "state_dir": str(tmp_path / "state"),
+        "model": {"path": str(model_path)},
+        "mqtt": {"host": broker.host, "port": broker.port}}))
+    r = subprocess.run([sys.executable, "-m", "serd.cli", "--config", str(cfg), "--once",
+                        str(data_dir / "1001_IEO_ANG_HI.flac"), "--publish", "--speed", "0",
+                        "--wait", "5"], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 75, r.stderr
+    line = next(x for x in r.stderr.splitlines() if "NOT delivered" in x)
+    assert "refused" in line and "ACL" in line and "did not acknowledge" not in line, line
