@@ -40,6 +40,12 @@ from serd.validate import require
 _LOGGER = logging.getLogger(__name__)
 
 SILENCE_DB = -120.0
+# Digital silence: blocks this quiet are exact zeros (an idle line between calls, the gap
+# between files of a replay, a muted sound card), below any converter's own noise (16-bit
+# quantisation noise is about -101 dBFS).  They say nothing about the room, so they neither
+# set nor move the tracked noise floor; otherwise a few seconds of zeros drag the floor to
+# -120 dBFS and the room's ordinary noise then reads as speech until the floor climbs back.
+DIGITAL_SILENCE_DB = -110.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,11 @@ class EnergyGate:
         out: list[bool] = []
         floor = self.noise_floor_db
         for level in levels_db:
+            if level <= DIGITAL_SILENCE_DB:
+                out.append(False)
+                if margins is not None:
+                    margins.append(SILENCE_DB)
+                continue  # the floor holds (see DIGITAL_SILENCE_DB)
             if floor is None:
                 floor = level
             out.append(level > s.min_level_dbfs and level > floor + s.threshold_db)

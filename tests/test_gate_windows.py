@@ -72,6 +72,28 @@ def test_gate_ignores_clicks_and_adapts_to_steady_noise() -> None:
     assert not gate.in_speech
 
 
+@pytest.mark.parametrize("backend", ["energy", "voiced"])
+def test_digital_silence_leaves_the_noise_floor_where_the_room_put_it(backend: str) -> None:
+    """Exact zeros (an idle line, the gap between replayed files) hold the floor: the
+    room's noise after them is still noise, not a speech candidate."""
+    settings = replace(ENERGY if backend == "energy" else VadSettings(), backend=backend)
+    room = noise(3.0, amp=0.01)  # about -40 dBFS
+    def floor_after(x: np.ndarray) -> tuple[float | None, list[bool]]:
+        gate = make_gate(settings, 0.01, RATE)
+        levels = block_levels_db(x[: x.size // 160 * 160].reshape(-1, 160))
+        flags = gate.candidates(levels)
+        return gate.noise_floor_db, flags
+    plain, _ = floor_after(room)
+    zeros_first, flags = floor_after(np.concatenate([np.zeros(3 * RATE, np.float32), room]))
+    between, _ = floor_after(np.concatenate([room, np.zeros(3 * RATE, np.float32)]))
+    assert plain is not None and zeros_first == pytest.approx(plain)
+    assert between == pytest.approx(plain)
+    assert not any(flags[:300])  # zeros are never candidates
+    # Without the hold, 3 s of zeros put the floor near -120 dBFS and the room's first
+    # second read as speech; now no more of it does than of the room alone.
+    assert sum(flags[300:400]) <= sum(floor_after(room)[1][:100])
+
+
 def test_long_speech_is_split_into_utterances() -> None:
     gate = EnergyGate(replace(ENERGY, max_segment_seconds=2.0), 0.01)
     x = np.concatenate([noise(0.5), tone(5.0) * (1 + 0.5 * np.sin(np.arange(80000) / 800))])
