@@ -24,6 +24,7 @@ systemd does not loop on.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -443,17 +444,44 @@ class Daemon:
         )
 
 
-def take_state_dir(cfg: Config) -> tuple[StateLock | None, int]:
+# While another serd holds the state directory, a daemon started by systemd polls for the
+# lock this often, and asks systemd for this much more start-up time on each poll.
+_LOCK_POLL_SECONDS = 2.0
+_LOCK_EXTEND_USEC = 10_000_000
+
+
+def take_state_dir(cfg: Config, *, wait: bool = False) -> tuple[StateLock | None, int]:
     """Check and lock the state directory: the lock, or None and the exit code (the
-    reason is logged in one line)."""
-    try:
-        return StateLock(prepare(cfg.resolved_state_dir)).acquire(), 0
-    except StateDirBusyError as exc:
-        _LOGGER.error("%s", exc)
-        return None, EXIT_TEMPFAIL
-    except StateDirError as exc:
-        _LOGGER.error("%s", exc)
-        return None, EXIT_STATE
+    reason is logged in one line).
+
+    ``wait``: while another serd holds the lock, wait for it (one line, then quiet) rather
+    than exit 75.  The service does this: exiting would be restarted every few seconds
+    until systemd's start limit left the unit failed for good, whereas a manual serd run
+    beside the service usually ends within minutes, and the service should then take over
+    on its own.  Start-up time is extended on each poll (``EXTEND_TIMEOUT_USEC``) so that
+    ``Type=notify``'s start timeout does not kill the waiting daemon.
+    """
+    said = False
+    while True:
+        try:
+            lock = StateLock(prepare(cfg.resolved_state_dir)).acquire()
+        except StateDirBusyError as exc:
+            if not wait:
+                _LOGGER.error("%s", exc)
+                return None, EXIT_TEMPFAIL
+            if not said:
+                _LOGGER.error("%s; waiting for it to stop", exc)
+                said = True
+            notify.notify(f"EXTEND_TIMEOUT_USEC={_LOCK_EXTEND_USEC}",
+                          "STATUS=waiting: another serd holds the state directory")
+            time.sleep(_LOCK_POLL_SECONDS)
+            continue
+        except StateDirError as exc:
+            _LOGGER.error("%s", exc)
+            return None, EXIT_STATE
+        if said:
+            _LOGGER.warning("the state directory is free again: starting")
+        return lock, 0
 
 
 def run(cfg: Config) -> int:
@@ -465,7 +493,9 @@ def run(cfg: Config) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # The state directory first: its faults end the start in one line, before the model
     # is loaded.
-    lock, refused = take_state_dir(cfg)
+    # Started by systemd (it set NOTIFY_SOCKET for Type=notify): wait for a held state
+    # directory; started by hand: say so and exit 75 at once.
+    lock, refused = take_state_dir(cfg, wait=bool(os.environ.get("NOTIFY_SOCKET")))
     if lock is None:
         return refused
     try:

@@ -160,6 +160,50 @@ def test_two_daemons_on_one_state_dir_second_stops_in_one_line(
            "the first, a new one starts (no stale lock)")
 
 
+def test_the_service_waits_for_a_held_state_dir_instead_of_exhausting_its_start_limit(
+    tmp_path: Path, model_path: Path, procs: list[Proc],  # noqa: F811
+) -> None:
+    """Under systemd (NOTIFY_SOCKET set), exit 75 would be restarted every RestartSec
+    until StartLimitBurst left the unit failed for good while a manual serd held the
+    state directory.  The service waits instead, extends its start timeout while it does,
+    and starts as soon as the manual run ends."""
+    import socket  # noqa: PLC0415
+
+    cfg = write_config(tmp_path / "c.yaml", _stdout_doc(tmp_path, model_path))
+    manual = Proc(["--config", str(cfg)], tmp_path / "manual.log")
+    procs.append(manual)
+    lock = tmp_path / "state" / "serd.lock"
+    assert wait_until(lambda: lock.exists() and lock.read_text().strip() ==
+                      str(manual.proc.pid), 60), manual.output()[-2000:]
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.5)
+        service = Proc(["--config", str(cfg)], tmp_path / "service.log",
+                       env={**ENV, "NOTIFY_SOCKET": str(sock_path)})
+        procs.append(service)
+        got: list[str] = []
+
+        def drain() -> str:
+            try:
+                got.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+            return "\n".join(got)
+
+        assert wait_until(lambda: "EXTEND_TIMEOUT_USEC=" in drain(), 60), service.output()
+        time.sleep(5)  # a few polls: still waiting, still one line
+        assert service.proc.poll() is None, service.output()[-2000:]
+        waiting = [ln for ln in _lines(service.output()) if "waiting for it to stop" in ln]
+        assert len(waiting) == 1, service.output()[-2000:]
+        assert f"pid {manual.proc.pid}" in waiting[0]
+        assert manual.terminate() == 0
+        assert wait_until(lambda: lock.read_text().strip() == str(service.proc.pid), 60)
+        service.wait_for('"online"')
+        assert wait_until(lambda: "READY=1" in drain(), 60), "\n".join(got)
+    assert service.terminate() == 0, service.output()[-2000:]
+
+
 def _publisher(broker: Broker, state: Path, device: str = DEVICE, **mqtt: Any) -> MqttPublisher:
     settings = MqttSettings(host=broker.host, port=broker.port, reconnect_min_seconds=0.1,
                             reconnect_max_seconds=0.5, keepalive_seconds=5, **mqtt)
