@@ -4,10 +4,13 @@
     .venv/bin/python -m bench.gate --corpora DIR --quick               # a minute or two
     .venv/bin/python -m bench.gate --corpora DIR --coverage            # every corpus clip
     .venv/bin/python -m bench --only gate --corpus DIR/cremad          # the default gate only
+    .venv/bin/python -m bench.gate --corpora DIR --noise-dir NOISE     # recorded noise instead
 
 ``--corpora`` (or ``$SERD_CORPORA``) is a folder with ``cremad/`` and/or ``ravdess/``
 (16 kHz clips, read in place); without it the committed CREMA-D fixtures in ``tests/data``
-are the speech.  Non-speech sounds are synthetic and seeded (:mod:`bench.gate_sounds`).
+are the speech.  Non-speech sounds are synthetic and seeded (:mod:`bench.gate_sounds`), or,
+with ``--noise-dir``, recordings: one sub-folder per category, named after it (see
+:class:`RecordedNoise`; docs/gate.md says which public recordings were used).
 Each candidate gate runs through :class:`serd.windows.Windower`, the daemon's own gate and
 windowing stage, fed in 50 ms chunks like the daemon.  Figures:
 
@@ -45,7 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.gate_sounds import CATEGORIES, RATE, sound
+from bench.gate_sounds import CATEGORIES, RATE, active_rms, sound
 
 Audio = npt.NDArray[np.float32]
 BLOCK = 800  # 50 ms, the daemon's capture block
@@ -56,6 +59,9 @@ STATIONARY = ("room", "fan")
 NOISE_LEVELS = {"stationary": (-60.0, -50.0, -40.0, -30.0), "events": (-50.0, -40.0, -30.0)}
 SCENE_LEVELS = {"stationary": (-60.0, -50.0), "events": (-45.0, -35.0)}
 SPEECH_LEVELS = (-45.0, -40.0, -35.0, -30.0, -25.0, -20.0)
+# Recorded sounds: every category as the synthetic events (RMS of the loud parts).
+RECORDED_LEVELS = (-50.0, -40.0, -30.0)
+RECORDED_SCENE_LEVELS = (-45.0, -35.0)
 
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
                     "06": "fearful", "07": "disgust", "08": "surprised"}
@@ -199,6 +205,79 @@ def gate_cpu(vad: Any, audio: Audio, repeats: int = 3) -> float:
     return best / (n * BLOCK / RATE)
 
 
+# -- recorded non-speech sounds --------------------------------------------------------------
+
+
+class RecordedNoise:
+    """Recorded non-speech sounds read in place: ``root/<category>/...`` (any depth, any
+    format :mod:`serd.decode` reads; a category folder may be a symbolic link).
+
+    A category's files are decoded to 16 kHz mono and joined in name order with 0.3 s
+    between them; each file is levelled on its own (RMS of its loud parts, as the synthetic
+    events), so a quiet recording counts as much as a loud one, and the whole is laid over
+    synthetic room tone at -60 dBFS, so that a recording's digital silence does not read as
+    an idle line.
+    """
+
+    GAP_S = 0.3
+
+    def __init__(self, root: Path) -> None:
+        from serd.decode import find_audio  # noqa: PLC0415
+
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: not a folder of category folders")
+        found = {d.name: list(find_audio([d])) for d in sorted(root.iterdir()) if d.is_dir()}
+        self.root = root
+        self.files = {k: v for k, v in found.items() if v}
+        if not self.files:
+            raise FileNotFoundError(f"{root}: no category folder with audio files in it")
+        self._unit: dict[str, Audio] = {}
+        self._spans: dict[str, list[tuple[int, int]]] = {}
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(self.files)
+
+    def unit(self, category: str) -> Audio:
+        """The category's recordings joined, each at 0 dBFS (RMS of its loud parts)."""
+        if category not in self._unit:
+            gap = np.zeros(round(self.GAP_S * RATE), np.float32)
+            parts = []
+            spans = []
+            at = 0
+            for f in self.files[category]:
+                x = load(f).astype(np.float64)
+                parts += [(x / (active_rms(x) or 1.0)).astype(np.float32), gap]
+                spans.append((at, at + x.size))
+                at += x.size + gap.size
+            self._unit[category] = np.concatenate(parts)
+            self._spans[category] = spans
+        return self._unit[category]
+
+    def recordings_hit(self, category: str, segs: Sequence[Segment]) -> int:
+        """How many of the category's recordings ``segs`` (over all of it) overlap."""
+        self.unit(category)
+        return sum(any(g.start < e and g.end > s for g in segs)
+                   for s, e in self._spans[category])
+
+    def seconds(self, category: str) -> float:
+        return self.unit(category).size / RATE
+
+    def sound(self, category: str, seconds: float | None, level_dbfs: float,
+              seed: int = 0) -> Audio:
+        """``seconds`` of the category (all of it when None; from a seeded offset, wrapping
+        round, otherwise) at ``level_dbfs`` over room tone."""
+        u = self.unit(category)
+        n = u.size if seconds is None else round(seconds * RATE)
+        start = 0 if seconds is None else int(np.random.default_rng(seed).integers(u.size))
+        x = np.take(u, np.arange(start, start + n), mode="wrap") * 10 ** (level_dbfs / 20)
+        x += sound("room", n / RATE, -60.0, seed=seed)
+        return np.clip(x, -1, 1).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {c: {"files": len(f), "seconds": self.seconds(c)} for c, f in self.files.items()}
+
+
 # -- scenes: speech at known times in non-speech sound --------------------------------------
 
 
@@ -210,12 +289,21 @@ class Scene:
     spans: list[tuple[int, int, float]]  # speech (start, end, level dBFS), samples
 
 
-def build_scenes(clips: Sequence[Audio], per_scene: int, seed: int = 0) -> list[Scene]:
+def scene_levels(category: str, noise: RecordedNoise | None) -> tuple[float, ...]:
+    if noise is not None:
+        return RECORDED_SCENE_LEVELS
+    return SCENE_LEVELS["stationary" if category in STATIONARY else "events"]
+
+
+def build_scenes(clips: Sequence[Audio], per_scene: int, seed: int = 0,
+                 noise: RecordedNoise | None = None) -> list[Scene]:
+    """Speech placed in each category of sound: synthetic, or ``noise``'s recordings."""
     rng = np.random.default_rng(seed)
     scenes: list[Scene] = []
     k = 0
-    for cat in CATEGORIES:
-        for noise_db in SCENE_LEVELS["stationary" if cat in STATIONARY else "events"]:
+    make = noise.sound if noise is not None else sound
+    for cat in noise.categories if noise is not None else CATEGORIES:
+        for noise_db in scene_levels(cat, noise):
             placed = []
             pos = int(rng.uniform(1.5, 3.0) * RATE)
             for _ in range(per_scene):
@@ -224,7 +312,7 @@ def build_scenes(clips: Sequence[Audio], per_scene: int, seed: int = 0) -> list[
                 k += 1
                 placed.append((pos, levelled(x, lvl), lvl))
                 pos += x.size + int(rng.uniform(1.5, 5.0) * RATE)
-            audio = sound(cat, pos / RATE, noise_db, seed=seed * 100 + len(scenes))
+            audio = make(cat, pos / RATE, noise_db, seed=seed * 100 + len(scenes))
             for start, x, _ in placed:
                 audio[start : start + x.size] += x
             np.clip(audio, -1, 1, out=audio)
@@ -284,25 +372,43 @@ def run_scenes(vad: Any, scenes: list[Scene]) -> dict[str, Any]:
 # -- non-speech only ------------------------------------------------------------------------
 
 
-def run_noise(vad: Any, seconds: float, seed: int = 1) -> dict[str, Any]:
+def run_noise(vad: Any, seconds: float | None, seed: int = 1,
+              noise: RecordedNoise | None = None) -> dict[str, Any]:
+    """False utterances in non-speech sound only: ``seconds`` of each synthetic category
+    at each level, or ``noise``'s recordings (all of each category when ``seconds`` is
+    None).  ``false_utterances_at``: where each one started, seconds into the category's
+    sound, to find the recording that opened the gate."""
     out: dict[str, Any] = {}
     total_s = total_utt = 0.0
-    for cat in CATEGORIES:
-        levels = NOISE_LEVELS["stationary" if cat in STATIONARY else "events"]
+    for cat in noise.categories if noise is not None else CATEGORIES:
+        levels = (RECORDED_LEVELS if noise is not None
+                  else NOISE_LEVELS["stationary" if cat in STATIONARY else "events"])
         utt = opens = 0
+        span = 0.0
         by_level = {}
+        at = {}
+        hit: dict[str, int] = {}
         for lvl in levels:
-            segs = segments(vad, sound(cat, seconds, lvl, seed=seed))
-            u = sum(1 for g in segs if g.windows > 0)
-            utt += u
+            x = (noise.sound(cat, seconds, lvl, seed) if noise is not None
+                 else sound(cat, seconds or 300.0, lvl, seed=seed))
+            span += x.size / RATE
+            segs = segments(vad, x)
+            u = [g for g in segs if g.windows > 0]
+            utt += len(u)
             opens += len(segs)
-            by_level[f"{lvl:g}"] = u
-        hours = seconds * len(levels) / 3600
+            by_level[f"{lvl:g}"] = len(u)
+            at[f"{lvl:g}"] = [round(g.start / RATE, 2) for g in u][:50]
+            if noise is not None and seconds is None:
+                hit[f"{lvl:g}"] = noise.recordings_hit(cat, u)
+        hours = span / 3600
         out[cat] = {"false_utterances_per_hour": utt / hours,
                     "gate_opens_per_hour": opens / hours,
-                    "false_utterances": utt, "seconds": seconds * len(levels),
-                    "false_utterances_by_dbfs": by_level}
-        total_s += seconds * len(levels)
+                    "false_utterances": utt, "seconds": span,
+                    "false_utterances_by_dbfs": by_level, "false_utterances_at": at}
+        if hit:  # density-free: the share of the recordings (coughs, knocks...) that open it
+            out[cat]["recordings"] = len(noise.files[cat]) if noise is not None else 0
+            out[cat]["recordings_opening_by_dbfs"] = hit
+        total_s += span
         total_utt += utt
     out["all"] = {"false_utterances_per_hour": total_utt / (total_s / 3600),
                   "false_utterances": int(total_utt), "seconds": total_s}
@@ -366,43 +472,58 @@ def check_once(root: Path, count: int) -> dict[str, Any]:
 # -- everything ------------------------------------------------------------------------------
 
 
-def run(corpora: Path | None, *, clips: int, per_scene: int, noise_seconds: float,
-        names: Sequence[str] | None = None, log: Callable[[str], None] | None = None
-        ) -> dict[str, Any]:
-    """The comparison: scenes, noise and CPU for each candidate gate."""
+def run(corpora: Path | None, *, clips: int, per_scene: int, noise_seconds: float | None,
+        names: Sequence[str] | None = None, log: Callable[[str], None] | None = None,
+        noise: RecordedNoise | None = None) -> dict[str, Any]:
+    """The comparison: scenes, noise and CPU for each candidate gate, in the synthetic
+    sounds or in ``noise``'s recordings (all of them unless ``noise_seconds`` is given)."""
     from bench.signals import continuous_speech  # noqa: PLC0415
 
     say = log or (lambda _m: None)
     paths = speech_clips(corpora, clips)
     audio = [trim(load(p)) for p in paths]
-    scenes = build_scenes(audio, per_scene)
-    cpu_audio = {"room": sound("room", 60, -60.0, seed=5),
-                 "keyboard": sound("keyboard", 60, -35.0, seed=5),
-                 "speech": continuous_speech(audio, 60.0)}
+    scenes = build_scenes(audio, per_scene, noise=noise)
+    cpu_audio = {"room": sound("room", 60, -60.0, seed=5)}
+    if noise is None:
+        cpu_audio["keyboard"] = sound("keyboard", 60, -35.0, seed=5)
+    else:  # a minute of the recordings, an equal share of each category, at -40 dBFS
+        share = 60.0 / len(noise.categories)
+        cpu_audio["recorded"] = np.concatenate(
+            [noise.sound(c, share, -40.0, seed=5) for c in noise.categories])
+    cpu_audio["speech"] = continuous_speech(audio, 60.0)
     res: dict[str, Any] = {
         "speech": {"source": str(corpora) if corpora else "tests/data fixtures",
                    "clips": len(paths), "per_scene": per_scene,
                    "scene_seconds": sum(s.audio.size for s in scenes) / RATE},
+        "noise_source": (str(noise.root) if noise is not None
+                         else "synthetic (bench.gate_sounds)"),
+        "noise_categories": list(noise.categories if noise is not None else CATEGORIES),
         "noise_seconds_per_level": noise_seconds,
         "gates": {}}
+    if noise is not None:
+        res["noise_files"] = noise.describe()
     for name, vad in candidates().items():
         if names and name not in names:
             continue
         say(f"gate {name}")
         r = {"settings": {k: getattr(vad, k) for k in vad.__dataclass_fields__}}
         r["scenes"] = run_scenes(vad, scenes)
-        r["noise"] = run_noise(vad, noise_seconds)
+        r["noise"] = run_noise(vad, noise_seconds, noise=noise)
         r["cpu_s_per_audio_s"] = {k: gate_cpu(vad, x) for k, x in cpu_audio.items()}
         res["gates"][name] = r
     return res
 
 
 def table(res: dict[str, Any]) -> str:
-    cats = list(CATEGORIES)
+    cats = res.get("noise_categories", list(CATEGORIES))
+    first = next(iter(res["gates"].values()), None)
+    cpu_keys = list(first["cpu_s_per_audio_s"]) if first else []
     head = (f"{'gate':<11} {'prec':>5} {'recall':>6} {'cover':>6} {'q-cover':>7} "
             + " ".join(f"{c[:5]:>5}" for c in cats)
-            + f" {'all/h':>6} {'cpu room':>9} {'cpu keys':>9} {'cpu speech':>10}")
-    lines = ["scenes: frame precision / recall, coverage of placed clips (q-cover: clips at "
+            + f" {'all/h':>6} " + " ".join(f"{'cpu ' + k[:6]:>10}" for k in cpu_keys))
+    hours = first["noise"]["all"]["seconds"] / 3600 if first else 0.0
+    lines = [f"noise: {res.get('noise_source', 'synthetic')}, {hours:.2f} h per gate",
+             "scenes: frame precision / recall, coverage of placed clips (q-cover: clips at "
              "-45..-35 dBFS);", "noise: false utterances per hour per category; "
              "cpu: gate CPU s per s of audio", head]
     for name, r in res["gates"].items():
@@ -413,8 +534,8 @@ def table(res: dict[str, Any]) -> str:
             f"{name:<11} {sc['frame_precision']:5.3f} {sc['frame_recall']:6.3f} "
             f"{sc['coverage']:6.3f} {sum(quiet) / max(1, len(quiet)):7.3f} "
             + " ".join(f"{nz[c]['false_utterances_per_hour']:5.1f}" for c in cats)
-            + f" {nz['all']['false_utterances_per_hour']:6.1f} {cpu['room']:9.2g} "
-              f"{cpu['keyboard']:9.2g} {cpu['speech']:10.2g}")
+            + f" {nz['all']['false_utterances_per_hour']:6.1f} "
+            + " ".join(f"{cpu[k]:10.2g}" for k in cpu_keys))
     return "\n".join(lines)
 
 
@@ -437,7 +558,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer clips, 60 s of each noise")
     p.add_argument("--clips", type=int, default=None, help="speech clips for the scenes")
     p.add_argument("--noise-seconds", type=float, default=None,
-                   help="seconds of each noise category at each level (default 300, quick 60)")
+                   help="seconds of each noise category at each level (default 300, quick 60; "
+                        "with --noise-dir: all of each category's recordings)")
+    p.add_argument("--noise-dir", type=Path, default=None,
+                   help="recorded non-speech sounds instead of the synthetic ones: one "
+                        "sub-folder per category, named after it (docs/gate.md)")
     p.add_argument("--gates", default="", help="comma-separated subset of the gates")
     p.add_argument("--coverage", action="store_true",
                    help="instead: every corpus clip through the default gate")
@@ -479,10 +604,19 @@ def main(argv: list[str] | None = None) -> int:
         res["coverage_gate"] = args.backend
         text = coverage_table(res["coverage"])
     else:
+        noise = None
+        if args.noise_dir is not None:
+            try:
+                noise = RecordedNoise(args.noise_dir)
+            except FileNotFoundError as exc:
+                print(f"bench.gate: --noise-dir {exc}; give a folder with one sub-folder of "
+                      "audio files per category", file=sys.stderr)
+                return 2
+        default_s = None if noise is not None else (60.0 if args.quick else 300.0)
         res.update(run(root, clips=args.clips or (36 if args.quick else 96),
                        per_scene=4 if args.quick else 8,
-                       noise_seconds=args.noise_seconds or (60.0 if args.quick else 300.0),
-                       names=[g for g in args.gates.split(",") if g], log=log))
+                       noise_seconds=args.noise_seconds or default_s,
+                       names=[g for g in args.gates.split(",") if g], log=log, noise=noise))
         text = table(res)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Seeded synthetic non-speech sounds of an office, for the gate benchmark.
 
 ESC-50, the public environmental-sound set the issue names, could not be brought onto this
-machine (see docs/gate.md), so the benchmark makes its own non-speech sounds.  Each is
+machine (see docs/gate.md), so the benchmark makes its own non-speech sounds (recorded ones,
+from other public sources, run with ``python -m bench.gate --noise-dir DIR``).  Each is
 modelled on how the real sound is produced, loosely but with the property that makes it
 hard for a voice-activity gate:
 
@@ -208,7 +209,7 @@ _EVENTS: dict[str, Callable[[np.random.Generator, int], F64]] = {
 }
 
 
-def _active_rms(x: F64) -> float:
+def active_rms(x: F64) -> float:
     """RMS over the 10 ms blocks within 20 dB of the loudest: the level of the events."""
     b = RATE // 100
     k = x.size // b
@@ -232,7 +233,7 @@ def sound(category: str, seconds: float, level_dbfs: float, seed: int = 0,
         x *= 10 ** (level_dbfs / 20) / (np.sqrt(np.mean(x**2)) or 1.0)
         return x.astype(np.float32)
     ev = _EVENTS[category](rng, n)
-    ev *= 10 ** (level_dbfs / 20) / (_active_rms(ev) or 1.0)
+    ev *= 10 ** (level_dbfs / 20) / (active_rms(ev) or 1.0)
     bed = _room(rng, n)
     bed *= 10 ** (room_dbfs / 20) / (np.sqrt(np.mean(bed**2)) or 1.0)
     return np.clip(ev + bed, -1, 1).astype(np.float32)
