@@ -11,6 +11,7 @@ $SERD_RELIABILITY_LOG like tests/test_faults.py's (docs/reliability.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -185,10 +186,8 @@ def test_the_service_waits_for_a_held_state_dir_instead_of_exhausting_its_start_
         got: list[str] = []
 
         def drain() -> str:
-            try:
+            with contextlib.suppress(TimeoutError):
                 got.append(sock.recv(4096).decode())
-            except TimeoutError:
-                pass
             return "\n".join(got)
 
         assert wait_until(lambda: "EXTEND_TIMEOUT_USEC=" in drain(), 60), service.output()
