@@ -451,12 +451,12 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
     split = bool(width) and min(counts) > 1
     if width and not split:
         # One stream: mono files can only be replayed as one mixed line.
-        print(f"serd: {_shown(files[0])}{' and others' if len(files) > 1 else ''} "
+        print(f"serd: note: {_shown(files[0])}{' and others' if len(files) > 1 else ''} "
               f"{'have' if len(files) > 1 else 'has'} one channel: replayed as one mixed "
               "line 'main' (role unspecified), which also carries the agent's voice "
               "(docs/lawful-use.md)", file=sys.stderr)
     elif not width and max(counts) > 1:
-        print(f"serd: multi-channel files are mixed to one channel "
+        print(f"serd: note: multi-channel files are mixed to one channel "
               f"'{cfg.audio.channel_names[0]}'; name the channels to replay each apart, e.g. "
               "--channels agent,customer or audio.channels in the config", file=sys.stderr)
     try:
@@ -584,7 +584,8 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
             note = mixing_note(result, cfg.audio)
             if note is not None and note[0] not in notes:
                 notes.add(note[0])  # each kind once per run
-                print(f"serd: {note[1]}", file=sys.stderr)
+                # "note:" tells it from an error line (a file that could not be read).
+                print(f"serd: note: {note[1]}", file=sys.stderr)
             totals.add(result)
             if as_json:
                 _print_json(result, out)
