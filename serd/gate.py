@@ -250,6 +250,7 @@ class VoicedGate(EnergyGate):
     _SUSTAIN_DB = 6.0
     _SUSTAIN_BLOCKS = 8
     _PREEMPHASIS = 0.9
+    _pos: int  # the voiced-flags ring's next slot (set by _restart_opening)
 
     def __init__(self, settings: VadSettings, block_seconds: float, sample_rate: int) -> None:
         self._need_voiced = max(1, round(settings.voiced_seconds / block_seconds))
@@ -257,15 +258,13 @@ class VoicedGate(EnergyGate):
         self._voicing_margin = settings.threshold_db / 2
         # Voiced blocks are counted over this many of the run's last blocks.
         self._voiced_window = max(round(0.2 / block_seconds), self._need_voiced)
-        self._voiced_flags: list[bool] = []  # ring over that window
-        self._pos = 0  # its next slot
         # How far back a start may point: enough to gather the voicing at the longest
         # plausible pace (a few syllables); older candidates are forgotten.
         self._max_run = max(round(0.5 / block_seconds), self._need_voiced * 4)
         self._lag_lo = max(2, int(sample_rate / self._MAX_PITCH_HZ))
         self._lag_hi = int(sample_rate / self._MIN_PITCH_HZ)
-        super().__init__(settings, block_seconds)
         self._block_len = round(block_seconds * sample_rate)
+        super().__init__(settings, block_seconds)  # calls reset(), which needs the above
         self._frame_len = self._block_len * self._SMOOTH
         self._fft_len = 1 << (2 * self._frame_len - 1).bit_length()
         self._starts: dict[int, npt.NDArray[np.intp]] = {}  # block starts by blocks per call
@@ -274,7 +273,6 @@ class VoicedGate(EnergyGate):
         freqs = np.fft.rfftfreq(self._fft_len, 1.0 / sample_rate)
         self._band_mask = ((freqs >= self._BAND_HZ[0]) & (freqs <= self._BAND_HZ[1])).astype(
             np.float64)
-        self.reset()
 
     @property
     def lookback_blocks(self) -> int:
@@ -292,9 +290,8 @@ class VoicedGate(EnergyGate):
         self._voicing: npt.NDArray[np.float64] | None = None  # this call's, when batched
         self._tail_ms: tuple[float, float] | None = None  # last two blocks' sums of squares
         # The audio voicing may look at: this call's blocks, the last ones of the previous.
-        block_len = getattr(self, "_block_len", 1)
-        self._blocks = np.zeros((0, block_len), np.float32)
-        self._prev = np.zeros((self._SMOOTH - 1, block_len), np.float32)
+        self._blocks = np.zeros((0, self._block_len), np.float32)
+        self._prev = np.zeros((self._SMOOTH - 1, self._block_len), np.float32)
         self._before = self._prev
 
     def process(self, blocks: npt.NDArray[np.float32]) -> list[GateEvent]:
@@ -391,8 +388,8 @@ class VoicedGate(EnergyGate):
         self._voiced = 0
         self._gap = 0
         self._periodic: deque[tuple[int, float]] = deque()  # (block, level), recent ones
-        self._voiced_flags = [False] * self._voiced_window
-        self._pos = 0
+        self._voiced_flags = [False] * self._voiced_window  # ring over that window
+        self._pos = 0  # its next slot
 
     def voicing(self, b: int) -> float:
         """Periodicity of the 30 ms ending with block ``b`` (of the last ``process`` call):
