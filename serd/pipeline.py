@@ -175,12 +175,14 @@ class ChannelSet:
 
     def __call__(self, block: npt.NDArray[np.float32]) -> list[Decision]:
         data = block if block.ndim == 2 else block[:, None]
+        # Gathered once per block (a copy), not once per muted channel.
+        agents = data[:, self._agents] if self._agents else None
         out: list[Decision] = []
         for c, pipe, mute in zip(self.analysed, self.pipelines, self.mutes, strict=True):
             own = data[:, c.index]
-            if mute is not None:
+            if mute is not None and agents is not None:
                 # The agent's speech replaced before the pipeline sees this channel.
-                own = mute(data[:, self._agents], own)
+                own = mute(agents, own)
             out.extend(pipe(own))
         return out
 
