@@ -483,10 +483,10 @@ def _checked_state(p: dict[str, Any]) -> _State:
                                       _optional_text(c, "role")))
     alerts = []
     for a in _list(p, "alerts", _MAX_CHANNELS * 8):
-        since = a.get("since")
+        since = _epoch(a.get("since"))
         alerts.append((_text(a, "channel"), AlertView(
-            _text(a, "rule"), _optional_text(a, "label") or "?", True, _clock(since), "",
-            _epoch(since) or 0.0)))
+            _text(a, "rule"), _optional_text(a, "label") or "?", True,
+            "?" if since is None else _clock_at(since), "", since or 0.0)))
     return _State(ts, tuple(channels), tuple(alerts))
 
 
@@ -508,9 +508,10 @@ def _checked(suffix: str, p: dict[str, Any],
                         _number(p.get("confidence")), kind if kind in _KINDS else "",
                         _optional_text(p, "role"))
     active = alert_state(p) != CLEARED
+    start = _epoch(p.get("start"))
     return _Alert(channel, seq, AlertView(_text(p, "rule"), _text(p, "label"), active,
-                                          _clock(p.get("start")), _clock(p.get("end")),
-                                          _epoch(p.get("start")) or 0.0))
+                                          "?" if start is None else _clock_at(start),
+                                          _clock(p.get("end")), start or 0.0))
 
 
 # Control characters (C0, DEL, C1) and the bidirectional overrides that reorder what a
@@ -551,12 +552,8 @@ def _age(seconds: float) -> str:
 
 
 def _clock(text: object) -> str:
-    if not isinstance(text, str) or len(text) > 40:
-        return "?"
-    try:
-        return time.strftime("%H:%M:%S", time.localtime(parse_iso_utc(text)))
-    except (ValueError, OverflowError, OSError):
-        return "?"
+    epoch = _epoch(text)
+    return "?" if epoch is None else _clock_at(epoch)
 
 
 def _clock_at(epoch: float) -> str:
