@@ -89,6 +89,9 @@ class LiveState:
     _alerts: dict[tuple[str, str], OpenAlert] = field(init=False, default_factory=dict)
     _published: dict[str, Any] | None = field(init=False, default=None)
     _last_publish: float | None = field(init=False, default=None)
+    # Something was fed or reset since the body was last built: the loop calls due()
+    # every block, and most blocks bring no event, so the body is not rebuilt for them.
+    _changed: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         validate_device_id(self.device_id)
@@ -105,6 +108,7 @@ class LiveState:
         channel = payload.get("channel")
         if not isinstance(channel, str) or not channel:
             return
+        self._changed = True
         role = payload.get("role")
         entry = self._channel(channel, role if isinstance(role, str) else None)
         if kind in ("window", "utterance"):
@@ -136,6 +140,7 @@ class LiveState:
         for entry in self._channels.values():
             entry.verdict = None
         self._alerts.clear()
+        self._changed = True
 
     # -- output ----------------------------------------------------------------------
 
@@ -151,8 +156,11 @@ class LiveState:
             force: bool = False) -> dict[str, Any] | None:
         """The payload to publish now if the picture changed since the last one and the
         interval has passed (``force``: ignore the interval, e.g. at start and stop)."""
+        if not self._changed and not force:
+            return None
         body = self._body()
         if body == self._published and not force:
+            self._changed = False
             return None
         if (
             not force
@@ -162,6 +170,7 @@ class LiveState:
             return None
         self._published = body
         self._last_publish = now_monotonic
+        self._changed = False
         return self._wrap(body, now_epoch_seconds)
 
     # -- internals -------------------------------------------------------------------
