@@ -160,11 +160,6 @@ def trim(x: Audio, margin_db: float = 35.0) -> Audio:
     return x[loud[0] * STEP : (loud[-1] + 1) * STEP]
 
 
-def levelled(x: Audio, dbfs: float) -> Audio:
-    rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1.0
-    return (x * (10 ** (dbfs / 20) / rms)).astype(np.float32)
-
-
 # -- running a gate ------------------------------------------------------------------------
 
 
@@ -298,6 +293,8 @@ def scene_levels(category: str, noise: RecordedNoise | None) -> tuple[float, ...
 def build_scenes(clips: Sequence[Audio], per_scene: int, seed: int = 0,
                  noise: RecordedNoise | None = None) -> list[Scene]:
     """Speech placed in each category of sound: synthetic, or ``noise``'s recordings."""
+    from bench.signals import level  # noqa: PLC0415
+
     rng = np.random.default_rng(seed)
     scenes: list[Scene] = []
     k = 0
@@ -310,7 +307,7 @@ def build_scenes(clips: Sequence[Audio], per_scene: int, seed: int = 0,
                 x = clips[k % len(clips)]
                 lvl = SPEECH_LEVELS[k % len(SPEECH_LEVELS)]
                 k += 1
-                placed.append((pos, levelled(x, lvl), lvl))
+                placed.append((pos, level(x, lvl), lvl))
                 pos += x.size + int(rng.uniform(1.5, 5.0) * RATE)
             audio = make(cat, pos / RATE, noise_db, seed=seed * 100 + len(scenes))
             for start, x, _ in placed:
