@@ -249,8 +249,6 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         cfg = load(args.config)
         if args.model:
-            import dataclasses  # noqa: PLC0415
-
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=args.model))
         if args.channels is not None:
             cfg = _with_channels(cfg, args.channels)
@@ -304,8 +302,6 @@ def replay_device_id(device_id: str) -> str:
 
 def _with_channels(cfg: Config, text: str) -> Config:
     """``cfg`` with ``--channels`` as its ``audio.channels``; ConfigError if unusable."""
-    import dataclasses  # noqa: PLC0415
-
     from serd.roles import parse_channels_flag  # noqa: PLC0415
     from serd.validate import ConfigError  # noqa: PLC0415
 
@@ -350,8 +346,6 @@ def _shown(path: Path) -> Path:
 
 
 def _check_config(cfg: Config, *, probe: bool = False) -> int:
-    import dataclasses  # noqa: PLC0415
-
     from serd.model import load_classifier  # noqa: PLC0415
     from serd.preflight import start_checks  # noqa: PLC0415
 
@@ -404,8 +398,6 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
     (and alerts) a device would publish.  After the last file, wait up to ``wait_seconds``
     for the broker to acknowledge them.  Exit code 2 if any file was unusable,
     :data:`EXIT_UNDELIVERED` if events are still spooled."""
-    import dataclasses  # noqa: PLC0415
-
     from serd.daemon import Daemon  # noqa: PLC0415
     from serd.decode import AudioError, find_audio, probe  # noqa: PLC0415
     from serd.events import validate_device_id  # noqa: PLC0415
