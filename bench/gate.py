@@ -149,17 +149,6 @@ def load(path: Path) -> Audio:
     return decode(path, RATE)
 
 
-def trim(x: Audio, margin_db: float = 35.0) -> Audio:
-    """The clip from its first to its last 10 ms block within ``margin_db`` of its loudest."""
-    n = x.size // STEP
-    if n == 0:
-        return x
-    ms = np.mean(x[: n * STEP].reshape(n, STEP).astype(np.float64) ** 2, axis=1)
-    db = 10 * np.log10(ms + 1e-20)
-    loud = np.flatnonzero(db > db.max() - margin_db)
-    return x[loud[0] * STEP : (loud[-1] + 1) * STEP]
-
-
 # -- running a gate ------------------------------------------------------------------------
 
 
@@ -474,11 +463,11 @@ def run(corpora: Path | None, *, clips: int, per_scene: int, noise_seconds: floa
         noise: RecordedNoise | None = None) -> dict[str, Any]:
     """The comparison: scenes, noise and CPU for each candidate gate, in the synthetic
     sounds or in ``noise``'s recordings (all of them unless ``noise_seconds`` is given)."""
-    from bench.signals import continuous_speech  # noqa: PLC0415
+    from bench.signals import continuous_speech, trim  # noqa: PLC0415
 
     say = log or (lambda _m: None)
     paths = speech_clips(corpora, clips)
-    audio = [trim(load(p)) for p in paths]
+    audio = [trim(load(p), pad_s=0.0) for p in paths]
     scenes = build_scenes(audio, per_scene, noise=noise)
     cpu_audio = {"room": sound("room", 60, -60.0, seed=5)}
     if noise is None:
