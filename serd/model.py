@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.resources
 import json
 import logging
 from collections.abc import Callable
@@ -52,7 +51,7 @@ FRONTEND_VERSION = 2
 """Bump whenever the front-end's arithmetic changes; cards record the version they used."""
 
 # Package data beside the trunk (serd/models; see serd.voice.DEFAULT_TRUNK).
-DEFAULT_MODEL = Path(str(importlib.resources.files("serd") / "models" / "serd-emotion-6.tflite"))
+DEFAULT_MODEL = DEFAULT_TRUNK.with_name("serd-emotion-6.tflite")
 
 
 class ModelError(Exception):
