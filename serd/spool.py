@@ -550,11 +550,7 @@ class Spool:
                 "ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",
                 (_SEQ_PREFIX + stream, seq),
             )
-        conn.execute(
-            "INSERT INTO counters(name, value) VALUES (?, 1) "
-            "ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            (_RECOVERED,),
-        )
+        self._add_counter_locked(_RECOVERED, 1)
         conn.execute("COMMIT")
         self._depth = len(salvage.rows)
         self._recovered = int(salvage.counters.get(_RECOVERED, 0)) + 1
@@ -575,11 +571,7 @@ class Spool:
         try:
             self._set_sync_full_locked(True)
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO counters(name, value) VALUES (?, 1) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + 1",
-                (name,),
-            )
+            self._add_counter_locked(name, 1)
             seq = self._counter(name)
             record["seq"] = seq
             conn.execute(
@@ -595,11 +587,7 @@ class Spool:
                     (overflow,),
                 )
             if new_drops:
-                conn.execute(
-                    "INSERT INTO counters(name, value) VALUES (?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (_DROPPED, new_drops),
-                )
+                self._add_counter_locked(_DROPPED, new_drops)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback_locked()
