@@ -226,9 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for device in args.devices:
             validate_device_id(device)
+        cfg = load(args.config)  # once: its mqtt: and discovery: sections
         settings = dataclasses.replace(
-            settings_from(args), client_id=f"serd-forget-{uuid.uuid4().hex[:10]}")
-        discovery_prefix = args.discovery_prefix or load(args.config).discovery.prefix
+            settings_from(args, cfg.mqtt), client_id=f"serd-forget-{uuid.uuid4().hex[:10]}")
+        discovery_prefix = args.discovery_prefix or cfg.discovery.prefix
         results = Forgetter(settings, discovery_prefix)(args.devices, force=args.force)
     except ConfigError as exc:
         print(f"serd forget: configuration error: {exc}", file=sys.stderr)

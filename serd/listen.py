@@ -593,11 +593,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from(args: argparse.Namespace) -> MqttSettings:
-    """The ``mqtt:`` settings from ``--config``, with the flags applied."""
-    from serd.config import load  # noqa: PLC0415
+def settings_from(args: argparse.Namespace,
+                  mqtt_settings: MqttSettings | None = None) -> MqttSettings:
+    """The ``mqtt:`` settings from ``--config`` (or ``mqtt_settings``, already loaded from
+    it), with the flags applied."""
+    if mqtt_settings is None:
+        from serd.config import load  # noqa: PLC0415
 
-    mqtt_settings = load(args.config).mqtt  # no --config: $SERD_CONFIG or the defaults
+        mqtt_settings = load(args.config).mqtt  # no --config: $SERD_CONFIG or the defaults
     changes: dict[str, Any] = {}
     if args.host:
         changes["host"] = args.host
