@@ -19,14 +19,14 @@ from serd.alerts import AlertSettings
 from serd.capture import AudioSettings
 from serd.decisions import DecisionSettings
 from serd.discovery import DiscoverySettings
+from serd.events import DEVICE_ID_PATTERN
 from serd.gate import VadSettings
 from serd.model import ModelSettings
 from serd.mqttsettings import MqttSettings
 from serd.validate import ConfigError, build, read_yaml, require
 
-# The one device_id rule (an MQTT topic level that every consumer can print and match);
-# serd.events.validate_device_id checks payloads against the same pattern.
-DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+# The one device_id rule (an MQTT topic level that every consumer can print and match),
+# shared with serd.events.validate_device_id, which checks payloads against it.
 _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 # Where the per-machine id lives (systemd; the D-Bus copy on older systems).
 MACHINE_ID_PATHS = ("/etc/machine-id", "/var/lib/dbus/machine-id")

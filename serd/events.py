@@ -40,8 +40,10 @@ ALERT_SUFFIX = "alert"
 STATUS_SUFFIX = "status"
 HEALTH_SUFFIX = "health"
 
-# Topic-safe and log-safe: no MQTT wildcards or level separators, no whitespace.
-_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# Topic-safe and log-safe: no MQTT wildcards or level separators, no whitespace.  The one
+# device_id rule: serd.config checks the configured device_id against it too.
+DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN + r"\Z")
 _HEALTH_RESERVED = frozenset({"schema", "type", "device_id", "ts"})
 # Probabilities and confidences are rounded: 4 decimals is finer than any model's
 # calibration and keeps a window event around 300 bytes on the wire.
