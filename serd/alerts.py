@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from serd.events import AlertResult, alert_event
+from serd.roles import UNSPECIFIED
 from serd.validate import ConfigError, require
 
 if TYPE_CHECKING:
@@ -359,7 +360,7 @@ class AlertEngine:
             model=self.model,
             message=message,
             state=state,
-            role=self.roles.get(channel, "unspecified"),
+            role=self.roles.get(channel, UNSPECIFIED),
         )
         return alert_event(self.device_id, result, now_epoch_seconds=now)
 

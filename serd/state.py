@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from serd.events import SCHEMA_VERSION, iso_utc, parse_iso_utc, validate_device_id
+from serd.roles import UNSPECIFIED
 
 _LOGGER = logging.getLogger(__name__)
 
 STATE_SUFFIX = "state"
 """Topic suffix of the retained current-state payload."""
-
-UNSPECIFIED_ROLE = "unspecified"
 
 Health = Literal["online", "degraded"]
 HealthReason = Literal["connected", "input_missing", "spool_backlog"]
@@ -178,7 +177,7 @@ class LiveState:
     def _channel(self, name: str, role: str | None) -> _Channel:
         entry = self._channels.get(name)
         if entry is None:
-            entry = _Channel(role=role or UNSPECIFIED_ROLE)
+            entry = _Channel(role=role or UNSPECIFIED)
             self._channels[name] = entry
         elif role:
             entry.role = role
