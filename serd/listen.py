@@ -70,6 +70,8 @@ _STALE_SECONDS = 3600.0
 _TEXT_CHARS = 48
 """Longest text shown in a cell (device, channel, label, rule, reason); longer is cut."""
 _AVAILABILITY = ("online", "degraded", "offline")
+_PRESENT = ("online", "degraded")
+"""Availabilities of a device that is there (never aged out or evicted)."""
 _KINDS = ("window", "utterance")
 _SWEEP_SECONDS = 10.0
 
@@ -205,8 +207,7 @@ class Board:
             self.messages += 1
             dev.heard = time.monotonic()
             if isinstance(update, _Status):
-                if update.state in ("online", "degraded") and \
-                        dev.availability not in ("online", "degraded"):
+                if update.state in _PRESENT and dev.availability not in _PRESENT:
                     dev.fresh = set(_SUFFIXES)  # a wiped state dir restarts seq at 1
                 dev.availability = update.state
                 dev.reason = update.reason
@@ -290,7 +291,7 @@ class Board:
             return dev
         if len(self.devices) >= self.max_devices:
             idle = [(d.heard, k) for k, d in self.devices.items()
-                    if d.availability not in ("online", "degraded")]
+                    if d.availability not in _PRESENT]
             if not idle:
                 self.refused += 1
                 self.version += 1
@@ -319,7 +320,7 @@ class Board:
         now_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
         with self.lock:
             stale = [k for k, d in self.devices.items()
-                     if d.availability not in ("online", "degraded")
+                     if d.availability not in _PRESENT
                      and now_monotonic - d.heard >= self.stale_seconds]
             for k in stale:
                 self.row_count -= len(self.devices.pop(k).rows)
