@@ -293,13 +293,14 @@ def entities(
         "value_template": "{{ 'ON' if value_json.input_open is sameas true else 'OFF' }}",
         **diagnostic,
     })
-    for name, field, state_class in (("spool backlog", "spool_depth", "measurement"),
-                                     ("dropped events", "dropped", "total_increasing")):
+    for name, field, state_class, icon in (
+            ("spool backlog", "spool_depth", "measurement", "mdi:tray-full"),
+            ("dropped events", "dropped", "total_increasing", "mdi:delete-alert-outline")):
         add({
             "name": name,
             "state_class": state_class,
             "unit_of_measurement": "events",
-            "icon": "mdi:tray-full" if field == "spool_depth" else "mdi:delete-alert-outline",
+            "icon": icon,
             "state_topic": health_topic,
             # Empty output (no figure in this payload) is ignored by a numeric sensor.
             "value_template": (
