@@ -24,16 +24,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 SCHEMA_VERSION = 1
 """Version of the payload formats; bumped only for incompatible changes."""
 
 EmotionType = Literal["window", "utterance"]
 """``window``: one fixed analysis window; ``utterance``: one VAD-delimited utterance."""
+EMOTION_TYPES: tuple[str, ...] = get_args(EmotionType)
 
 StatusState = Literal["online", "degraded", "offline"]
 """``degraded``: connected, but no microphone or a spool backing up (serd.state)."""
+STATUS_STATES: tuple[str, ...] = get_args(StatusState)
 
 EMOTION_SUFFIX = "emotion"
 ALERT_SUFFIX = "alert"
@@ -111,7 +113,7 @@ class EmotionResult:
     role: str = "unspecified"
 
     def __post_init__(self) -> None:
-        if self.type not in ("window", "utterance"):
+        if self.type not in EMOTION_TYPES:
             raise ValueError(f"type: {self.type!r} is not 'window' or 'utterance'")
         _require_text(self.channel, "channel")
         _require_role(self.role)
@@ -221,7 +223,7 @@ def status_event(
     ``with_ts=False`` is for the Last Will: it is registered when the connection is
     made, so any timestamp in it would be the connect time, not the time of death.
     """
-    if state not in ("online", "degraded", "offline"):
+    if state not in STATUS_STATES:
         raise ValueError(f"state: {state!r} is not 'online', 'degraded' or 'offline'")
     payload: dict[str, Any] = {
         "schema": SCHEMA_VERSION,

@@ -40,7 +40,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from serd.alerts import CLEARED, alert_state
-from serd.events import ALERT_SUFFIX, EMOTION_SUFFIX, STATUS_SUFFIX, parse_iso_utc
+from serd.events import (
+    ALERT_SUFFIX,
+    EMOTION_SUFFIX,
+    EMOTION_TYPES,
+    STATUS_STATES,
+    STATUS_SUFFIX,
+    parse_iso_utc,
+)
 from serd.state import STATE_SUFFIX
 
 if TYPE_CHECKING:
@@ -69,10 +76,10 @@ _STALE_SECONDS = 3600.0
 """A device not online and silent this long is forgotten (replays, retired devices)."""
 _TEXT_CHARS = 48
 """Longest text shown in a cell (device, channel, label, rule, reason); longer is cut."""
-_AVAILABILITY = ("online", "degraded", "offline")
+_AVAILABILITY = STATUS_STATES
 _PRESENT = ("online", "degraded")
 """Availabilities of a device that is there (never aged out or evicted)."""
-_KINDS = ("window", "utterance")
+_KINDS = EMOTION_TYPES
 _SWEEP_SECONDS = 10.0
 
 
