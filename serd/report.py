@@ -133,12 +133,15 @@ class RunTotals:
             "type": "total", "files": self.files, "unreadable": self.unreadable,
             "no_speech": self.no_speech, "audio_s": round(self.audio_s, 3),
             "speech_s": round(self.speech_s, 3),
-            "verdicts": dict(sorted(self.verdicts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "verdicts": dict(self._ranked()),
         }
 
+    def _ranked(self) -> list[tuple[str, int]]:
+        """Verdicts per label, most frequent first (ties by name)."""
+        return sorted(self.verdicts.items(), key=lambda kv: (-kv[1], kv[0]))
+
     def text(self) -> str:
-        verdicts = ", ".join(f"{k} {v}" for k, v in
-                             sorted(self.verdicts.items(), key=lambda kv: (-kv[1], kv[0])))
+        verdicts = ", ".join(f"{k} {v}" for k, v in self._ranked())
         return (
             f"total: {self.files} file{'' if self.files == 1 else 's'}, "
             f"{_duration(self.speech_s)} of speech in {_duration(self.audio_s)} of audio; "
