@@ -54,6 +54,19 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
+    def format_help(self) -> str:
+        # What libsndfile reads is asked only when help is shown: asking imports the
+        # decoder (numpy, soundfile), which every start of serd would otherwise pay for.
+        for action in self._actions:
+            if action.help and _FORMATS_TOKEN in action.help:
+                action.help = action.help.replace(
+                    _SUFFIXES_TOKEN, ", ".join(_suffixes())).replace(_FORMATS_TOKEN, _formats())
+        return super().format_help()
+
+
+_SUFFIXES_TOKEN = "<suffixes>"
+_FORMATS_TOKEN = "<formats>"
+
 
 def _formats() -> str:
     """The container formats this libsndfile reads (MP3 and Opus where it is 1.1+)."""
@@ -138,8 +151,8 @@ def _parser() -> argparse.ArgumentParser:
                    "from the defaults; see config.yaml); default $SERD_CONFIG or built-in")
     p.add_argument("--once", nargs="*", metavar="PATH",
                    help="analyse audio files or folders and exit; - reads one file from "
-                   f"standard input; folders are searched for {', '.join(_suffixes())}; "
-                   f"files in any format libsndfile reads: {_formats()}")
+                   f"standard input; folders are searched for {_SUFFIXES_TOKEN}; "
+                   f"files in any format libsndfile reads: {_FORMATS_TOKEN}")
     p.add_argument("paths", nargs="*", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true",
                    help="with --once: print JSON lines (window, utterance, summary)")
