@@ -377,12 +377,12 @@ class Daemon:
         if health:
             change = self.availability(input_open=self.source.is_open,
                                        spool_depth=self.publisher.stats().spool_depth,
-                                       now_monotonic=time.monotonic())
+                                       now_monotonic=self.monotonic())
             if change is not None:
                 self.publisher.publish_retained(STATUS_SUFFIX, status_event(
                     self.device_id, change.state, change.reason, version=__version__,
                     now_epoch_seconds=now))
-        payload = self.live.due(time.monotonic(), now, force=force)
+        payload = self.live.due(self.monotonic(), now, force=force)
         if payload is not None:
             self.publisher.publish_retained(STATE_SUFFIX, payload)
 
