@@ -69,6 +69,10 @@ class ModelSettings:
     voice: bool = True
     """Fuse the card's voice branch, if it has one; False runs the CNN alone (for devices
     too slow for the branch's LSTM)."""
+    adapt: bool = True
+    """Let each line's voice reference follow the line's own speech (a model whose card
+    has a ``voice.reference``: :class:`serd.voice.LineReference`); False keeps every line
+    at the model's prior reference, as a line that has heard nothing yet."""
 
     def __post_init__(self) -> None:
         require(1 <= self.num_threads <= 16, "num_threads", "must be in 1..16")
@@ -364,9 +368,13 @@ class ClassifierStream:
 
     def __init__(self, classifier: Classifier) -> None:
         self.classifier = classifier
-        self.voice = classifier.voice.stream() if classifier.voice is not None else None
+        branch = classifier.voice
+        self.voice = branch.stream() if branch is not None else None
+        # The line's reference outlives streams and utterances: it is the line's.
+        self.reference = branch.line_reference() if branch is not None else None
 
     def reset(self) -> None:
+        """A new stream (the voice LSTM's state); the line's reference is kept."""
         if self.voice is not None:
             self.voice.reset()
 
@@ -374,7 +382,10 @@ class ClassifierStream:
         probs = self.classifier(window.features)
         if self.voice is None:
             return probs
-        return self.classifier.fused(probs, self.voice(window))
+        stats = self.voice(window)
+        if self.reference is not None:
+            stats = self.reference(stats)
+        return self.classifier.fused(probs, stats)
 
 
 def load_classifier(
@@ -401,7 +412,7 @@ def load_classifier(
     if card.voice and settings.voice:
         # After the CNN's checks, so that a card that does not fit its model (labels,
         # shapes) is named as such, not by the head that follows the card.
-        clf.voice = load_voice_branch(path, card)
+        clf.voice = load_voice_branch(path, card, adapt=settings.adapt)
     _LOGGER.info(
         "loaded model %s (%s, %d labels, %s) with %s%s",
         card.name, path.name, len(card.labels), card.sha256[:12], clf.runtime,
@@ -414,10 +425,11 @@ def voice_head_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".voice.npz")
 
 
-def load_voice_branch(model_path: Path, card: ModelCard) -> VoiceBranch:
+def load_voice_branch(model_path: Path, card: ModelCard, adapt: bool = True) -> VoiceBranch:
     """The voice branch a card describes: the trunk (beside the model, else serd's own)
     and the head (``<model>.voice.npz``), both checked against the card's digests, and the
-    trunk against the card's fingerprint."""
+    trunk against the card's fingerprint.  ``adapt``: lines adapt their reference
+    (:attr:`ModelSettings.adapt`)."""
     v = card.voice
     if v is None:
         raise ModelError(f"model {card.name} has no voice branch")
@@ -470,6 +482,6 @@ def load_voice_branch(model_path: Path, card: ModelCard) -> VoiceBranch:
                 "the file is corrupt or belongs to another model"
             )
         head = VoiceHead.load(head_path, len(card.labels), params.n_outputs)
+        return VoiceBranch(trunk, head, weight, v.reference, adapt=adapt)
     except VoiceError as exc:
         raise ModelError(str(exc)) from None
-    return VoiceBranch(trunk, head, weight)

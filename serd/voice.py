@@ -90,6 +90,79 @@ class VoiceParams:
 
 
 @dataclass(frozen=True)
+class ReferenceParams:
+    """How the voice branch adapts to its line (:class:`LineReference`), as trained.
+
+    A head trained with a reference sees each window's statistics minus the mean
+    statistics of its *domain*: in training a corpus and rendering (a set of voices, a
+    language, a studio, a channel), on the device the line's own recent speech.  What is
+    left is how a window differs from the voices and room it comes from, which is what
+    carries across corpora (docs/experiments/LOG.md, fifteenth round)."""
+
+    prior_windows: float = 100.0
+    """Weight of the prior reference (the mean of the training domains' references), in
+    windows: a line's reference is ``(n * line_mean + prior_windows * prior) /
+    (n + prior_windows)`` after ``n`` windows of its speech."""
+    memory_windows: int = 2000
+    """Windows the line's mean remembers: up to this many it is the plain mean, after it
+    an exponential average over about this many (at a 0.5 s hop about 17 minutes of
+    speech), so a line follows a change of headset or room."""
+    neutral_share: float = 0.6
+    """Share of neutral speech assumed in a line's stream: the training domains'
+    references weight their neutral windows to this share (where a domain has any), as a
+    call centre's stream is mostly neutral.  A training record; the device needs no
+    labels."""
+
+    def __post_init__(self) -> None:
+        if not self.prior_windows >= 0 or self.memory_windows < 1 \
+                or not 0 <= self.neutral_share <= 1:
+            raise ValueError(f"bad reference parameters {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LineReference:
+    """``__call__(stats) -> stats - reference``: one line's voice statistics, relative to
+    the line's own speech so far (:class:`ReferenceParams`); the window then joins the
+    mean.  ``reset()`` forgets the line (back to the prior).  One per analysed channel;
+    it is not reset between utterances or calls: the reference is the line's, not a
+    caller's, so one caller's mood is a small part of it."""
+
+    def __init__(self, prior: FloatArray, params: ReferenceParams | None = None,
+                 adapt: bool = True) -> None:
+        """``adapt`` False: the reference stays at the prior (no adaptation)."""
+        self.prior = np.asarray(prior, np.float32)
+        self.params = params or ReferenceParams()
+        self.adapt = adapt
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.mean = np.zeros_like(self.prior)
+
+    @property
+    def reference(self) -> FloatArray:
+        k = self.params.prior_windows
+        n = float(self.count)
+        if n + k <= 0:
+            return self.prior
+        return np.asarray((n * self.mean + k * self.prior) / (n + k), np.float32)
+
+    def update(self, stats: FloatArray) -> None:
+        """Add one window's statistics to the line's mean."""
+        if not self.adapt:
+            return
+        self.count = min(self.count + 1, self.params.memory_windows)
+        self.mean += (np.asarray(stats, np.float32) - self.mean) / self.count
+
+    def __call__(self, stats: FloatArray) -> FloatArray:
+        out = np.asarray(stats, np.float32) - self.reference
+        self.update(stats)
+        return out
+
+
+@dataclass(frozen=True)
 class VoiceCard:
     """The model card's ``voice`` section: which branch a model was trained with, and how
     its opinion is fused with the CNN's.  Written by ``serd-train``, read by
@@ -114,6 +187,9 @@ class VoiceCard:
     """The head's regularisation (training record)."""
     fitted_on_telephone: bool | None = None
     """Whether the head also saw telephone renderings (training record)."""
+    reference: ReferenceParams | None = None
+    """The head was trained on statistics relative to their domain's reference
+    (:class:`LineReference`); its prior is in the head file.  None: absolute statistics."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": self.version, "params": self.params.to_dict()}
@@ -130,6 +206,8 @@ class VoiceCard:
             out["c"] = self.c
         if self.fitted_on_telephone is not None:
             out["fitted_on_telephone"] = self.fitted_on_telephone
+        if self.reference is not None:
+            out["reference"] = self.reference.to_dict()
         return out
 
     @classmethod
@@ -139,6 +217,9 @@ class VoiceCard:
             raise TypeError(f"expected a JSON object, got {type(d).__name__}")
         c = d.get("c")
         tel = d.get("fitted_on_telephone")
+        ref = d.get("reference")
+        if ref is not None and not isinstance(ref, dict):
+            raise TypeError("reference: expected a JSON object")
         return cls(
             version=int(d["version"]), params=VoiceParams(**d["params"]),
             trunk_sha256=str(d["trunk_sha256"]), head_file=str(d["head_file"]),
@@ -146,7 +227,8 @@ class VoiceCard:
             fingerprint=tuple(float(x) for x in d.get("fingerprint", ())),
             trunk=str(d.get("trunk", "")), lstm_file=str(d.get("lstm_file", "")),
             lstm_sha256=str(d.get("lstm_sha256", "")), c=None if c is None else float(c),
-            fitted_on_telephone=None if tel is None else bool(tel))
+            fitted_on_telephone=None if tel is None else bool(tel),
+            reference=None if ref is None else ReferenceParams(**ref))
 
 
 def hz_to_mel_slaney(hz: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -480,8 +562,13 @@ class VoiceHead:
     coef: FloatArray
     """(n_labels, 512)."""
     intercept: FloatArray
+    reference: FloatArray | None = None
+    """The prior line reference (:class:`LineReference`) of a head trained on relative
+    statistics; None for a head on absolute ones."""
 
     def __call__(self, x: FloatArray) -> FloatArray:
+        """Probabilities of statistics as the head was trained on them (relative to a
+        reference, for a head with one)."""
         z = (np.asarray(x, np.float32) - self.mean) / self.scale
         logits = z @ self.coef.T + self.intercept
         logits = logits - logits.max(axis=-1, keepdims=True)
@@ -492,15 +579,19 @@ class VoiceHead:
     def load(cls, path: Path, n_labels: int, n_inputs: int) -> VoiceHead:
         try:
             with np.load(path) as z:
-                head = cls(*(np.asarray(z[k], np.float32)
-                             for k in ("mean", "scale", "coef", "intercept")))
+                mean, scale, coef, intercept = (np.asarray(z[k], np.float32) for k in
+                                                ("mean", "scale", "coef", "intercept"))
+                prior = (np.asarray(z["reference"], np.float32)
+                         if "reference" in z.files else None)
+            head = cls(mean, scale, coef, intercept, reference=prior)
         except FileNotFoundError:
             raise VoiceError(f"voice head {path} is missing: it belongs beside the model "
                              "(serd-train writes both)") from None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise VoiceError(f"voice head {path} is not readable: {exc}") from None
         if head.coef.shape != (n_labels, n_inputs) or head.mean.shape != (n_inputs,) \
-                or head.scale.shape != (n_inputs,) or head.intercept.shape != (n_labels,):
+                or head.scale.shape != (n_inputs,) or head.intercept.shape != (n_labels,) \
+                or (head.reference is not None and head.reference.shape != (n_inputs,)):
             raise VoiceError(f"voice head {path} has coefficients of shape {head.coef.shape}; "
                              f"the card needs {(n_labels, n_inputs)}")
         return head
@@ -528,15 +619,29 @@ def voice_fingerprint(trunk: VoiceTrunk, signal: npt.ArrayLike) -> list[float]:
 
 class VoiceBranch:
     """Trunk + head + the fusion weight: what a card's voice section loads.  Stateless, so
-    one branch serves every channel; each channel runs its own :meth:`stream`."""
+    one branch serves every channel; each channel runs its own :meth:`stream` and, for a
+    head trained with a reference, its own :meth:`line_reference`."""
 
-    def __init__(self, trunk: VoiceTrunk, head: VoiceHead, cnn_weight: float = 0.5) -> None:
+    def __init__(self, trunk: VoiceTrunk, head: VoiceHead, cnn_weight: float = 0.5,
+                 reference: ReferenceParams | None = None, adapt: bool = True) -> None:
+        """``adapt`` False keeps every line at the prior reference (no adaptation)."""
+        if (reference is None) != (head.reference is None):
+            raise VoiceError("the voice head and its card disagree on the line reference: "
+                             "retrain the model with serd-train")
         self.trunk = trunk
         self.head = head
         self.cnn_weight = cnn_weight
+        self.reference = reference
+        self.adapt = adapt
 
     def stream(self) -> VoiceStream:
         return VoiceStream(self.trunk)
+
+    def line_reference(self) -> LineReference | None:
+        """A new line's reference (None: the head takes absolute statistics)."""
+        if self.head.reference is None or self.reference is None:
+            return None
+        return LineReference(self.head.reference, self.reference, adapt=self.adapt)
 
     def fused(self, cnn: FloatArray, voice_stats: FloatArray) -> FloatArray:
         """The CNN's probabilities fused with the head's on a window's statistics."""

@@ -38,6 +38,7 @@ from serd.features import FeatureParams, WindowParams
 from serd.gate import VadSettings
 from serd.normalise import channel_indices
 from serd.validate import ConfigError, build, deep_merge, read_yaml, require
+from serd.voice import ReferenceParams
 from train.augment import AugmentParams
 from train.corpora import CANONICAL, CorpusError
 from train.taxonomy import Taxonomy
@@ -350,10 +351,34 @@ class VoiceConfig:
     """Inverse L2 strength of the regression (scikit-learn's ``C``)."""
     telephone: bool
     """Fit on the telephone renderings of the training windows as well as the clean ones."""
+    line_reference: bool = False
+    """Fit the head on statistics relative to their domain (corpus and rendering) and let
+    each device line adapt its reference (:class:`serd.voice.LineReference`)."""
+    warm_utterances: int = 200
+    """Evaluation with a reference: each test domain's line has heard this many of its
+    utterances (a seeded, mostly neutral stream) before it is scored; 0: the prior only."""
+    prior_windows: float = 100.0
+    """:attr:`serd.voice.ReferenceParams.prior_windows`."""
+    memory_windows: int = 2000
+    """:attr:`serd.voice.ReferenceParams.memory_windows`."""
+    neutral_share: float = 0.6
+    """:attr:`serd.voice.ReferenceParams.neutral_share`."""
 
     def __post_init__(self) -> None:
         require(0 <= self.cnn_weight <= 1, "cnn_weight", "must be in [0, 1]")
         require(self.c > 0, "c", "must be > 0")
+        require(self.warm_utterances >= 0, "warm_utterances", "must be >= 0")
+        require(self.prior_windows >= 0, "prior_windows", "must be >= 0")
+        require(self.memory_windows >= 1, "memory_windows", "must be >= 1")
+        require(0 <= self.neutral_share <= 1, "neutral_share", "must be in [0, 1]")
+
+    def reference(self) -> ReferenceParams | None:
+        """The branch's reference parameters (None: absolute statistics)."""
+        if not self.line_reference:
+            return None
+        return ReferenceParams(prior_windows=self.prior_windows,
+                               memory_windows=self.memory_windows,
+                               neutral_share=self.neutral_share)
 
 
 @dataclass(frozen=True)

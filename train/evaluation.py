@@ -7,6 +7,7 @@ the device runs.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from train.results import (
     LevelScores,
     Scores,
 )
+from train.voice import warm_reference
 from train.windowsets import Selection, WindowSets, select
 
 VERDICT_KINDS: tuple[Kind, ...] = ("int8", "voice", "fused_int8")
@@ -79,7 +81,7 @@ def evaluate(sets: WindowSets, trained: Trained, clf: Classifier, *,
             if not np.array_equal(vsel.file, sel.file):
                 raise RuntimeError(f"voice cache of {v.name} is out of step with its "
                                    "windows: delete the cache's voice-*.npz")
-            stats = np.asarray(vsel.x, np.float32)
+            stats = line_relative(sets, clf, items, test_idx, vsel)
             kinds |= {"voice": clf.voice.head(stats), "fused_float": clf.fused(pf, stats),
                       "fused_int8": clf.fused(pq, stats)}
         y_win = sel.y_file[sel.file]
@@ -150,6 +152,30 @@ def _device_file_probs(sets: WindowSets, clf: Classifier, items: list[Item], idx
     pq = int8_window_probs(clf, np.asarray(sel.x, np.float32))
     if clf.voice is not None:
         vsel = select(sets.voice_set(items, variant), idx, [0] * len(idx))
-        pq = clf.fused(pq, np.asarray(vsel.x, np.float32))
+        pq = clf.fused(pq, line_relative(sets, clf, items, idx, vsel))
     return file_probs(pq, sel.file, sel.n_files)
 
+
+
+def line_relative(sets: WindowSets, clf: Classifier, items: list[Item], idx: list[int],
+                  vsel: Selection) -> npt.NDArray[np.float32]:
+    """The voice statistics ``vsel`` (of the files ``idx``) as the device's head sees
+    them: for a head with a line reference, each test corpus is a line that has heard
+    ``voice.warm_utterances`` of its own files (:func:`train.voice.warm_reference`), and
+    every file of it is scored against that reference; else the statistics as they are."""
+    x = np.asarray(vsel.x, np.float32)
+    branch = clf.voice
+    if branch is None or branch.head.reference is None or branch.reference is None:
+        return x
+    labels = list(clf.card.labels)
+    neutral = labels.index("neutral") if "neutral" in labels else None
+    corpus = np.array([items[i].corpus for i in idx])[vsel.file] if len(idx) else \
+        np.zeros(0, str)
+    out = x.copy()
+    for c in np.unique(corpus):
+        m = corpus == c
+        ref = warm_reference(x[m], vsel.file[m], vsel.y_file, branch.head.reference,
+                             branch.reference, neutral, sets.cfg.voice.warm_utterances,
+                             seed=sets.seed + zlib.crc32(c.encode()))
+        out[m] = x[m] - ref
+    return out

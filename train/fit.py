@@ -113,13 +113,23 @@ def fit_voice(sets: WindowSets, items: list[Item], tax: Taxonomy, speakers: Iter
         return None
     idx, lab = capped(items, *labelled(items, speakers, tax.train_label),
                       max_files_per_corpus, sets.seed)
-    xs, ys = [], []
+    xs, ys, doms = [], [], []
+    corpus = np.array([items[i].corpus for i in idx])
     for v in sets.voice_variants():
         sel = select(sets.voice_set(items, v), idx, lab)
         xs.append(np.asarray(sel.x, np.float32))
         ys.append(sel.y_file[sel.file])
-    return fit_head(np.concatenate(xs), np.concatenate(ys), len(tax.labels),
-                    sets.cfg.voice.c)
+        # A domain: one corpus in one rendering (voices, studio, channel), as a line is.
+        doms.append(np.char.add(corpus[sel.file], "/" + v.name))
+    vcfg = sets.cfg.voice
+    return fit_head(np.concatenate(xs), np.concatenate(ys), len(tax.labels), vcfg.c,
+                    domain=np.concatenate(doms), reference=vcfg.reference(),
+                    neutral=neutral_index(tax))
+
+
+def neutral_index(tax: Taxonomy) -> int | None:
+    """The index of the neutral label, if the taxonomy has one."""
+    return tax.labels.index("neutral") if "neutral" in tax.labels else None
 
 
 def export(sets: WindowSets, trained: Trained, tax: Taxonomy, path: Path, name: str, *,
@@ -151,7 +161,8 @@ def export(sets: WindowSets, trained: Trained, tax: Taxonomy, path: Path, name: 
                 trunk, fingerprint_signal(sets.features.sample_rate))),
             head_file=head_path.name, head_sha256=sha256_of(head_path),
             cnn_weight=sets.cfg.voice.cnn_weight, c=sets.cfg.voice.c,
-            fitted_on_telephone=sets.cfg.voice.telephone)
+            fitted_on_telephone=sets.cfg.voice.telephone,
+            reference=sets.cfg.voice.reference() if head.reference is not None else None)
     card = ModelCard(
         name=name, labels=tax.labels, features=sets.features, windows=sets.windows,
         normalisation=trained.norm, sha256=sha256_of(path),

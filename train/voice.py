@@ -19,7 +19,15 @@ import numpy.typing as npt
 
 from serd.features import FeatureParams
 from serd.gate import VadSettings
-from serd.voice import DEFAULT_LSTM, VOICE_VERSION, VoiceHead, VoiceStream, VoiceTrunk
+from serd.voice import (
+    DEFAULT_LSTM,
+    VOICE_VERSION,
+    LineReference,
+    ReferenceParams,
+    VoiceHead,
+    VoiceStream,
+    VoiceTrunk,
+)
 from serd.windows import windows_of
 from train.augment import AugmentParams
 from train.corpora import Item
@@ -88,11 +96,83 @@ def build_voice(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, 
     return x, file
 
 
+def domain_reference(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64],
+                     neutral: int | None, neutral_share: float) -> npt.NDArray[np.float32]:
+    """A training domain's reference: the mean of its windows' statistics, its neutral
+    windows weighted to ``neutral_share`` of the total where it has neutral and other
+    windows (as a line's mostly neutral stream would weight them)."""
+    w = np.ones(len(x), np.float64)
+    if neutral is not None:
+        is_neu = y == neutral
+        if is_neu.any() and (~is_neu).any():
+            w[is_neu] = neutral_share / is_neu.sum()
+            w[~is_neu] = (1.0 - neutral_share) / (~is_neu).sum()
+    return np.asarray((w[:, None] * x).sum(axis=0) / w.sum(), np.float32)
+
+
+def relative_to_domains(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64],
+                        domain: npt.NDArray[np.str_], neutral: int | None,
+                        params: ReferenceParams
+                        ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Each row minus its domain's reference, and the prior: the mean of the domains'
+    references (what a line that has heard nothing yet subtracts)."""
+    out = np.empty_like(x)
+    refs = []
+    for d in np.unique(domain):
+        m = domain == d
+        ref = domain_reference(x[m], y[m], neutral, params.neutral_share)
+        out[m] = x[m] - ref
+        refs.append(ref)
+    return out, np.asarray(np.mean(refs, axis=0), np.float32)
+
+
+def warm_reference(x: npt.NDArray[np.float32], file: npt.NDArray[np.int64],
+                   y_file: npt.NDArray[np.int64], prior: npt.NDArray[np.float32],
+                   params: ReferenceParams, neutral: int | None, utterances: int,
+                   seed: int) -> npt.NDArray[np.float32]:
+    """A line's reference after it has heard ``utterances`` of these files (one domain's
+    test files, rows ``x`` of file ``file``), drawn at random (seeded) with
+    ``params.neutral_share`` of them neutral where there are neutral files, as a call
+    centre's stream: what :class:`serd.voice.LineReference` holds then.  Only the stream's
+    order uses the labels; the reference itself sees no label."""
+    rng = np.random.default_rng(seed)
+    files = np.unique(file)
+    ref = LineReference(prior, params)
+    if files.size == 0 or utterances <= 0:
+        return ref.reference
+    neu = files[y_file[files] == neutral] if neutral is not None else files[:0]
+    other = np.setdiff1d(files, neu)
+    if neu.size and other.size:
+        draw = np.where(rng.random(utterances) < params.neutral_share,
+                        rng.choice(neu, utterances), rng.choice(other, utterances))
+    else:
+        draw = rng.choice(files, utterances)
+    rows: dict[int, npt.NDArray[np.int64]] = {}
+    order = np.argsort(file, kind="stable")
+    bounds = np.searchsorted(file[order], files)
+    ends = np.append(bounds[1:], len(order))
+    for f, a, b in zip(files, bounds, ends, strict=True):
+        rows[int(f)] = order[a:b]
+    for f in draw:
+        for r in rows[int(f)]:
+            ref.update(x[r])
+    return ref.reference
+
+
 def fit_head(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], n_labels: int,
-             c: float) -> VoiceHead:
-    """Standardisation + class-balanced multinomial logistic regression (L2, ``C=c``)."""
+             c: float, *, domain: npt.NDArray[np.str_] | None = None,
+             reference: ReferenceParams | None = None, neutral: int | None = None
+             ) -> VoiceHead:
+    """Standardisation + class-balanced multinomial logistic regression (L2, ``C=c``).
+    With ``reference``, on each row relative to its ``domain``'s reference
+    (:func:`relative_to_domains`; ``neutral``: the neutral label's index, if any)."""
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
+    prior = None
+    if reference is not None:
+        if domain is None:
+            raise ValueError("a head with a reference needs each row's domain")
+        x, prior = relative_to_domains(x, y, domain, neutral, reference)
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-6] = 1.0
@@ -111,10 +191,14 @@ def fit_head(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], n_labels: int
         else:
             coef[lr.classes_] = lr.coef_
             intercept[lr.classes_] = lr.intercept_
-    return VoiceHead(mean.astype(np.float32), scale.astype(np.float32), coef, intercept)
+    return VoiceHead(mean.astype(np.float32), scale.astype(np.float32), coef, intercept,
+                     reference=prior)
 
 
 def save_head(head: VoiceHead, path: Path) -> None:
     """Write a head as :meth:`serd.voice.VoiceHead.load` reads it."""
-    np.savez(path, mean=head.mean, scale=head.scale, coef=head.coef,
-             intercept=head.intercept)
+    arrays = {"mean": head.mean, "scale": head.scale, "coef": head.coef,
+              "intercept": head.intercept}
+    if head.reference is not None:
+        arrays["reference"] = head.reference
+    np.savez(path, **arrays)  # type: ignore[arg-type]
