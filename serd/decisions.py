@@ -75,11 +75,27 @@ def verdict(labels: tuple[str, ...], probs: npt.NDArray[np.float32], threshold: 
     )
 
 
-class Decider:
-    """Stateful per-channel decisions: ``__call__(probs)`` per window, ``end()`` per utterance."""
+def tempered(probs: npt.NDArray[np.float32], temperature: float) -> npt.NDArray[np.float32]:
+    """``probs`` calibrated by a temperature: proportional to ``probs ** (1 / T)``.  T > 1
+    spreads an over-confident model's probabilities (the argmax never changes)."""
+    if temperature == 1.0:
+        return probs
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) / temperature
+    e = np.exp(logp - logp.max())
+    return np.asarray(e / e.sum(), np.float32)
 
-    def __init__(self, labels: tuple[str, ...], settings: DecisionSettings | None = None) -> None:
+
+class Decider:
+    """Stateful per-channel decisions: ``__call__(probs)`` per window, ``end()`` per utterance.
+
+    ``temperature`` is the model card's calibration (:class:`serd.model.Calibration`): it
+    is applied to what is judged (the smoothed window probabilities, an utterance's mean),
+    so that a published confidence of 0.6 is right about 60 % of the time."""
+
+    def __init__(self, labels: tuple[str, ...], settings: DecisionSettings | None = None,
+                 temperature: float = 1.0) -> None:
         self.labels = labels
+        self.temperature = temperature
         self.settings = settings or DecisionSettings()
         self._recent: deque[npt.NDArray[np.float32]] = deque(
             maxlen=self.settings.smoothing_windows
@@ -97,7 +113,7 @@ class Decider:
         self._recent.append(probs)
         self._sum += probs
         self._count += 1
-        smoothed = np.mean(self._recent, axis=0)
+        smoothed = tempered(np.mean(self._recent, axis=0), self.temperature)
         s = self.settings
         best = int(np.argmax(smoothed))
         cur = self.current
@@ -120,7 +136,7 @@ class Decider:
         if self._count == 0:
             self.reset()
             return None
-        mean = (self._sum / self._count).astype(np.float32)
+        mean = tempered((self._sum / self._count).astype(np.float32), self.temperature)
         out = verdict(self.labels, mean, self.settings.threshold)
         self.reset()
         return out

@@ -97,6 +97,31 @@ def frontend_fingerprint(params: FeatureParams) -> list[float]:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """The card's ``calibration``: a temperature for the probabilities the device judges
+    (:func:`serd.decisions.tempered`), fitted by ``serd-train`` on what the model said about
+    corpora it had not been trained on (the ``cross_corpus`` folds), where it is
+    over-confident, rather than on its own corpora, where it is not."""
+
+    temperature: float = 1.0
+    fitted_on: str = ""
+    """What the temperature was fitted on (a training record)."""
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.temperature <= 20:
+            raise ValueError(f"calibration temperature {self.temperature} is not in 0.05..20")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Calibration:
+        if not isinstance(d, dict):
+            raise TypeError("calibration: expected a JSON object")
+        return cls(float(d["temperature"]), str(d.get("fitted_on", "")))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Metadata that travels with a model file."""
 
@@ -117,6 +142,8 @@ class ModelCard:
     """The voice branch (``serd.voice``) whose opinion is fused with the CNN's: its
     version, parameters, trunk digest and fingerprint, head file and digest, and the CNN's
     log weight.  None: the CNN alone."""
+    calibration: Calibration = field(default_factory=Calibration)
+    """The temperature the device applies to what it judges (1: none)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +164,8 @@ class ModelCard:
             "training": self.training,
             "metrics": self.metrics,
             **({"voice": self.voice.to_dict()} if self.voice else {}),
+            **({"calibration": self.calibration.to_dict()}
+               if self.calibration != Calibration() else {}),
         }
 
     @classmethod
@@ -160,6 +189,8 @@ class ModelCard:
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
             voice=_voice_section(data.get("voice")),
+            calibration=Calibration.from_dict(data["calibration"])
+            if "calibration" in data else Calibration(),
         )
 
     def save(self, path: Path) -> None:

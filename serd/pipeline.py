@@ -61,7 +61,7 @@ class Pipeline:
         # A voice branch reads each window's audio as well as its MFCCs.
         self.windower = Windower(card.features, card.windows, vad,
                                  keep_audio=classifier.needs_audio)
-        self.decider = Decider(card.labels, decisions)
+        self.decider = Decider(card.labels, decisions, card.calibration.temperature)
         # The model, fused with its voice branch (whose LSTM state runs along this
         # channel's speech segments) when the card has one.
         self.model = classifier.stream()

@@ -13,7 +13,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from serd.model import ModelCard, card_path_for, voice_head_path
+from serd.model import Calibration, ModelCard, card_path_for, voice_head_path
+from train.calibration import calibrate, load_fold
 from train.config import TrainConfig
 from train.corpora import Item
 from train.cv import CrossValidation
@@ -81,7 +82,7 @@ def run_final(sets: WindowSets, out_dir: Path, cv: dict[str, CvResult],
     desc = (f"Speech emotion recognition, {len(tax.labels)} classes "
             f"({', '.join(tax.labels)}), {cnn} over "
             f"{sets.windows.window_seconds:g} s {inputs} windows, int8. "
-            f"Trained on {', '.join(corpora)} (acted English speech).")
+            f"Trained on {', '.join(corpora)} (acted speech).")
     if head is not None:
         desc += (" Each window's CNN opinion is fused with a logistic regression over a "
                  "pretrained speaker encoder's middle layer (serd/voice.py).")
@@ -150,6 +151,7 @@ def run_all(cv: CrossValidation, out_dir: Path, command: str
             cvs[name] = cv.summary(name, results.get(name, []), todo[name][1],
                                    prep[name], secs, out_dir)
         card = replace(card, metrics={name: res.card_metrics() for name, res in cvs.items()})
+        card = calibrated(cv, cvs, card)
         model = out_dir / f"{card.name}.tflite"
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(staging / model.name, model)
@@ -161,6 +163,29 @@ def run_all(cv: CrossValidation, out_dir: Path, command: str
         card.save(card_path_for(model))
     _LOGGER.info("every CV and the shipped model: %.0f s", time.time() - t0)
     return cvs, card
+
+
+def calibrated(cv: CrossValidation, cvs: dict[str, CvResult], card: ModelCard) -> ModelCard:
+    """``card`` with the temperature fitted on the ``cross_corpus`` folds' device
+    probabilities (:mod:`train.calibration`) and the nested figures beside that
+    protocol's metrics; unchanged without three or more such folds."""
+    res = cvs.get("cross_corpus")
+    if res is None:
+        return card
+    folds = [load_fold(cv.probs_record("cross_corpus", i)) for i in range(res.folds)]
+    found = [f for f in folds if f is not None]
+    if len(found) != len(folds):
+        _LOGGER.warning("calibration: %d of %d cross_corpus fold dumps are missing; "
+                        "the model is not calibrated", len(folds) - len(found), len(folds))
+        return card
+    cal = calibrate(found, card.labels)
+    if cal is None:
+        return card
+    _LOGGER.info("calibration: temperature %.3g (cross_corpus folds)", cal.temperature)
+    metrics = dict(card.metrics)
+    metrics["cross_corpus"] = {**metrics.get("cross_corpus", {}), "calibration": cal.to_dict()}
+    return replace(card, metrics=metrics, calibration=Calibration(
+        cal.temperature, "cross_corpus folds: " + ", ".join(f.corpus for f in found)))
 
 
 def _final_worker(cfg: TrainConfig, out_dir: Path, command: str, items: list[Item],
