@@ -161,6 +161,23 @@ class LineReference:
         self.update(stats)
         return out
 
+    def state(self) -> tuple[int, FloatArray]:
+        """What the line has learnt: ``(count, mean)`` (a copy), for
+        :meth:`restore` after a restart (``serd.linestate`` keeps it on disk)."""
+        return self.count, self.mean.copy()
+
+    def restore(self, count: int, mean: npt.ArrayLike) -> None:
+        """Take up a :meth:`state` again; the caller has checked it (``serd.linestate``).
+        A frozen reference (``adapt`` False) stays at the prior."""
+        mean = np.asarray(mean, np.float32)
+        if mean.shape != self.prior.shape or not 0 <= count <= self.params.memory_windows:
+            raise ValueError(f"line reference state does not fit: count {count}, "
+                             f"mean shape {mean.shape}, prior shape {self.prior.shape}")
+        if not self.adapt:
+            return
+        self.count = int(count)
+        self.mean = mean.copy()
+
 
 @dataclass(frozen=True)
 class VoiceCard:
