@@ -42,6 +42,7 @@ from serd.config import EXIT_STATE, EXIT_TEMPFAIL, Config
 from serd.decisions import Decision
 from serd.discovery import Discovery
 from serd.events import STATUS_SUFFIX, EmotionResult, emotion_event, status_event
+from serd.linestate import LineKeeper
 from serd.model import Classifier, load_classifier
 from serd.pipeline import ChannelSet
 from serd.publisher import EventPublisher, make_publisher
@@ -148,6 +149,13 @@ class Daemon:
         # Retained current state and degraded/online status for late joiners (serd.state).
         self.live = LiveState(self.device_id, self.classifier.name, self.channels, roles=self.roles)
         self.availability = Availability()
+        # Each line's voice reference outlives a restart (serd.linestate); None when the
+        # model has none or it is frozen (model.adapt: false).
+        voice = self.classifier.card.voice
+        self.lines = LineKeeper.for_streams(
+            cfg.resolved_state_dir, voice.head_sha256 if voice is not None else None,
+            {name: getattr(p.model, "reference", None)
+             for name, p in zip(self.channels, self.pipelines, strict=True)})
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -197,6 +205,8 @@ class Daemon:
             _LOGGER.error("%s", exc)
             self._unlock_state_dir()
             return EXIT_STATE
+        if self.lines is not None:
+            self.lines.restore()  # the state directory is ours now
         # State only: the microphone is opened below, so health is judged from the loop.
         self._publish_live(self.clock(), force=True, health=False)
         if self.discovery is not None:
@@ -278,6 +288,11 @@ class Daemon:
             self._publish_live(self.clock(), force=True, health=False)
         except Exception:
             _LOGGER.exception("publishing the final state failed")
+        if self.lines is not None:
+            try:
+                self.lines.close()  # after the flush: the lines' last windows included
+            except Exception:
+                _LOGGER.exception("saving the line references failed")
         if self.discovery is not None:
             self.discovery.stop()
         self.publisher.close(timeout_seconds=3.0)
@@ -308,6 +323,8 @@ class Daemon:
         self._publish_alerts(self.alerts.tick(now, self.monotonic()))
         self._publish_live(now)
         self._maybe_health(now)
+        if self.lines is not None:
+            self.lines.tick(self.monotonic())
 
     def process_block(self, block: npt.NDArray[np.float32], now: float) -> list[Decision]:
         """Run one (frames, channels) block through every channel; publish its events."""
