@@ -18,7 +18,8 @@ clock) delays nothing; events keep wall-clock timestamps.
 
 The state directory is checked and locked before anything is spooled (serd.statedir): an
 unusable one, or one held by another serd, ends the daemon in one line with an exit code
-systemd does not loop on.
+systemd does not loop on.  Each analysed line's voice reference is kept there across
+restarts (serd.linestate): restored at start, saved every few minutes and at stop.
 """
 
 from __future__ import annotations

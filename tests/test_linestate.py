@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_faults import _fill, small_tmpfs  # noqa: F401  (a fixture)
 from test_gate_windows import call_like
 from test_line_reference import _reference_model
 
@@ -348,3 +350,52 @@ def test_a_gap_in_the_audio_keeps_the_line(model_path: Path, tmp_path: Path,
     channels.reset()  # what the daemon does after the microphone came back
     assert ref.count == count
     np.testing.assert_array_equal(ref.mean, mean)
+
+
+def test_a_full_then_read_only_disk_is_one_line_and_the_old_file_stays(
+        small_tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """A real 1 MB tmpfs: filled to the last byte, then remounted read-only, then freed."""
+    caplog.set_level(logging.INFO, "serd.linestate")
+    ref = LineReference(np.zeros(512, np.float32), ReferenceParams(memory_windows=MEMORY))
+    rows = np.random.default_rng(3).normal(size=(20, 512)).astype(np.float32)
+    for row in rows[:10]:
+        ref(row)
+    keeper = LineKeeper(small_tmpfs, HEAD, {"main": ref}, interval_seconds=1.0)
+    keeper.close()
+    good = (small_tmpfs / FILENAME).read_bytes()
+    for row in rows[10:]:
+        ref(row)
+    filler = _fill(small_tmpfs)
+    keeper.close()  # ENOSPC
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    try:
+        keeper.close()  # EROFS
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+    assert keeper.failures == 2 and keeper.saves == 1
+    warnings = _records(caplog, logging.WARNING)
+    assert len(warnings) == 1 and "No space left on device" in warnings[0], warnings
+    assert (small_tmpfs / FILENAME).read_bytes() == good  # the old file, whole
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == sorted([FILENAME, "filler"])
+    filler.unlink()
+    keeper.close()
+    back = read(small_tmpfs / FILENAME, dim=512, memory_windows=MEMORY)
+    assert back is not None and back.lines["main"].count == 20
+    assert any("again" in m for m in _records(caplog, logging.INFO))
+
+
+def test_once_neither_reads_nor_writes_the_lines(model_path: Path, tmp_path: Path,
+                                                 data_dir: Path) -> None:
+    from serd.once import analyse_file  # noqa: PLC0415
+
+    model = _reference_model(model_path, tmp_path)
+    clip = data_dir / "1001_IEO_ANG_HI.flac"
+    cfg = _cfg(model, tmp_path / "state")
+    clf = load_classifier(cfg.model)
+    prior = analyse_file(cfg, clf, clip)
+    _run(cfg, call_like(data_dir), tmp_path)  # a daemon leaves its lines behind
+    path = tmp_path / "state" / FILENAME
+    before = path.read_bytes()
+    after = analyse_file(cfg, clf, clip)
+    assert [d.probs for d in after.decisions] == [d.probs for d in prior.decisions]
+    assert path.read_bytes() == before
