@@ -23,6 +23,7 @@ from serd.daemon import Daemon
 from serd.linestate import (
     FILENAME,
     MAX_FILE_BYTES,
+    SAVE_INTERVAL_SECONDS,
     LineKeeper,
     LineState,
     LineStateError,
@@ -399,3 +400,43 @@ def test_once_neither_reads_nor_writes_the_lines(model_path: Path, tmp_path: Pat
     after = analyse_file(cfg, clf, clip)
     assert [d.probs for d in after.decisions] == [d.probs for d in prior.decisions]
     assert path.read_bytes() == before
+
+
+class _Later:
+    """time.monotonic, moved on by :attr:`ahead` seconds."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead
+
+
+def test_a_running_daemon_saves_every_few_minutes(model_path: Path, tmp_path: Path,
+                                                  data_dir: Path) -> None:
+    """What a crash (no clean stop) would find: the save of the last interval."""
+    cfg = _cfg(_reference_model(model_path, tmp_path), tmp_path / "state")
+    clock = _Later()
+    audio = call_like(data_dir)
+    source = ArraySource(audio, [1600])
+    d = Daemon(cfg, source=source, publisher=StdoutPublisher(
+        "test", tmp_path / "pub", stream=io.StringIO()), monotonic=clock)
+    thread = threading.Thread(target=d.run, daemon=True)
+    thread.start()
+    path = tmp_path / "state" / FILENAME
+    try:
+        deadline = time.monotonic() + 120
+        while source.pos < audio.size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert not path.exists()  # not due yet
+        clock.ahead = SAVE_INTERVAL_SECONDS + 1
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.lines is not None and thread.is_alive()
+        saved = read(path, dim=_line_of(d).prior.size,
+                     memory_windows=_line_of(d).params.memory_windows)
+        assert saved is not None and saved.lines["main"].count == _line_of(d).count > 0
+    finally:
+        d.request_stop()
+        thread.join(30)
