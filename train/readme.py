@@ -10,8 +10,8 @@ from train.results import Condition, CvResult, CvSummary, FoldResult, Kind, Leve
 PROTOCOL_TITLES = {
     "ravdess8": "RAVDESS, 8 emotions, leave-4-actors-out (6 folds, 2 female + 2 male actors each)",
     "six": "Six emotions over RAVDESS + CREMA-D, speaker-disjoint 6-fold CV",
-    "cross_corpus": "Six emotions, leave one corpus out (trained on one corpus, tested on "
-                    "every speaker of the other)",
+    "cross_corpus": "Six emotions, leave one corpus out (trained on every other corpus, "
+                    "tested on every speaker of the one left out)",
 }
 
 
@@ -155,6 +155,15 @@ def readme_text(card: ModelCard, cvs: dict[str, CvResult], size: int,
            "of layer 2's outputs per window); fused with the CNN as "
            f"softmax({voice.cnn_weight:g} log p_cnn + "
            f"{1 - voice.cnn_weight:g} log p_voice) |"] if voice else []),
+        *([f"| line reference | the voice statistics are judged relative to each line's own "
+           f"speech (`serd/voice.py` LineReference): a line starts at the prior in the head "
+           f"file (worth {voice.reference.prior_windows:g} windows) and follows the running "
+           f"mean of its speech windows over about {voice.reference.memory_windows} windows; "
+           "`model.adapt: false` keeps it at the prior |"]
+          if voice and voice.reference else []),
+        *([f"| calibration | temperature {card.calibration.temperature:g} on the judged "
+           f"probabilities ({card.calibration.fitted_on}) |"]
+          if card.calibration.temperature != 1.0 else []),
         f"| parameters | {tr.get('params', 'n/a')} |",
         f"| created | {card.created} |",
         "",
@@ -162,11 +171,13 @@ def readme_text(card: ModelCard, cvs: dict[str, CvResult], size: int,
         "",
         "Coarse emotion of short stretches of speech on a small device (serd's windows: "
         "2 s every 0.5 s during speech; an utterance's verdict is the mean of its window "
-        "probabilities). Trained on **acted** English emotional speech by studio actors "
-        "(RAVDESS: 24 North-American actors; CREMA-D: 46 of its actors, varied ages and "
-        "ethnicities). Spontaneous speech is less prototypical, so expect lower accuracy than "
-        "the numbers below; other languages, children's voices and far-field microphones "
-        "were not evaluated. Do not use it to make decisions about people.",
+        "probabilities). Trained on **acted** emotional speech by studio actors "
+        f"({', '.join(tr.get('corpora', [])) or 'see below'}; docs/corpora.md lists their "
+        "languages and speakers). Spontaneous speech is less prototypical, so expect lower "
+        "accuracy than the numbers below, and see the leave-one-corpus-out figures for a "
+        "corpus never heard in training; children's voices and far-field microphones were "
+        "not evaluated. Do not use it to make decisions about people, and never on a call "
+        "centre's own staff (docs/lawful-use.md).",
         "",
         "## Training data",
         "",
@@ -193,9 +204,10 @@ def readme_text(card: ModelCard, cvs: dict[str, CvResult], size: int,
             f"- command: `{tr.get('command', '')}`, seed {tr.get('seed')}",
             "",
             "Licences: RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5) e0196391, CC BY-NC-SA "
-            "4.0) and CREMA-D (Cao et al. 2014, IEEE Trans. Affective Computing 5(4), ODbL 1.0 / "
-            "DbCL 1.0). The RAVDESS licence is non-commercial and share-alike; whether a model "
-            "trained on it inherits those terms is a legal question this card does not answer.",
+            "4.0), CREMA-D (Cao et al. 2014, IEEE Trans. Affective Computing 5(4), ODbL 1.0 / "
+            "DbCL 1.0); the added corpora's sources, commits and licences are in "
+            "docs/corpora.md (most are non-commercial). Whether a model trained on them "
+            "inherits those terms is a legal question this card does not answer.",
             *(["The voice branch's frozen layers are Resemblyzer's pretrained GE2E encoder "
                "(Corentin Jemine, https://github.com/resemble-ai/Resemblyzer, Apache-2.0; "
                "Wan et al. 2018, arXiv:1710.10467), trained by its authors on speaker-"
@@ -226,12 +238,13 @@ def readme_text(card: ModelCard, cvs: dict[str, CvResult], size: int,
         d = sm.telephone_drop.get(kind)
         q = sm.float_minus_int8.get("fused_" if kind == "fused_int8" else "")
         if d and q and cv.split == "speakers":
+            floor = 0.63 if name == "six" else 0.60
             status.append(
                 f"- {name}: int8 balanced accuracy {100 * b.mean:.1f} % "
-                f"({'meets' if b.mean >= 0.60 else 'below'} the 60 % target), "
-                f"float − int8 {100 * q.mean:+.1f} points "
-                f"({'within' if abs(q.mean) <= 0.015 else 'outside'} 1.5), telephone drop "
-                f"{100 * d.mean:.1f} points ({'within' if d.mean <= 0.05 else 'above'} 5)")
+                f"({'meets' if b.mean >= floor else 'below'} the {100 * floor:.0f} % "
+                f"target), float − int8 {100 * q.mean:+.1f} points "
+                f"({'within' if abs(q.mean) <= 0.01 else 'outside'} 1), telephone drop "
+                f"{100 * d.mean:.1f} points ({'within' if d.mean <= 0.03 else 'above'} 3)")
     if status:
         what = ("int8 CNN fused with the voice branch, as the device runs it" if voice
                 else "int8")
@@ -239,6 +252,28 @@ def readme_text(card: ModelCard, cvs: dict[str, CvResult], size: int,
     for name, cv in cvs.items():
         if cv.summary is not None:
             lines.append(cv_section(name, cv))
+    cal = card.metrics.get("cross_corpus", {}).get("calibration")
+    if isinstance(cal, dict) and isinstance(cal.get("per_corpus"), dict):
+        lines += [
+            "## Calibration",
+            "",
+            f"The device divides the log-probabilities it judges by a temperature, "
+            f"{cal.get('temperature')}, fitted on the leave-one-corpus-out folds (what the "
+            "model said about corpora it had not heard). Per left-out corpus, with a "
+            "temperature fitted on the *other* corpora only (nested), the expected "
+            "calibration error of the file verdict (10 bins) before and after, and the share "
+            "of files whose calibrated confidence reaches the 0.35 decision threshold:",
+            "",
+            "| left-out corpus | temperature (nested) | ECE before | ECE after "
+            "| files with a verdict |",
+            "|---|---|---|---|---|",
+            *[f"| {c} | {v['temperature']} | {v['ece_before']:.3f} | {v['ece_after']:.3f} | "
+              f"{100 * v['verdict_share_after']:.0f} % |"
+              for c, v in cal["per_corpus"].items()],
+            f"| **mean** | | {cal.get('mean_ece_before', 0):.3f} | "
+            f"{cal.get('mean_ece_after', 0):.3f} | |",
+            "",
+        ]
     if total_seconds is not None:
         lines += [f"Full `serd-train all` run: {total_seconds / 60:.1f} min on this machine "
                   "(2 CPU cores).", ""]
