@@ -64,6 +64,7 @@ MAX_BACKOFF = 8
 MAX_FILE_BYTES = 4 << 20
 """A larger file is not read (a few channels take tens of kilobytes)."""
 _TEMP_PREFIX = f".{FILENAME}."
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _TEMP_SUFFIX = ".tmp"
 
 
@@ -132,10 +133,12 @@ def _line(name: str, entry: Any, dim: int, memory_windows: int) -> LineState:
     values = entry.get("mean")
     if not isinstance(values, list) or len(values) != dim:
         raise LineStateError(f"{where}: mean is not a list of {dim} numbers")
-    if not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+    # An int is checked by size before math.isfinite, which cannot convert a huge one.
+    if not all((type(v) is float and math.isfinite(v))
+               or (type(v) is int and abs(v) <= _FLOAT32_MAX) for v in values):
         raise LineStateError(f"{where}: mean holds something other than finite numbers")
     wide = np.asarray(values, np.float64)
-    if not (np.abs(wide) <= np.finfo(np.float32).max).all():
+    if not (np.abs(wide) <= _FLOAT32_MAX).all():
         raise LineStateError(f"{where}: mean holds numbers out of range")
     return LineState(count, wide.astype(np.float32))
 

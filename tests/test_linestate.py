@@ -120,6 +120,7 @@ HOSTILE = {
         '"INF"', "-Infinity"),
     "mean beyond float32": _with("channels.main.mean", [1e39] * DIM),
     "mean beyond float64": _with("channels.main.mean", [0.5] * DIM).replace("0.5", "1e999"),
+    "mean a 400-digit integer": _with("channels.main.mean", [10**400] + [0] * (DIM - 1)),
     "nested a million deep": "[" * 1_000_000 + "]" * 1_000_000,
 }
 
