@@ -36,8 +36,11 @@ class FileResult:
     def __init__(self, path: Path, duration_s: float, speech_s: float,
                  decisions: list[Decision], labels: tuple[str, ...], threshold: float,
                  hop_s: float, *, channel: str = "main", role: str = UNSPECIFIED,
-                 split: bool = False, mixed_channels: int = 1, muted_s: float = 0.0) -> None:
-        from serd.decisions import verdict  # noqa: PLC0415
+                 split: bool = False, mixed_channels: int = 1, muted_s: float = 0.0,
+                 temperature: float = 1.0) -> None:
+        """``temperature``: the card's calibration, applied to the summary as the daemon's
+        decisions apply it to an utterance's mean (:func:`serd.decisions.tempered`)."""
+        from serd.decisions import tempered, verdict  # noqa: PLC0415
 
         self.path = path
         self.duration_s = duration_s
@@ -62,7 +65,7 @@ class FileResult:
             import numpy as np  # noqa: PLC0415
 
             mean = np.mean([d.raw_probs for d in windows], axis=0).astype(np.float32)
-            self.summary = verdict(labels, mean, threshold)
+            self.summary = verdict(labels, tempered(mean, temperature), threshold)
 
 
 def analyse_file(cfg: Config, clf: Classifier, path: Path) -> FileResult:
@@ -132,7 +135,8 @@ def _run(cfg: Config, clf: Classifier, path: Path, info: AudioInfo, channels: li
             by_channel[c.name], clf.labels, cfg.decisions.threshold,
             clf.card.windows.hop_seconds, channel=c.name, role=c.role, split=not mix,
             mixed_channels=info.channels if mix else 1,
-            muted_s=mute.muted_seconds if mute is not None else 0.0))
+            muted_s=mute.muted_seconds if mute is not None else 0.0,
+            temperature=clf.card.calibration.temperature))
     return out
 
 

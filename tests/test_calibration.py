@@ -85,3 +85,29 @@ def test_a_missing_dump_is_none(tmp_path: Path) -> None:
              clean_has=np.array([True, False]), clean_fused_int8=np.eye(2, 6))
     f = load_fold(tmp_path / "f.probs.npz")
     assert f is not None and f.corpus == "x" and f.probs.shape == (1, 6)
+
+
+def test_the_once_summary_is_calibrated_as_the_utterances_are(model_path: Path,
+                                                              data_dir: Path) -> None:
+    """``serd --once``'s file summary is the mean of the window probabilities, which is
+    what the temperature was fitted on: it is judged calibrated, as the daemon's
+    utterance verdicts are, not raw."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from serd.config import parse  # noqa: PLC0415
+    from serd.model import ModelSettings, load_classifier  # noqa: PLC0415
+    from serd.once import analyse_file  # noqa: PLC0415
+
+    cfg = parse({"model": {"path": str(model_path)}})
+    clf = load_classifier(ModelSettings(path=str(model_path)))
+    clf.card = replace(clf.card, calibration=Calibration(4.0, "test"))
+    res = analyse_file(cfg, clf, data_dir / "1001_IEO_ANG_HI.flac")
+    windows = [d for d in res.decisions if d.type == "window"]
+    assert windows and res.summary is not None
+    raw = np.mean([d.raw_probs for d in windows], axis=0).astype(np.float32)
+    want = tempered(raw, 4.0)
+    assert res.summary.confidence == pytest.approx(float(want.max()), abs=1e-4)
+    assert res.summary.confidence < float(raw.max()) - 0.01
+    utterances = [d for d in res.decisions if d.type == "utterance"]
+    if len(utterances) == 1:  # one utterance: its verdict and the summary agree
+        assert utterances[0].confidence == pytest.approx(res.summary.confidence, abs=2e-3)
