@@ -111,3 +111,30 @@ def test_the_once_summary_is_calibrated_as_the_utterances_are(model_path: Path,
     utterances = [d for d in res.decisions if d.type == "utterance"]
     if len(utterances) == 1:  # one utterance: its verdict and the summary agree
         assert utterances[0].confidence == pytest.approx(res.summary.confidence, abs=2e-3)
+
+
+@pytest.mark.parametrize("voice", [True, False])
+def test_serd_train_calibrates_what_the_device_computes(tmp_path: Path, voice: bool) -> None:
+    """The card's temperature is fitted on the device's probabilities of the cross_corpus
+    folds: the fused ones for a model with a voice branch, the int8 CNN's for one
+    without (whose dumps have no fused kind)."""
+    from dataclasses import replace  # noqa: PLC0415
+    from types import SimpleNamespace  # noqa: PLC0415
+    from typing import Any, cast  # noqa: PLC0415
+
+    from serd.model import DEFAULT_MODEL, card_path_for  # noqa: PLC0415
+    from train.final import calibrated  # noqa: PLC0415
+
+    card = ModelCard.load(card_path_for(DEFAULT_MODEL))
+    if not voice:
+        card = replace(card, voice=None)
+    kind = "fused_int8" if voice else "int8"
+    for i in range(4):
+        f = _overconfident(i)
+        np.savez(tmp_path / f"f{i}.probs.npz", corpus=np.array([f.corpus] * len(f.y)),
+                 y=f.y, clean_has=np.ones(len(f.y), bool), **{f"clean_{kind}": f.probs})
+    cv = SimpleNamespace(probs_record=lambda _p, i: tmp_path / f"f{i}.probs.npz")
+    cvs = {"cross_corpus": SimpleNamespace(folds=4)}
+    out = calibrated(cast(Any, cv), cast(Any, cvs), card)
+    assert out.calibration.temperature > 1.5
+    assert "calibration" in out.metrics["cross_corpus"]

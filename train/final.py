@@ -172,7 +172,10 @@ def calibrated(cv: CrossValidation, cvs: dict[str, CvResult], card: ModelCard) -
     res = cvs.get("cross_corpus")
     if res is None:
         return card
-    folds = [load_fold(cv.probs_record("cross_corpus", i)) for i in range(res.folds)]
+    # What the device computes: the int8 CNN fused with the voice branch, or alone.
+    kind = "fused_int8" if card.voice is not None else "int8"
+    folds = [load_fold(cv.probs_record("cross_corpus", i), kind=kind)
+             for i in range(res.folds)]
     found = [f for f in folds if f is not None]
     if len(found) != len(folds):
         _LOGGER.warning("calibration: %d of %d cross_corpus fold dumps are missing; "
