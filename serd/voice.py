@@ -114,7 +114,11 @@ class ReferenceParams:
     labels."""
 
     def __post_init__(self) -> None:
-        if not self.prior_windows >= 0 or self.memory_windows < 1 \
+        # From a card, so hostile: an infinite prior weight would make every reference NaN
+        # (inf / inf), and a count is whole.
+        if isinstance(self.prior_windows, bool) or isinstance(self.memory_windows, bool) \
+                or not isinstance(self.memory_windows, int) \
+                or not 0 <= self.prior_windows < float("inf") or self.memory_windows < 1 \
                 or not 0 <= self.neutral_share <= 1:
             raise ValueError(f"bad reference parameters {self}")
 

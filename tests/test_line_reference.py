@@ -96,6 +96,13 @@ def test_bad_reference_parameters_are_refused() -> None:
         ReferenceParams(memory_windows=0)
     with pytest.raises(ValueError, match="reference"):
         ReferenceParams(neutral_share=1.5)
+    # From a hostile card: an infinite prior weight made every reference NaN, and a
+    # count is whole.
+    for bad in ({"prior_windows": float("inf")}, {"prior_windows": float("nan")},
+                {"prior_windows": True}, {"memory_windows": 2.5},
+                {"memory_windows": True}):
+        with pytest.raises(ValueError, match="reference"):
+            ReferenceParams(**bad)  # type: ignore[arg-type]
 
 
 def test_domain_reference_weights_neutral_to_its_share() -> None:
@@ -222,3 +229,16 @@ def test_a_head_and_card_that_disagree_are_refused(model_path: Path, tmp_path: P
                              head_reference=head_ref)
     with pytest.raises(ModelError, match="line reference"):
         load_classifier(ModelSettings(path=str(model)))
+
+
+def test_a_card_with_an_infinite_prior_weight_is_refused(model_path: Path,
+                                                         tmp_path: Path) -> None:
+    """``prior_windows: Infinity`` made every line's reference NaN (inf / inf), so every
+    fused probability NaN: the card is refused in one line instead."""
+    model = _reference_model(model_path, tmp_path)
+    card = json.loads(card_path_for(model).read_text())
+    card["voice"]["reference"]["prior_windows"] = float("inf")
+    card_path_for(model).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="reference") as info:
+        load_classifier(ModelSettings(path=str(model)))
+    assert "\n" not in str(info.value)
