@@ -611,10 +611,12 @@ class VoiceHead:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise VoiceError(f"voice head {path} is not readable: {exc}") from None
         if head.coef.shape != (n_labels, n_inputs) or head.mean.shape != (n_inputs,) \
-                or head.scale.shape != (n_inputs,) or head.intercept.shape != (n_labels,) \
-                or (head.reference is not None and head.reference.shape != (n_inputs,)):
+                or head.scale.shape != (n_inputs,) or head.intercept.shape != (n_labels,):
             raise VoiceError(f"voice head {path} has coefficients of shape {head.coef.shape}; "
                              f"the card needs {(n_labels, n_inputs)}")
+        if head.reference is not None and head.reference.shape != (n_inputs,):
+            raise VoiceError(f"voice head {path} has a reference of shape "
+                             f"{head.reference.shape}; the card needs {(n_inputs,)}")
         return head
 
 

@@ -29,6 +29,7 @@ from serd.voice import (
     LineReference,
     ReferenceParams,
     VoiceCard,
+    VoiceError,
     VoiceHead,
     VoiceParams,
     VoiceStream,
@@ -175,6 +176,14 @@ def test_head_with_reference_round_trips(tmp_path: Path) -> None:
     back = VoiceHead.load(path, 6, 512)
     assert back.reference is not None and head.reference is not None
     np.testing.assert_array_equal(back.reference, head.reference)
+
+
+def test_a_head_with_a_misshapen_reference_is_named_as_such(tmp_path: Path) -> None:
+    h = _ref_head()
+    path = tmp_path / "h.npz"
+    save_head(VoiceHead(h.mean, h.scale, h.coef, h.intercept, reference=h.mean[:100]), path)
+    with pytest.raises(VoiceError, match=r"reference of shape \(100,\)"):
+        VoiceHead.load(path, 6, 512)
 
 
 def _reference_model(model_path: Path, tmp_path: Path, *, card_reference: bool = True,
