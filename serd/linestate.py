@@ -26,10 +26,13 @@ directory, and takes it up again at start:
 * ``model.adapt: false`` (the reference frozen at the prior) neither reads nor writes the
   file, so what the lines learnt is still there when adaptation is switched back on.
 
-``serd --once`` neither reads nor writes it: each file it analyses is judged against the
-model's prior, as in training's evaluation, so its result does not depend on what a daemon
-on the same machine has heard.  ``serd replay`` runs a daemon on a state directory of its
-own (``replay/<device>``), so its lines are kept apart from the live device's.
+``serd --once`` neither reads nor writes it: each file it analyses is a new line that
+starts from the model's prior, so its result does not depend on what a daemon on the same
+machine has heard.  (Training's figures are not for such a cold line: each test corpus is
+scored against a line that has heard ``voice.warm_utterances`` of its files,
+``train.evaluation.line_relative``.)  ``serd --once --publish`` runs a daemon on a state
+directory of its own (``replay/<device>``), so its lines are kept apart from the live
+device's, and kept there from one replay to the next.
 """
 
 from __future__ import annotations
