@@ -35,6 +35,7 @@ windowing stage, fed in 50 ms chunks like the daemon.  Figures:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -94,27 +95,61 @@ def candidates() -> dict[str, Any]:
 # -- speech --------------------------------------------------------------------------------
 
 
-def corpora_root(arg: Path | None) -> Path | None:
-    if arg is not None:
+def corpora_root(arg: Path | Sequence[Path] | None) -> Path | None:
+    """The first corpora folder given (``--corpora`` may be repeated), or $SERD_CORPORA."""
+    if isinstance(arg, Path):
         return arg
+    if arg:
+        return arg[0]
     env = os.environ.get("SERD_CORPORA")
     return Path(env) if env else None
 
 
-def corpus_files(root: Path) -> dict[str, list[Path]]:
-    """``{corpus: sorted clips}`` for the corpora found under ``root``."""
-    out = {}
-    for name in ("cremad", "ravdess"):
-        files = sorted(p for p in (root / name).rglob("*")
-                       if p.suffix.lower() in (".flac", ".wav"))
-        if files:
-            out[name] = files
+MANIFEST = "serd-corpus.csv"  # train.corpora's manifest (docs/corpora.md): path, label, corpus
+
+
+def manifest_labels(path: Path) -> dict[str, dict[Path, str]]:
+    """``{corpus: {clip: label}}`` from a ``serd-corpus.csv`` (paths relative to its folder;
+    the corpus column, else the folder's name).  Read here with :mod:`csv` rather than
+    ``train.corpora``, which the bench does not import; rows without a path are skipped."""
+    out: dict[str, dict[Path, str]] = defaultdict(dict)
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        for row in csv.DictReader(fh):
+            rel = (row.get("path") or "").strip()
+            if rel:
+                corpus = (row.get("corpus") or "").strip().lower() or path.parent.name
+                out[corpus][path.parent / rel] = (row.get("label") or "unknown").strip().lower()
+    return dict(out)
+
+
+_LABELS: dict[Path, str] = {}  # manifest clips: their labels, for emotion()
+
+
+def corpus_files(root: Path | Sequence[Path]) -> dict[str, list[Path]]:
+    """``{corpus: sorted clips}`` for the corpora found under ``root`` (one folder or
+    several): ``cremad/`` and ``ravdess/`` by their file names, and every corpus listed in
+    a ``serd-corpus.csv`` in the folder or one level below it."""
+    roots = [root] if isinstance(root, Path) else list(root)
+    out: dict[str, list[Path]] = {}
+    for r in roots:
+        for name in ("cremad", "ravdess"):
+            files = sorted(p for p in (r / name).rglob("*")
+                           if p.suffix.lower() in (".flac", ".wav"))
+            if files:
+                out[name] = files
+        for manifest in sorted([*r.glob(MANIFEST), *r.glob(f"*/{MANIFEST}")]):
+            for corpus, labels in manifest_labels(manifest).items():
+                _LABELS.update(labels)
+                out[corpus] = sorted({*out.get(corpus, []), *labels})
     if not out:
-        raise FileNotFoundError(f"{root}: no cremad/ or ravdess/ clips under it")
+        raise FileNotFoundError(f"{', '.join(map(str, roots))}: no cremad/ or ravdess/ clips "
+                                f"and no {MANIFEST} under it")
     return out
 
 
 def emotion(corpus: str, path: Path) -> str:
+    if path in _LABELS:
+        return _LABELS[path]
     parts = path.stem.split("_" if corpus == "cremad" else "-")
     if corpus == "cremad" and len(parts) >= 3:
         return CREMAD_EMOTIONS.get(parts[2], parts[2])
@@ -404,7 +439,7 @@ def run_noise(vad: Any, seconds: float | None, seed: int = 1,
 # -- coverage over whole corpora -------------------------------------------------------------
 
 
-def run_coverage(vad: Any, root: Path, step: int = 1,
+def run_coverage(vad: Any, root: Path | Sequence[Path], step: int = 1,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     from serd.windows import windows_of  # noqa: PLC0415
 
@@ -538,9 +573,11 @@ def coverage_table(cov: dict[str, Any]) -> str:
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.gate", description=__doc__.split("\n")[0])
-    p.add_argument("--corpora", type=Path, default=None,
-                   help="folder with cremad/ and/or ravdess/ (default $SERD_CORPORA; "
-                        "without either: the CREMA-D fixtures in tests/data)")
+    p.add_argument("--corpora", type=Path, action="append", default=None,
+                   help="folder with cremad/ and/or ravdess/ and/or corpora with a "
+                        f"{MANIFEST} (repeat for several; --coverage reads them all, the "
+                        "comparison the first; default $SERD_CORPORA; without either: the "
+                        "CREMA-D fixtures in tests/data)")
     p.add_argument("--quick", action="store_true", help="fewer clips, 60 s of each noise")
     p.add_argument("--clips", type=int, default=None, help="speech clips for the scenes")
     p.add_argument("--noise-seconds", type=float, default=None,
@@ -586,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.gate: unknown gate {args.backend!r}; choose from {list(gates)}",
                   file=sys.stderr)
             return 2
-        res["coverage"] = run_coverage(gates[args.backend], root, args.step, log)
+        res["coverage"] = run_coverage(gates[args.backend], args.corpora or [root], args.step,
+                                       log)
         res["coverage_gate"] = args.backend
         text = coverage_table(res["coverage"])
     else:

@@ -57,9 +57,9 @@ class VadSettings:
     """A block is speech-like when this many dB above the tracked noise floor."""
     min_level_dbfs: float = -80.0
     """Blocks quieter than this (dB relative to full scale) are never speech."""
-    min_speech_seconds: float = 0.1
+    min_speech_seconds: float = 0.25
     """Candidate speech needed before a segment opens."""
-    voiced_seconds: float = 0.08
+    voiced_seconds: float = 0.06
     """voiced backend: voiced (periodic) candidate audio needed before a segment opens."""
     voicing_threshold: float = 0.5
     """voiced backend: normalised autocorrelation peak (0..1) that makes a block voiced."""
@@ -249,6 +249,9 @@ class VoicedGate(EnergyGate):
     _BAND_HZ = (150.0, 2500.0)
     _SUSTAIN_DB = 6.0
     _SUSTAIN_BLOCKS = 8
+    # A periodic block must rise this far above an earlier one of the run (within
+    # _voiced_window) before the run may open a segment: see _opening.
+    _RISE_DB = 1.0
     _PREEMPHASIS = 0.9
     _pos: int  # the voiced-flags ring's next slot (set by _restart_opening)
 
@@ -361,25 +364,32 @@ class VoicedGate(EnergyGate):
             if self._gap > self._max_gap:
                 self._restart_opening()
                 return None
-        # A struck object (a knock, a dropped pen) rings periodically too, but only decays:
-        # a voice is driven and holds its level through a vowel.  So a periodic block
-        # counts as voiced only while within _SUSTAIN_DB of the loudest periodic block of
-        # the last few (not of any block: a fricative before a vowel may be louder).
+        # A struck object (a knock, a dropped pen, a cup) rings periodically too, but only
+        # decays: a voice is driven and holds its level through a vowel.  So a periodic
+        # block counts as voiced only while within _SUSTAIN_DB of the loudest periodic block
+        # of the last few (not of any block: a fricative before a vowel may be louder), and
+        # the run opens only once some periodic block has risen _RISE_DB above an earlier
+        # one: a vowel's voiced onset swells, a ringing starts at its loudest.
         voiced = False
         if self._margins[i] > self._voicing_margin and (
                 self.voicing(b) >= self.settings.voicing_threshold):
             level = self._levels[i + self._SUSTAIN_BLOCKS]
             recent = self._periodic
-            while recent and recent[0][0] < b - self._SUSTAIN_BLOCKS:
+            while recent and recent[0][0] < b - self._voiced_window:
                 recent.popleft()
+            if not self._driven and recent and level >= min(lv for _, lv in recent) + (
+                    self._RISE_DB):
+                self._driven = True
             recent.append((b, level))
-            voiced = level >= max(lv for _, lv in recent) - self._SUSTAIN_DB
+            voiced = level >= max(lv for c, lv in recent
+                                  if c >= b - self._SUSTAIN_BLOCKS) - self._SUSTAIN_DB
         # Voiced blocks among the last _voiced_window of the run (vowels flicker at low SNR).
         flags = self._voiced_flags
         self._voiced += voiced - flags[self._pos]
         flags[self._pos] = voiced
         self._pos = (self._pos + 1) % len(flags)
-        if b - self._first >= self._min_speech - 1 and self._voiced >= self._need_voiced:
+        if (b - self._first >= self._min_speech - 1 and self._voiced >= self._need_voiced
+                and self._driven):
             return max(self._first, b - self._max_run + 1)
         return None
 
@@ -388,6 +398,7 @@ class VoicedGate(EnergyGate):
         self._voiced = 0
         self._gap = 0
         self._periodic: deque[tuple[int, float]] = deque()  # (block, level), recent ones
+        self._driven = False  # a periodic block rose _RISE_DB over an earlier one
         self._voiced_flags = [False] * self._voiced_window  # ring over that window
         self._pos = 0  # its next slot
 
