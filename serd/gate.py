@@ -249,8 +249,8 @@ class VoicedGate(EnergyGate):
     _BAND_HZ = (150.0, 2500.0)
     _SUSTAIN_DB = 6.0
     _SUSTAIN_BLOCKS = 8
-    # A periodic block must rise this far above an earlier one of the run (within
-    # _voiced_window) before the run may open a segment: see _opening.
+    # A periodic block must rise this far above an earlier periodic block of the run's
+    # last _voiced_window blocks before the run may open a segment: see _opening.
     _RISE_DB = 1.0
     _PREEMPHASIS = 0.9
     _pos: int  # the voiced-flags ring's next slot (set by _restart_opening)
@@ -368,8 +368,11 @@ class VoicedGate(EnergyGate):
         # decays: a voice is driven and holds its level through a vowel.  So a periodic
         # block counts as voiced only while within _SUSTAIN_DB of the loudest periodic block
         # of the last few (not of any block: a fricative before a vowel may be louder), and
-        # the run opens only once some periodic block has risen _RISE_DB above an earlier
-        # one: a vowel's voiced onset swells, a ringing starts at its loudest.
+        # the run opens only once a periodic block has risen _RISE_DB above an earlier
+        # periodic block of the last 0.2 s: a vowel's voiced onset swells, a single strike's
+        # ringing and most of a cough's voiced tail start at their loudest and decay.  (A
+        # stricter form, a rise within one unbroken periodic stretch, rejects most coughs
+        # but also the quietest and shortest words: docs/gate.md.)
         voiced = False
         if self._margins[i] > self._voicing_margin and (
                 self.voicing(b) >= self.settings.voicing_threshold):
