@@ -253,7 +253,10 @@ class VoicedGate(EnergyGate):
     # last _voiced_window blocks before the run may open a segment: see _opening.
     _RISE_DB = 1.0
     _PREEMPHASIS = 0.9
-    _pos: int  # the voiced-flags ring's next slot (set by _restart_opening)
+    # Set by _restart_opening: the voiced-flags ring, its next slot, the rise test's flag.
+    _voiced_flags: list[bool]
+    _pos: int
+    _driven: bool
 
     def __init__(self, settings: VadSettings, block_seconds: float, sample_rate: int) -> None:
         self._need_voiced = max(1, round(settings.voiced_seconds / block_seconds))
