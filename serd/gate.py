@@ -15,10 +15,11 @@ after ``min_speech_seconds`` of candidates (clicks and door slams are shorter) a
 ``hangover_seconds`` without candidates, so pauses between words do not split it.
 
 Voiced backend (the default, :class:`VoicedGate`): the same floor and segmentation, but a
-segment opens only once the candidate run holds voiced, sustained audio: typing, clicks,
-paper, breathing and coughs are loud enough to pass any level test, but are not periodic at
-a voice's pitch, and a knock's ringing only decays.  The voicing test runs only on
-candidate blocks while no segment is open.
+segment opens only once the candidate run holds voiced, sustained audio that swells at
+least once: typing, clicks, paper, breathing and most of a cough are loud enough to pass
+any level test, but are not periodic at a voice's pitch, and a knock's or a cup's ringing
+only decays.  (Coughs whose voiced part swells after the burst do open it.)  The voicing
+test runs only on candidate blocks while no segment is open.
 
 The optional ``webrtc`` backend (``pip install webrtcvad-wheels``) replaces the candidate
 test by WebRTC's GMM classifier; segmentation logic is the same.
@@ -230,8 +231,9 @@ class VoicedGate(EnergyGate):
     Speech is voiced: its vowels repeat at the pitch period for tens of milliseconds.
     Typing, clicks, paper, breathing and most of a cough are noise-like or impulsive and
     do not; a knock rings periodically but only decays.  So a segment opens only when a
-    candidate run (gaps up to ``max_gap_seconds``) has lasted ``min_speech_seconds`` and
-    holds ``voiced_seconds`` of voiced, sustained blocks within its last 0.2 s.  Voicing is
+    candidate run (gaps up to ``max_gap_seconds``) has lasted ``min_speech_seconds``,
+    holds ``voiced_seconds`` of voiced, sustained blocks within its last 0.2 s, and has
+    risen (see ``_opening``).  Voicing is
     measured only on the blocks of a run while no segment is open: in a quiet room (no
     candidates) and inside speech (the segment is already open) it costs nothing.
 
