@@ -60,7 +60,7 @@ class AlertRule:
     # carry one of the labels (with at least min_confidence) ...
     min_seconds: float = 10.0
     over_seconds: float = 30.0
-    min_confidence: float = 0.5
+    min_confidence: float = 0.35
     # ... and clears when they fall to this many seconds or fewer; null = min_seconds / 2.
     clear_seconds: float | None = None
 

@@ -141,7 +141,7 @@ def test_silence_neither_counts_nor_ages_but_a_long_one_clears() -> None:
 
 def test_low_confidence_and_other_labels_do_not_count() -> None:
     f = Feed(engine())
-    f.utterance("angry", 15.0, confidence=0.45)  # below min_confidence 0.5
+    f.utterance("angry", 15.0, confidence=0.3)  # below min_confidence 0.35
     f.utterance("sad", 15.0, confidence=0.9)
     f.utterance(None, 15.0, confidence=0.3)  # below the decision threshold: no label
     assert f.out == []
@@ -207,7 +207,7 @@ alerts:
     assert cfg.alerts.enabled
     assert [r.name for r in cfg.alerts.rules] == ["anger", "sadness"]
     assert cfg.alerts.rules[0].labels == ("angry",)
-    assert cfg.alerts.rules[0].min_confidence == 0.5
+    assert cfg.alerts.rules[0].min_confidence == 0.35
     assert cfg.alerts.rules[0].clear_at_seconds == 2.5
     assert cfg.alerts.rules[1].clear_at_seconds == 2.0
     for text, match in [
