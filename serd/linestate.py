@@ -47,11 +47,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from serd.voice import FloatArray, LineReference
+from typing import Any, Protocol
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,8 +63,34 @@ MAX_BACKOFF = 8
 MAX_FILE_BYTES = 4 << 20
 """A larger file is not read (a few channels take tens of kilobytes)."""
 _TEMP_PREFIX = f".{FILENAME}."
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The largest float32 (numpy's finfo(float32).max): this module stores numbers, never
+# arrays, so it imports no array library (tests/test_security.py).
+_FLOAT32_MAX = 3.4028234663852886e38
 _TEMP_SUFFIX = ".tmp"
+
+
+class _Params(Protocol):
+    @property
+    def memory_windows(self) -> int: ...
+
+
+class LineReference(Protocol):
+    """What this module needs of :class:`serd.voice.LineReference` (named structurally, so
+    that a module that stores imports nothing of the audio path: tests/test_security.py)."""
+
+    adapt: bool
+    params: _Params
+    prior: Any
+    """The prior reference (an array of the statistics' size)."""
+
+    def state(self) -> tuple[int, Any]: ...
+
+    def restore(self, count: int, mean: Any) -> None: ...
+
+
+def _state(ref: LineReference) -> LineState:
+    count, mean = ref.state()
+    return LineState(count, tuple(float(v) for v in mean.tolist()))
 
 
 class LineStateError(Exception):
@@ -80,7 +102,8 @@ class LineState:
     """What one line has learnt (:meth:`serd.voice.LineReference.state`)."""
 
     count: int
-    mean: FloatArray
+    mean: tuple[float, ...]
+    """512 statistics averaged over the line's windows (not audio)."""
 
 
 @dataclass(frozen=True)
@@ -140,10 +163,9 @@ def _line(name: str, entry: Any, dim: int, memory_windows: int) -> LineState:
     if not all((type(v) is float and math.isfinite(v))
                or (type(v) is int and abs(v) <= _FLOAT32_MAX) for v in values):
         raise LineStateError(f"{where}: mean holds something other than finite numbers")
-    wide = np.asarray(values, np.float64)
-    if not (np.abs(wide) <= _FLOAT32_MAX).all():
+    if not all(abs(v) <= _FLOAT32_MAX for v in values):
         raise LineStateError(f"{where}: mean holds numbers out of range")
-    return LineState(count, wide.astype(np.float32))
+    return LineState(count, tuple(float(v) for v in values))
 
 
 def read(path: Path, *, dim: int, memory_windows: int) -> SavedLines | None:
@@ -283,7 +305,7 @@ class LineKeeper:
 
     def snapshot(self) -> SavedLines:
         return SavedLines(self.head_sha256, {
-            name: LineState(*ref.state()) for name, ref in self.references.items()})
+            name: _state(ref) for name, ref in self.references.items()})
 
     def _save(self, saved: SavedLines) -> None:
         with self._lock:

@@ -514,9 +514,18 @@ def test_nothing_audio_sized_reaches_the_broker_the_spool_or_the_log(
         assert _audio_like(json.loads(text)) is None
     # What stays on disk: only the spool, and small (20 s of audio alone is 640 kB).
     files = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
-    # The spool and the state-dir lock (serd.lock: a pid, serd.statedir).
-    assert {p.name.split("-")[0] for p in files} <= {"spool.sqlite3", "serd.lock"}, files
+    # The spool, the state-dir lock (serd.lock: a pid, serd.statedir) and each line's
+    # voice reference (serd.linestate: per channel a count and 512 statistics averaged
+    # over its windows, a fixed size whatever the audio, so no samples fit in it).
+    assert {p.name.split("-")[0] for p in files} <= {
+        "spool.sqlite3", "serd.lock", "line", "line-references.json"}, files
     assert sum(p.stat().st_size for p in files) < 200_000
+    lines = tmp_path / "state" / "line-references.json"
+    if lines.is_file():
+        saved = json.loads(lines.read_text())
+        assert set(saved) == {"version", "head_sha256", "channels"}
+        for entry in saved["channels"].values():
+            assert set(entry) == {"count", "mean"} and len(entry["mean"]) == 512
     db = sqlite3.connect(str(tmp_path / "state" / "spool.sqlite3"))
     assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")} \
         <= {"events", "counters", "sqlite_sequence"}

@@ -91,6 +91,8 @@ def test_verdict_figures_are_summarised_and_round_trip() -> None:
     cv = CvResult.from_dict(json.loads((MODELS / "cv-six.json").read_text()))
     for i, f in enumerate(cv.per_fold):
         for cond in (f.clean, f.telephone):
+            # Only fused_int8 (the shipped file has every kind's since the fourteenth round).
+            cond.verdicts.clear()
             cond.verdicts["fused_int8"] = VerdictStats(0.7 + i / 100, 0.05, 0.9, 0.6, 0.35)
     cv.summary = aggregate(cv.per_fold, len(cv.labels))
     d = cv.to_dict()
