@@ -31,6 +31,7 @@ names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 shipped = {f"serd/models/{n}" for n in ("serd-emotion-6.tflite", "serd-emotion-6.card.json",
                                         "serd-emotion-6.voice.npz", "voice-trunk.npz",
                                         "voice-lstm.tflite", "NOTICE", "LICENSE-resemblyzer")}
+shipped |= {"serd/silero/silero_vad_16k.npz", "serd/silero/silero_vad_16k.LICENSE"}
 missing = sorted(shipped - names)
 extra = sorted(n for n in names if n.startswith(("serd_testkit/", "tests/", "bench/")))
 if missing or extra:

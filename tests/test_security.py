@@ -540,7 +540,7 @@ def test_nothing_audio_sized_reaches_the_broker_the_spool_or_the_log(
 
 # The in-memory audio path: these may hold sample arrays.
 AUDIO_MODULES = {"capture", "decode", "replay", "pipeline", "features", "normalise", "gate",
-                 "windows", "model", "voice", "decisions", "crosstalk"}
+                 "speechcheck", "windows", "model", "voice", "decisions", "crosstalk"}
 # They orchestrate the path (blocks pass through them) but send and store nothing raw.
 # preflight (--check-config --probe) reads one block from the microphone and drops it;
 # devices (serd devices) lists the input devices.
