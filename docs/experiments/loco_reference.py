@@ -48,6 +48,7 @@ ap.add_argument('--folds', default='')
 ap.add_argument('--save', default='')
 ap.add_argument('--cnn', default='')
 ap.add_argument('--w', default='0,0.25,0.5')
+ap.add_argument('--balance', default='class')  # class | corpus (each corpus equal weight, classes balanced) | cell (each corpus x class equal)
 args = ap.parse_args()
 
 cfg, ws = sets(args.cache)
@@ -112,8 +113,24 @@ def fit(train_files):
         xs.append(x[m]); ys.append(ytr[fi[m]])
     x = np.concatenate(xs); y = np.concatenate(ys)
     mu = x.mean(0); sd = x.std(0) + 1e-6
-    lr = LogisticRegression(C=args.c, class_weight='balanced', max_iter=2000)
-    lr.fit((x - mu) / sd, y)
+    if args.balance == 'class':
+        lr = LogisticRegression(C=args.c, class_weight='balanced', max_iter=2000)
+        lr.fit((x - mu) / sd, y)
+    else:
+        cs = np.concatenate([corpus[fi[np.isin(fi, train_files)]] for _, (_, fi) in NX.items()])
+        w = np.ones(len(y))
+        for c in np.unique(cs):
+            mc = cs == c
+            if args.balance == 'cell':
+                for k in np.unique(y[mc]):
+                    m = mc & (y == k); w[m] = 1.0 / m.sum()
+            else:  # corpus: equal total per corpus, classes balanced inside it
+                ks = np.unique(y[mc])
+                for k in ks:
+                    m = mc & (y == k); w[m] = 1.0 / (m.sum() * len(ks))
+        w *= len(y) / w.sum()
+        lr = LogisticRegression(C=args.c, max_iter=2000)
+        lr.fit((x - mu) / sd, y, sample_weight=w)
     return lambda z: lr.predict_log_proba((z - mu) / sd)
 
 def file_probs(pred, files, r='clean-h0.5', T=1.0):
