@@ -72,8 +72,9 @@ def test_user_file_merges_over_the_defaults(tmp_path: Path) -> None:
     assert cfg.model.kernels == tuple(DEFAULTS["model"]["kernels"])
     assert cfg.protocols["six"].folds == 4
     assert cfg.protocols["six"].corpora == ("ravdess", "cremad")
-    # six overrides epochs (60) itself; ravdess8 inherits the user's 25
-    assert cfg.protocols["six"].training.epochs == 60
+    # six overrides epochs itself; ravdess8 inherits the user's 25
+    six_epochs = DEFAULTS["protocols"]["six"]["training"]["epochs"]
+    assert cfg.protocols["six"].training.epochs == six_epochs
     assert cfg.protocols["ravdess8"].training.epochs == 25
 
 
@@ -206,7 +207,8 @@ def test_protocol_overrides_are_partial_and_merged() -> None:
     cfg = load_config(None, ["training.patience=5", "protocols.six.training.batch_size=32",
                              "final.training={epochs: 7}"])
     six = cfg.protocols["six"].training
-    assert (six.epochs, six.batch_size, six.patience) == (60, 32, 5)
+    six_epochs = DEFAULTS["protocols"]["six"]["training"]["epochs"]
+    assert (six.epochs, six.batch_size, six.patience) == (six_epochs, 32, 5)
     assert cfg.protocols["ravdess8"].training == cfg.training
     assert (cfg.final.training.epochs, cfg.final.training.patience) == (7, 5)
     assert isinstance(six, TrainingConfig)

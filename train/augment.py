@@ -40,7 +40,7 @@ class AugmentParams:
     p_shift: float = 1.0
     shift_seconds: float = 0.3
     """Largest time shift either way (zeros fill the gap)."""
-    p_telephone: float = 0.3
+    p_telephone: float = 0.45
     """The telephone channel: 300-3400 Hz band-pass, 8 kHz mu-law round trip."""
     p_noise: float = 0.6
     snr_db_range: tuple[float, float] = (8.0, 35.0)

@@ -363,6 +363,10 @@ class VoiceConfig:
     """:attr:`serd.voice.ReferenceParams.memory_windows`."""
     neutral_share: float = 0.6
     """:attr:`serd.voice.ReferenceParams.neutral_share`."""
+    max_files_per_corpus: int = 0
+    """The head's own cap on training files per corpus (a seeded subset; 0: every file).
+    The training section's cap bounds the CNN's time; the regression is cheap, and across
+    corpora it is what travels, so it is not bound by that cap."""
 
     def __post_init__(self) -> None:
         require(0 <= self.cnn_weight <= 1, "cnn_weight", "must be in [0, 1]")
@@ -371,6 +375,8 @@ class VoiceConfig:
         require(self.prior_windows >= 0, "prior_windows", "must be >= 0")
         require(self.memory_windows >= 1, "memory_windows", "must be >= 1")
         require(0 <= self.neutral_share <= 1, "neutral_share", "must be in [0, 1]")
+        require(self.max_files_per_corpus >= 0, "max_files_per_corpus",
+                "must be >= 0 (0: every file)")
 
     def reference(self) -> ReferenceParams | None:
         """The branch's reference parameters (None: absolute statistics)."""

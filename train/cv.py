@@ -103,7 +103,7 @@ class CrossValidation:
                      if it.speaker in te and tax.eval_label(it) is None]
         calib_idx, calib_lab = labelled(items, fold.early_stop, tax.eval_label)
         head = fit_voice(self.sets, items, tax, fold.train + fold.early_stop,
-                         tcfg.max_files_per_corpus)
+                         self.sets.cfg.voice.max_files_per_corpus)
         with tempfile.TemporaryDirectory() as td:
             # The fold's model goes through serd's loader, as the device's does: its int8
             # CNN and its fusion with the voice branch are the ones the device runs.

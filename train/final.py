@@ -39,7 +39,8 @@ def run_final(sets: WindowSets, out_dir: Path, cv: dict[str, CvResult],
     tcfg = f.training
     fold = final_split(items, float(tcfg.early_stop_fraction), sets.seed)
     trained = train_cnn(sets, items, tax, fold, "final model", tcfg)
-    head = fit_voice(sets, items, tax, fold.train + fold.early_stop, tcfg.max_files_per_corpus)
+    head = fit_voice(sets, items, tax, fold.train + fold.early_stop,
+                     sets.cfg.voice.max_files_per_corpus)
     used = [it for it in items if tax.train_label(it) is not None]
     training: dict[str, Any] = {
         "corpora": corpora,
