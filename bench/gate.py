@@ -77,18 +77,20 @@ def candidates() -> dict[str, Any]:
     out = {
         # The gate before issue 21: energy, 9 dB over the floor, -50 dBFS absolute floor.
         "energy-old": VadSettings(backend="energy", threshold_db=9.0, min_level_dbfs=-50.0,
-                                  min_speech_seconds=0.15),
+                                  min_speech_seconds=0.15, confirm="none"),
         # The issue's suggested settings, with the absolute floor lowered as well.
         "energy-6dB": VadSettings(backend="energy", threshold_db=6.0, min_level_dbfs=-70.0,
-                                  min_speech_seconds=0.1),
-        "voiced": VadSettings(),  # the default
+                                  min_speech_seconds=0.1, confirm="none"),
+        # The default until the confirm stage (git c284e47 .. 1f88ad6): voicing alone.
+        "voiced-only": VadSettings(confirm="none", voiced_seconds=0.06),
+        "voiced": VadSettings(),  # the default: voiced, confirmed by Silero VAD
     }
     try:
         import webrtcvad  # noqa: F401, PLC0415
     except ImportError:
         return out
-    out["webrtc-2"] = VadSettings(backend="webrtc", webrtc_aggressiveness=2)
-    out["webrtc-3"] = VadSettings(backend="webrtc", webrtc_aggressiveness=3)
+    out["webrtc-2"] = VadSettings(backend="webrtc", webrtc_aggressiveness=2, confirm="none")
+    out["webrtc-3"] = VadSettings(backend="webrtc", webrtc_aggressiveness=3, confirm="none")
     return out
 
 

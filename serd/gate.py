@@ -23,6 +23,15 @@ test runs only on candidate blocks while no segment is open.
 
 The optional ``webrtc`` backend (``pip install webrtcvad-wheels``) replaces the candidate
 test by WebRTC's GMM classifier; segmentation logic is the same.
+
+Confirm stage (``confirm: silero``, the default, any backend): when the backend's tests
+would open a segment, it is only *tentative* until a speech check over its audio, Silero
+VAD's 16 kHz model in numpy (:mod:`serd.speechcheck`), finds ``confirm_chunks``
+consecutive 32 ms chunks of speech; it then opens where the backend's tests put it.  A
+tentative segment that would have closed unconfirmed opens nothing: struck cups, knocks,
+key presses, machines and many coughs are voiced or loud but not speech to Silero.  The
+check runs only while a segment is tentative, on audio from a ring of the last ~1.2 s
+(:class:`SpeechConfirm`), so a quiet room and ongoing speech cost nothing more.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from serd.speechcheck import CHUNK, RATE, SileroVad
 from serd.validate import require
 
 _LOGGER = logging.getLogger(__name__)
@@ -60,8 +70,9 @@ class VadSettings:
     """Blocks quieter than this (dB relative to full scale) are never speech."""
     min_speech_seconds: float = 0.25
     """Candidate speech needed before a segment opens."""
-    voiced_seconds: float = 0.06
-    """voiced backend: voiced (periodic) candidate audio needed before a segment opens."""
+    voiced_seconds: float = 0.04
+    """voiced backend: voiced (periodic) candidate audio needed before a segment opens
+    (0.04 s since the confirm stage; 0.06 s before it, which missed short shouted words)."""
     voicing_threshold: float = 0.5
     """voiced backend: normalised autocorrelation peak (0..1) that makes a block voiced."""
     max_gap_seconds: float = 0.05
@@ -78,6 +89,18 @@ class VadSettings:
     """Time constant of the noise floor falling towards quieter input."""
     webrtc_aggressiveness: int = 2
     """0..3, webrtc backend only."""
+    confirm: Literal["silero", "none"] = "silero"
+    """Confirm stage, any backend: when the backend's own tests would open a segment, it
+    opens only once a speech check over its audio (pre-roll included) confirms speech
+    before it would have closed again; ``silero``: Silero VAD's 16 kHz model
+    (:mod:`serd.speechcheck`, 16 kHz audio only), which tells voices from knocks, key
+    presses, machines and many coughs; ``none``: the backend's tests alone.  The check
+    runs only while a segment waits for it, so a quiet room and ongoing speech cost
+    nothing more."""
+    confirm_threshold: float = 0.4
+    """confirm: silero's speech probability (0..1) above which a 32 ms chunk is speech."""
+    confirm_chunks: int = 2
+    """confirm: consecutive speech chunks of 32 ms needed (2: 64 ms)."""
 
     def __post_init__(self) -> None:
         require(self.threshold_db > 0, "threshold_db", "must be > 0 dB")
@@ -98,6 +121,12 @@ class VadSettings:
         require(
             0 <= self.webrtc_aggressiveness <= 3, "webrtc_aggressiveness", "must be 0, 1, 2 or 3"
         )
+        require(self.confirm in ("silero", "none"), "confirm", "must be 'silero' or 'none'")
+        require(0 < self.confirm_threshold < 1, "confirm_threshold",
+                "must be a probability in (0, 1)")
+        # 1..30 chunks: 32 ms to about 1 s of speech; more would wait past most words.
+        require(1 <= self.confirm_chunks <= 30, "confirm_chunks",
+                "must be 1..30 chunks of 32 ms")
 
 
 @dataclass(frozen=True)
@@ -113,27 +142,146 @@ class GateEvent:
     block: int
 
 
+class SpeechConfirm:
+    """The confirm stage's speech check over a run's audio, block by block.
+
+    It keeps the gate's recent blocks in a ring (the audio a segment may start with: the
+    gate's look-back, a bounded few hundred milliseconds) and, from :meth:`start` until
+    :meth:`cancel`, feeds Silero VAD every whole 32 ms chunk of audio up to the current
+    block; :meth:`advance` says whether ``chunks`` consecutive chunks have exceeded
+    ``threshold``.  Chunks are counted from the run's start sample and fed as soon as they
+    are whole, so the result does not depend on how the stream was cut into calls.
+    """
+
+    def __init__(self, settings: VadSettings, block_len: int, history_blocks: int) -> None:
+        self.threshold = settings.confirm_threshold
+        self.need = settings.confirm_chunks
+        self.block_len = block_len
+        self._size = history_blocks
+        self._check: SileroVad | None = None  # loaded at the first run to check
+        self.chunks_checked = 0  # for the benchmarks: 32 ms chunks run through the model
+        self.reset()
+
+    def reset(self) -> None:
+        self._ring = np.zeros((self._size, self.block_len), np.float32)
+        self._call: npt.NDArray[np.float32] | None = None
+        self._call_first = 0
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Stop checking (the run ended, or its segment opened)."""
+        self.active = False
+        self._fed = 0  # stream sample index of the next sample to check
+        self._streak = 0
+        self._confirmed = False
+
+    def push(self, blocks: npt.NDArray[np.float32], first_block: int) -> None:
+        """The blocks of this ``process`` call (a view: kept in the ring by :meth:`commit`)."""
+        self._call = blocks
+        self._call_first = first_block
+
+    def commit(self) -> None:
+        """End of the call: its last blocks go into the ring."""
+        blocks, first = self._call, self._call_first
+        if blocks is None:
+            return
+        self._call = None
+        n, size = blocks.shape[0], self._size
+        if n > size:
+            blocks, first, n = blocks[n - size :], first + n - size, size
+        pos = first % size
+        k = min(n, size - pos)
+        self._ring[pos : pos + k] = blocks[:k]
+        self._ring[: n - k] = blocks[k:]
+
+    def start(self, from_block: int, block: int) -> bool:
+        """Check the audio from ``from_block`` on, up to ``block``: confirmed yet?"""
+        if self._check is None:
+            self._check = SileroVad()
+        self._check.reset()
+        self.active = True
+        self._fed = from_block * self.block_len
+        self._streak = 0
+        self._confirmed = False
+        return self.advance(block)
+
+    def advance(self, block: int) -> bool:
+        """Check the whole chunks that end by ``block``'s end: confirmed yet?"""
+        if self._confirmed or self._check is None:
+            return self._confirmed
+        n = ((block + 1) * self.block_len - self._fed) // CHUNK
+        if n <= 0:
+            return False
+        audio = self._samples(self._fed, self._fed + n * CHUNK)
+        self._fed += n * CHUNK
+        self.chunks_checked += n
+        for p in self._check.process(audio.reshape(n, CHUNK)).tolist():
+            self._streak = self._streak + 1 if p > self.threshold else 0
+            if self._streak >= self.need:
+                self._confirmed = True
+                break
+        return self._confirmed
+
+    def _samples(self, lo: int, hi: int) -> npt.NDArray[np.float32]:
+        """Stream samples ``lo:hi``, from the ring and this call's blocks."""
+        if self._call is None:
+            raise RuntimeError("vad.confirm needs the audio: feed the gate with process()")
+        bl = self.block_len
+        b0, b1 = lo // bl, -(-hi // bl)
+        if b0 < self._call_first - self._size:
+            raise RuntimeError(f"confirm: block {b0} is no longer in the ring")  # a bug
+        parts = []
+        call_first = self._call_first
+        if b0 < call_first:
+            idx = [b % self._size for b in range(b0, min(b1, call_first))]
+            parts.append(self._ring[idx].reshape(-1))
+        if b1 > call_first:
+            parts.append(self._call[max(b0, call_first) - call_first : b1 - call_first]
+                         .reshape(-1))
+        audio = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return audio[lo - b0 * bl : hi - b0 * bl]
+
+
 class EnergyGate:
     """Stateful segmenter over fixed 10 ms blocks: ``__call__(levels_db)`` -> events."""
 
-    def __init__(self, settings: VadSettings, block_seconds: float) -> None:
+    # confirm: how long (s) a run may wait for the speech check after the backend's own
+    # tests have passed and still start its segment where they would have (the look-back).
+    _CONFIRM_WAIT_SECONDS = 0.5
+
+    def __init__(self, settings: VadSettings, block_seconds: float,
+                 sample_rate: int = RATE) -> None:
         self.settings = settings
         self.block_seconds = block_seconds
         s = settings
+        self._confirm_wait = 0
+        self._confirm: SpeechConfirm | None = None
+        if s.confirm == "silero":
+            if sample_rate != RATE:
+                raise ValueError(f"vad.confirm: silero needs {RATE} Hz audio, not "
+                                 f"{sample_rate} Hz; set vad.confirm: none")
+            self._confirm_wait = round(self._CONFIRM_WAIT_SECONDS / block_seconds)
         self._min_speech = max(1, round(s.min_speech_seconds / block_seconds))
         self._hangover = max(1, round(s.hangover_seconds / block_seconds))
         self._preroll = round(s.preroll_seconds / block_seconds)
         self._max_blocks = round(s.max_segment_seconds / block_seconds)
         self._rise = 1.0 - math.exp(-block_seconds / s.floor_rise_seconds)
         self._fall = 1.0 - math.exp(-block_seconds / s.floor_fall_seconds)
+        if s.confirm == "silero":
+            self._confirm = SpeechConfirm(s, round(block_seconds * sample_rate),
+                                          self.lookback_blocks + 8)
         self.reset()
 
     @property
     def lookback_blocks(self) -> int:
         """How many blocks before the current one a ``start`` event may point at."""
-        return self._min_speech + self._preroll
+        return self._min_speech + self._preroll + self._confirm_wait
 
     def reset(self) -> None:
+        if self._confirm is not None:
+            self._confirm.reset()
+        self._held: int | None = None  # confirm: a tentative segment's start, while held
+        self._held_quiet = 0  # ... and its blocks without candidates since the last one
         self.block = 0
         self.in_speech = False
         self.noise_floor_db: float | None = None
@@ -173,7 +321,12 @@ class EnergyGate:
 
     def process(self, blocks: npt.NDArray[np.float32]) -> list[GateEvent]:
         """Events for the next ``blocks`` (n, block) of the stream."""
-        return self(block_levels_db(blocks))
+        if self._confirm is None:
+            return self(block_levels_db(blocks))
+        self._confirm.push(blocks, self.block)
+        events = self(block_levels_db(blocks))
+        self._confirm.commit()
+        return events
 
     def segment(self, flags: list[bool]) -> list[GateEvent]:
         """Turn per-block candidate flags into segment start/end events."""
@@ -181,7 +334,12 @@ class EnergyGate:
         for is_speech in flags:
             b = self.block
             if not self.in_speech:
-                first = self._opening(is_speech, b)
+                if self._held is not None:  # a tentative segment awaits the speech check
+                    first = self._pending(is_speech, b)
+                else:
+                    first = self._opening(is_speech, b)
+                    if first is not None and self._confirm is not None:
+                        first = self._tentative(first, b)
                 if first is not None:
                     # Pre-roll, but never back into the previous segment.
                     start = max(first - self._preroll, self._last_end, 0)
@@ -213,11 +371,56 @@ class EnergyGate:
         self._run = self._run + 1 if is_speech else 0
         return b - self._run + 1 if self._run >= self._min_speech else None
 
+    def _tentative(self, first: int, b: int) -> int | None:
+        """The confirm stage, when the backend's tests would open a segment at block ``b``
+        starting at ``first``: open it only once the speech check confirms speech.  Until
+        then the segment is *tentative*: held while it would have lasted (it ends after
+        ``hangover_seconds`` without candidates, as an open one would), with the check run
+        on each new block (:meth:`_pending`); if it ends unconfirmed, nothing opens."""
+        confirm = self._confirm
+        assert confirm is not None
+        self._held = first
+        self._held_quiet = 0
+        # The audio the segment would hold, pre-roll included: the check sees what the
+        # classifier would (and the model's state settles on the pre-roll).
+        if confirm.start(max(first - self._preroll, 0), b):
+            return self._confirmed_start(b)
+        return None
+
+    def _pending(self, is_speech: bool, b: int) -> int | None:
+        """A tentative segment's next block: its start once confirmed, else None."""
+        confirm = self._confirm
+        assert confirm is not None
+        assert self._held is not None
+        if confirm.advance(b):
+            return self._confirmed_start(b)
+        self._held_quiet = 0 if is_speech else self._held_quiet + 1
+        if self._held_quiet >= self._hangover or b + 1 - self._held >= self._max_blocks:
+            # It would have closed unconfirmed: forget it; a new run starts afresh.
+            confirm.cancel()
+            self._held = None
+            self._restart_opening()
+        return None
+
+    def _confirmed_start(self, b: int) -> int:
+        """The start of a segment confirmed at block ``b``: where the backend's tests put
+        it, unless that lies beyond the look-back (a confirmation ``_confirm_wait`` or more
+        after the opening), then as far back as it reaches."""
+        assert self._confirm is not None
+        assert self._held is not None
+        self._confirm.cancel()
+        start = max(self._held, b - (self.lookback_blocks - self._preroll) + 1)
+        self._held = None
+        return start
+
     def _restart_opening(self) -> None:
         self._run = 0
 
     def close(self) -> list[GateEvent]:
-        """End of stream: close an open segment."""
+        """End of stream: close an open segment (a tentative one just ends)."""
+        if self._held is not None and self._confirm is not None:
+            self._confirm.cancel()
+            self._held = None
         if self.in_speech:
             self.in_speech = False
             self._last_end = self.block
@@ -272,7 +475,7 @@ class VoicedGate(EnergyGate):
         self._lag_lo = max(2, int(sample_rate / self._MAX_PITCH_HZ))
         self._lag_hi = int(sample_rate / self._MIN_PITCH_HZ)
         self._block_len = round(block_seconds * sample_rate)
-        super().__init__(settings, block_seconds)  # calls reset(), which needs the above
+        super().__init__(settings, block_seconds, sample_rate)  # calls reset(): needs the above
         self._frame_len = self._block_len * self._SMOOTH
         self._fft_len = 1 << (2 * self._frame_len - 1).bit_length()
         self._starts: dict[int, npt.NDArray[np.intp]] = {}  # block starts by blocks per call
@@ -284,7 +487,7 @@ class VoicedGate(EnergyGate):
 
     @property
     def lookback_blocks(self) -> int:
-        return self._max_run + self._preroll
+        return self._max_run + self._preroll + self._confirm_wait
 
     def reset(self) -> None:
         super().reset()
@@ -332,6 +535,8 @@ class VoicedGate(EnergyGate):
         last = blocks[-2:] if n >= 2 else np.concatenate((self._prev, blocks))[-2:]
         self._prev = last.copy()
         self._blocks = blocks
+        if self._confirm is not None:
+            self._confirm.push(blocks, self.block)
         self._levels = self._levels[len(self._levels) - self._SUSTAIN_BLOCKS :] + levels
         self._levels_first = self.block
         self._margins = []
@@ -340,12 +545,15 @@ class VoicedGate(EnergyGate):
         # are looked at in one batch (a few are wasted when a segment opens mid-call);
         # inside a segment, voicing is computed only if it closes and a new run begins.
         self._voicing = None
-        if not self.in_speech:
+        if not self.in_speech and self._held is None:  # (a tentative segment needs none)
             rows = [i for i, m in enumerate(self._margins) if m > self._voicing_margin]
             if rows:
                 self._voicing = np.zeros(n)
                 self._voicing[rows] = self._voicing_of(rows)
-        return self.segment(flags)
+        events = self.segment(flags)
+        if self._confirm is not None:
+            self._confirm.commit()
+        return events
 
     def _opening(self, is_speech: bool, b: int) -> int | None:
         # A run starts at a candidate and lasts while the level stays above half the
@@ -453,12 +661,17 @@ class WebRtcGate(EnergyGate):
                 "vad.backend is 'webrtc' but the webrtcvad package is not installed; "
                 "pip install webrtcvad, or set vad.backend: energy"
             ) from exc
-        super().__init__(settings, block_seconds)
+        super().__init__(settings, block_seconds, sample_rate)
         self._vad = webrtcvad.Vad(settings.webrtc_aggressiveness)
         self._rate = sample_rate
 
     def process(self, blocks: npt.NDArray[np.float32]) -> list[GateEvent]:
-        return self.segment(self.classify_blocks(blocks))
+        if self._confirm is not None:
+            self._confirm.push(blocks, self.block)
+        events = self.segment(self.classify_blocks(blocks))
+        if self._confirm is not None:
+            self._confirm.commit()
+        return events
 
     def classify_blocks(self, blocks: npt.NDArray[np.float32]) -> list[bool]:
         pcm = (np.clip(blocks, -1.0, 1.0) * 32767).astype("<i2")
@@ -494,4 +707,4 @@ def make_gate(settings: VadSettings, block_seconds: float, sample_rate: int) -> 
         return WebRtcGate(settings, block_seconds, sample_rate)
     if settings.backend == "voiced":
         return VoicedGate(settings, block_seconds, sample_rate)
-    return EnergyGate(settings, block_seconds)
+    return EnergyGate(settings, block_seconds, sample_rate)

@@ -1,0 +1,155 @@
+"""The gate's confirm stage (vad.confirm: silero): struck ceramics and key presses that the
+voicing tests let through open nothing, speech still opens, the check runs only while a run
+waits to open, and the result does not depend on how the stream is chunked."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bench.gate_sounds import sound
+from serd.decode import load
+from serd.gate import VadSettings, block_levels_db, make_gate
+from serd.validate import ConfigError, build
+from serd.windows import SegmentEnd, SegmentStart, Windower, windows_of
+
+RATE = 16000
+VOICED_ONLY = VadSettings(confirm="none")  # the default gate before the confirm stage
+
+
+def starts(x: np.ndarray, vad: VadSettings) -> tuple[int, int]:
+    """Segments opened over ``x`` fed 50 ms at a time, and 32 ms chunks the check ran on."""
+    gate = make_gate(vad, 0.01, RATE)
+    events = []
+    for i in range(0, x.size // 800 * 800, 800):
+        events += gate.process(x[i : i + 800].reshape(-1, 160))
+    checked = gate._confirm.chunks_checked if gate._confirm is not None else 0
+    return len([e for e in events if e.kind == "start"]), checked
+
+
+@pytest.mark.parametrize(("category", "dbfs"),
+                         [("ceramic", -40.0), ("ceramic", -30.0), ("keyboard", -30.0)])
+def test_sounds_the_voicing_lets_through_are_not_confirmed(category: str, dbfs: float) -> None:
+    """30 s of struck cups and tiles (periodic ringing, struck again while it rings, so it
+    rises) and of loud typing open the voiced gate several times; with the speech check,
+    never."""
+    x = sound(category, 30.0, dbfs, seed=1)
+    opened, _ = starts(x, VOICED_ONLY)
+    assert opened >= 2
+    confirmed, checked = starts(x, VadSettings())
+    assert confirmed == 0
+    assert checked > 0  # the check did run on those runs
+
+
+def trimmed_levelled(x: np.ndarray, dbfs: float) -> np.ndarray:
+    n = x.size // 160
+    db = 10 * np.log10(np.mean(x[: n * 160].reshape(n, 160).astype(np.float64) ** 2, 1) + 1e-20)
+    loud = np.flatnonzero(db > db.max() - 35)
+    x = x[loud[0] * 160 : (loud[-1] + 1) * 160].astype(np.float64)
+    return (x * 10 ** (dbfs / 20) / np.sqrt(np.mean(x**2))).astype(np.float32)
+
+
+def test_speech_fixtures_open_where_the_voicing_opens(data_dir) -> None:
+    """Every CREMA-D fixture, quiet and loud, over room tone: the confirmed gate opens its
+    first segment where the voiced gate alone does (the check confirms within the look-back),
+    and every one gives windows."""
+    for path in sorted(data_dir.glob("*.flac")):
+        for dbfs in (-45.0, -25.0):
+            x = sound("room", 1.0, -60.0, seed=5)
+            clip = trimmed_levelled(load(path, RATE), dbfs)
+            x = np.concatenate([x, clip + sound("room", clip.size / RATE, -60.0, seed=6),
+                                sound("room", 1.0, -60.0, seed=7)]).astype(np.float32)
+            got, ref = windows_of(x), windows_of(x, vad=VOICED_ONLY)
+            assert got, f"{path.name} at {dbfs} dBFS"
+            assert abs(got[0].start_sample - ref[0].start_sample) <= 0.1 * RATE, path.name
+
+
+def speech_after_ceramics(data_dir) -> np.ndarray:
+    clip = trimmed_levelled(load(data_dir / "1091_TIE_SAD_XX.flac", RATE), -35.0)
+    bed = sound("ceramic", 8.0 + clip.size / RATE + 1.5, -35.0, seed=2)
+    bed[8 * RATE : 8 * RATE + clip.size] += clip
+    return bed
+
+
+@pytest.mark.parametrize("vad", [VadSettings(), VadSettings(confirm_chunks=10),
+                                 VadSettings(backend="energy", threshold_db=9.0)],
+                         ids=["default", "10-chunks", "energy"])
+@pytest.mark.parametrize("chunk", [1, 160, 333, 800, 4096, 16000])
+def test_chunk_size_does_not_change_the_confirmed_segments(data_dir, vad, chunk: int) -> None:
+    """Ceramics (runs checked and refused), then speech (confirmed; with 10 chunks, 320 ms,
+    later than the voicing opens, so the held opening is used): the same segments however
+    the audio is cut."""
+    x = speech_after_ceramics(data_dir)
+
+    def ends(size: int) -> list[tuple[int, int, int]]:
+        w = Windower(vad=vad)
+        items = []
+        for i in range(0, x.size, size):
+            items += w(x[i : i + size])
+        items += w.flush()
+        return [(e.start_sample, e.end_sample, e.windows) for e in items
+                if isinstance(e, SegmentEnd)]
+
+    ref = ends(x.size)
+    assert ends(chunk) == ref
+    assert [s for s, _, n in ref if n > 0], "the speech gave no window"
+    assert all(s >= 7.5 * RATE for s, _, n in ref if n > 0), ref  # ceramics gave none
+
+
+def test_a_later_confirmation_keeps_the_voicing_s_start(data_dir) -> None:
+    """With 10 chunks needed the check confirms after the voicing tests passed: the
+    segment starts no earlier than the voicing alone would start it, and at most the
+    confirm wait (0.5 s) later (it is later when the first run ended unconfirmed and the
+    next one opened)."""
+    x = speech_after_ceramics(data_dir)
+    first = [i.start_sample for i in Windower(vad=VOICED_ONLY)(x) if isinstance(i, SegmentStart)]
+    late = [i.start_sample for i in Windower(vad=VadSettings(confirm_chunks=10))(x)
+            if isinstance(i, SegmentStart)]
+    speech = [s for s in first if s >= 7.5 * RATE]
+    assert len(late) == 1 and speech
+    assert 0 <= late[0] - speech[0] <= 0.5 * RATE
+
+
+def test_the_check_stops_once_a_segment_is_open(data_dir) -> None:
+    """Speech costs the check only its onsets: over 20 s of back-to-back clips it runs on
+    a small share of the 32 ms chunks."""
+    clips = [load(p, RATE) for p in sorted(data_dir.glob("*.flac"))]
+    x = np.concatenate([sound("room", 0.5, -60.0, seed=1)] + clips * 2)
+    gate = make_gate(VadSettings(), 0.01, RATE)
+    opened = 0
+    for i in range(0, x.size // 800 * 800, 800):
+        opened += sum(e.kind == "start" for e in gate.process(x[i : i + 800].reshape(-1, 160)))
+    assert gate._confirm is not None
+    assert opened >= 1
+    assert gate._confirm.chunks_checked < 0.25 * x.size / 512
+
+
+def test_confirm_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"vad\.confirm"):
+        build(VadSettings, {"confirm": "webrtc"}, "vad")
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(ConfigError, match=r"vad\.confirm_threshold: must be a probability"):
+            build(VadSettings, {"confirm_threshold": bad}, "vad")
+    for bad in (0, 31):
+        with pytest.raises(ConfigError, match=r"vad\.confirm_chunks: must be 1\.\.30"):
+            build(VadSettings, {"confirm_chunks": bad}, "vad")
+    with pytest.raises(ConfigError, match=r"vad\.confirm_chunks"):
+        build(VadSettings, {"confirm_chunks": 2.5}, "vad")
+    assert build(VadSettings, {"confirm": "none"}, "vad") == VOICED_ONLY
+    assert VadSettings().confirm == "silero"
+    with pytest.raises(ValueError, match=r"silero needs 16000 Hz.*vad\.confirm: none"):
+        make_gate(VadSettings(), 0.01, 8000)
+    make_gate(replace(VadSettings(), confirm="none"), 0.01, 8000)  # fine without it
+
+
+def test_the_levels_only_call_says_it_needs_the_audio() -> None:
+    """``gate(levels)`` has no samples to check: with the confirm stage on it says so
+    rather than opening unconfirmed."""
+    gate = make_gate(VadSettings(backend="energy"), 0.01, RATE)
+    t = np.arange(RATE * 2) / RATE
+    x = np.concatenate([np.zeros(RATE), 0.3 * np.sin(2 * np.pi * 220 * t)]).astype(np.float32)
+    x += 1e-4 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)
+    with pytest.raises(RuntimeError, match="process"):
+        gate(block_levels_db(x.reshape(-1, 160)))
