@@ -81,9 +81,10 @@ def candidates() -> dict[str, Any]:
         # The suggested settings, with the absolute floor lowered as well.
         "energy-6dB": VadSettings(backend="energy", threshold_db=6.0, min_level_dbfs=-70.0,
                                   min_speech_seconds=0.1, confirm="none"),
-        # The default until the confirm stage (git c284e47 .. 1f88ad6): voicing alone.
-        "voiced-only": VadSettings(confirm="none", voiced_seconds=0.06),
-        "voiced": VadSettings(),  # the default: voiced, confirmed by Silero VAD
+        "voiced": VadSettings(),  # the default (voicing alone, since git c284e47)
+        # The confirm stage of docs/gate.md's third round: 40 ms of voicing, then Silero VAD
+        # (2 chunks of 32 ms above 0.4); the default in git 06d648b only.
+        "voiced-silero": VadSettings(confirm="silero", voiced_seconds=0.04),
     }
     try:
         import webrtcvad  # noqa: F401, PLC0415

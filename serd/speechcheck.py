@@ -195,16 +195,17 @@ class SileroVad:
         u = _UNITS
         for i in range(n):
             z = xin[i] + h @ w.lstm_hh
-            gates = z[: 2 * u]  # input, forget
-            sig = 1.0 / (1.0 + np.exp(-gates))
-            o = 1.0 / (1.0 + np.exp(-z[3 * u :]))
+            # Sigmoids as 0.5 + 0.5 tanh(x / 2): the same values, without exp's overflow
+            # (and its warning) for large negative inputs.
+            sig = 0.5 + 0.5 * np.tanh(0.5 * z[: 2 * u])  # input, forget
+            o = 0.5 + 0.5 * np.tanh(0.5 * z[3 * u :])
             c = sig[u:] * c + sig[:u] * np.tanh(z[2 * u : 3 * u])
             h = o * np.tanh(c)
             hs[i] = h
         self._h, self._c = h.astype(np.float32), c.astype(np.float32)
         np.maximum(hs, 0.0, out=hs)
         logit = hs @ w.out_w + w.out_b
-        return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+        return (0.5 + 0.5 * np.tanh(0.5 * logit)).astype(np.float32)
 
     def probabilities(self, audio: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Probabilities of every whole 512-sample chunk of ``audio`` (the rest is dropped),
