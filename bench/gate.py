@@ -81,10 +81,12 @@ def candidates() -> dict[str, Any]:
         # The suggested settings, with the absolute floor lowered as well.
         "energy-6dB": VadSettings(backend="energy", threshold_db=6.0, min_level_dbfs=-70.0,
                                   min_speech_seconds=0.1, confirm="none"),
-        "voiced": VadSettings(),  # the default (voicing alone, since git c284e47)
-        # The confirm stage of docs/gate.md's third round: 40 ms of voicing, then Silero VAD
-        # (2 chunks of 32 ms above 0.4); the default in git 06d648b only.
-        "voiced-silero": VadSettings(confirm="silero", voiced_seconds=0.04),
+        # The default of git c284e47 .. 66a158e: voicing alone (docs/gate.md, second round).
+        "voiced-only": VadSettings(confirm="none", voiced_seconds=0.06),
+        # The default: 40 ms of voicing, Silero VAD as a veto (1 chunk of 32 ms above 0.1).
+        "voiced": VadSettings(),
+        # Silero as a strict confirm stage (2 chunks above 0.4): the default of 06d648b only.
+        "voiced-silero": VadSettings(confirm_threshold=0.4, confirm_chunks=2),
     }
     try:
         import webrtcvad  # noqa: F401, PLC0415

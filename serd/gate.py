@@ -24,8 +24,8 @@ test runs only on candidate blocks while no segment is open.
 The optional ``webrtc`` backend (``pip install webrtcvad-wheels``) replaces the candidate
 test by WebRTC's GMM classifier; segmentation logic is the same.
 
-Confirm stage (``confirm: silero``, any backend; off by default, see
-:class:`VadSettings`): when the backend's tests
+Confirm stage (``confirm: silero``, any backend; by default a veto of what Silero is sure
+is not speech, see :class:`VadSettings`): when the backend's tests
 would open a segment, it is only *tentative* until a speech check over its audio, Silero
 VAD's 16 kHz model in numpy (:mod:`serd.speechcheck`), finds ``confirm_chunks``
 consecutive 32 ms chunks of speech; it then opens where the backend's tests put it.  A
@@ -71,9 +71,9 @@ class VadSettings:
     """Blocks quieter than this (dB relative to full scale) are never speech."""
     min_speech_seconds: float = 0.25
     """Candidate speech needed before a segment opens."""
-    voiced_seconds: float = 0.06
+    voiced_seconds: float = 0.04
     """voiced backend: voiced (periodic) candidate audio needed before a segment opens
-    (with ``confirm: silero``, 0.04 s is what was measured: docs/gate.md)."""
+    (0.06 s with ``confirm: none``, the gate of docs/gate.md's second round)."""
     voicing_threshold: float = 0.5
     """voiced backend: normalised autocorrelation peak (0..1) that makes a block voiced."""
     max_gap_seconds: float = 0.05
@@ -90,20 +90,21 @@ class VadSettings:
     """Time constant of the noise floor falling towards quieter input."""
     webrtc_aggressiveness: int = 2
     """0..3, webrtc backend only."""
-    confirm: Literal["silero", "none"] = "none"
+    confirm: Literal["silero", "none"] = "silero"
     """Confirm stage, any backend: when the backend's own tests would open a segment, it
     opens only once a speech check over its audio (pre-roll included) confirms speech
     before it would have closed again; ``silero``: Silero VAD's 16 kHz model
     (:mod:`serd.speechcheck`, 16 kHz audio only), which tells voices from knocks, key
     presses, machines and many coughs; ``none``: the backend's tests alone.  The check
     runs only while a segment waits for it, so a quiet room and ongoing speech cost
-    nothing more.  Not the default: Silero does not call some acted speech speech (shouted,
-    clipped CREMA-D and RAVDESS clips, ASED's sad ones), below the 99.5 % floor on three
-    training corpora (docs/gate.md, third round)."""
-    confirm_threshold: float = 0.4
+    nothing more.  The defaults make it a veto of what Silero is sure is not speech:
+    stricter settings (2 chunks above 0.4) refuse far more coughs but also shouted,
+    clipped and whispered acted speech, below the 99.5 % floor on three training corpora
+    (docs/gate.md, third round)."""
+    confirm_threshold: float = 0.1
     """confirm: silero's speech probability (0..1) above which a 32 ms chunk is speech."""
-    confirm_chunks: int = 2
-    """confirm: consecutive speech chunks of 32 ms needed (2: 64 ms)."""
+    confirm_chunks: int = 1
+    """confirm: consecutive speech chunks of 32 ms needed (1: 32 ms)."""
 
     def __post_init__(self) -> None:
         require(self.threshold_db > 0, "threshold_db", "must be > 0 dB")
