@@ -1,7 +1,7 @@
-"""The gate's confirm stage (vad.confirm: silero, off by default): struck ceramics and key
-presses that the voicing tests let through open nothing, speech still opens, the check runs
-only while a segment waits for it, and the result does not depend on how the stream is
-chunked."""
+"""The gate's confirm stage (vad.confirm: silero; by default a veto, 1 chunk above 0.1):
+struck ceramics and key presses that the voicing tests let through open nothing (strict
+settings) or far less (the default), speech still opens, the check runs only while a
+segment waits for it, and the result does not depend on how the stream is chunked."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from serd.validate import ConfigError, build
 from serd.windows import SegmentEnd, SegmentStart, Windower, windows_of
 
 RATE = 16000
-# The confirm stage as docs/gate.md's third round measured it, and the same gate without it.
-SILERO = VadSettings(confirm="silero", voiced_seconds=0.04)
+# The strict confirm stage of docs/gate.md's third round (2 chunks above 0.4, the default
+# of git 06d648b), and the same gate without a confirm stage.
+SILERO = VadSettings(confirm="silero", confirm_threshold=0.4, confirm_chunks=2)
 VOICED_ONLY = replace(SILERO, confirm="none")
 
 
@@ -44,6 +45,8 @@ def test_sounds_the_voicing_lets_through_are_not_confirmed(category: str, dbfs: 
     confirmed, checked = starts(x, SILERO)
     assert confirmed == 0
     assert checked > 0  # the check did run on those runs
+    vetoed, _ = starts(x, VadSettings())  # the default, a veto: far fewer
+    assert vetoed <= opened // 4
 
 
 def trimmed_levelled(x: np.ndarray, dbfs: float) -> np.ndarray:
@@ -54,7 +57,8 @@ def trimmed_levelled(x: np.ndarray, dbfs: float) -> np.ndarray:
     return (x * 10 ** (dbfs / 20) / np.sqrt(np.mean(x**2))).astype(np.float32)
 
 
-def test_speech_fixtures_open_where_the_voicing_opens(data_dir) -> None:
+@pytest.mark.parametrize("vad", [VadSettings(), SILERO], ids=["default", "strict"])
+def test_speech_fixtures_open_where_the_voicing_opens(data_dir, vad: VadSettings) -> None:
     """Every CREMA-D fixture, quiet and loud, over room tone: the confirmed gate opens its
     first segment where the voiced gate alone does (the check confirms within the look-back),
     and every one gives windows."""
@@ -64,7 +68,8 @@ def test_speech_fixtures_open_where_the_voicing_opens(data_dir) -> None:
             clip = trimmed_levelled(load(path, RATE), dbfs)
             x = np.concatenate([x, clip + sound("room", clip.size / RATE, -60.0, seed=6),
                                 sound("room", 1.0, -60.0, seed=7)]).astype(np.float32)
-            got, ref = windows_of(x, vad=SILERO), windows_of(x, vad=VOICED_ONLY)
+            got = windows_of(x, vad=vad)
+            ref = windows_of(x, vad=replace(vad, confirm="none"))
             assert got, f"{path.name} at {dbfs} dBFS"
             assert abs(got[0].start_sample - ref[0].start_sample) <= 0.1 * RATE, path.name
 
@@ -78,7 +83,7 @@ def speech_after_ceramics(data_dir) -> np.ndarray:
 
 @pytest.mark.parametrize("vad", [SILERO, replace(SILERO, confirm_chunks=10),
                                  replace(SILERO, backend="energy", threshold_db=9.0)],
-                         ids=["default", "10-chunks", "energy"])
+                         ids=["strict", "10-chunks", "energy"])
 @pytest.mark.parametrize("chunk", [1, 160, 333, 800, 4096, 16000])
 def test_chunk_size_does_not_change_the_confirmed_segments(data_dir, vad, chunk: int) -> None:
     """Ceramics (runs checked and refused), then speech (confirmed; with 10 chunks, 320 ms,
@@ -142,10 +147,10 @@ def test_confirm_settings_are_validated() -> None:
         build(VadSettings, {"confirm_chunks": 2.5}, "vad")
     assert build(VadSettings, {"confirm": "silero"}, "vad") == replace(VadSettings(),
                                                                         confirm="silero")
-    assert VadSettings().confirm == "none"  # not the default: docs/gate.md, third round
+    assert VadSettings().confirm == "silero"
     with pytest.raises(ValueError, match=r"silero needs 16000 Hz.*vad\.confirm: none"):
-        make_gate(SILERO, 0.01, 8000)
-    make_gate(VadSettings(), 0.01, 8000)  # fine without it
+        make_gate(VadSettings(), 0.01, 8000)
+    make_gate(VadSettings(confirm="none"), 0.01, 8000)  # fine without it
 
 
 def test_the_levels_only_call_says_it_needs_the_audio() -> None:
