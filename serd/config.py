@@ -8,6 +8,7 @@ and bad values are refused with one line naming the key and what is allowed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import socket
@@ -69,6 +70,11 @@ class Config:
                 "with a letter or digit (it is an MQTT topic level)",
             )
         require(self.health_interval_seconds >= 1, "health_interval_seconds", "must be >= 1")
+        # The webrtc backend's package is optional: without it the gate would fail as the
+        # daemon starts (a traceback and exit 1, restarted by systemd), not as a config error.
+        require(self.vad.backend != "webrtc" or importlib.util.find_spec("webrtcvad") is not None,
+                "vad.backend", "'webrtc' needs the webrtcvad package (pip install "
+                "webrtcvad-wheels), which is not installed; or set vad.backend: voiced or energy")
 
     @property
     def resolved_device_id(self) -> str:
