@@ -25,8 +25,9 @@ import numpy.typing as npt
 from serd.crosstalk import Crosstalk, CrosstalkSettings
 from serd.decisions import Decider, Decision, DecisionSettings, Verdict
 from serd.gate import VadSettings
-from serd.model import Classifier
+from serd.model import Classifier, ModelError
 from serd.roles import Channel
+from serd.speechcheck import SileroVad, SpeechCheckError
 from serd.windows import SegmentEnd, SegmentStart, Window, Windower
 
 
@@ -61,6 +62,14 @@ class Pipeline:
         # A voice branch reads each window's audio as well as its MFCCs.
         self.windower = Windower(card.features, card.windows, vad,
                                  keep_audio=classifier.needs_audio)
+        if self.windower.vad.confirm == "silero":
+            # The confirm stage would load its weights at the first utterance onset: load
+            # them now (once per process), so that a missing or damaged file stops serd as
+            # it starts, in one line (exit 65; --check-config too), not at the first word.
+            try:
+                SileroVad()
+            except SpeechCheckError as exc:
+                raise ModelError(str(exc)) from None
         self.decider = Decider(card.labels, decisions, card.calibration.temperature)
         # The model, fused with its voice branch (whose LSTM state runs along this
         # channel's speech segments) when the card has one.

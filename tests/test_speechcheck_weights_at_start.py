@@ -1,0 +1,52 @@
+"""With ``vad.confirm: silero`` (the default) the speech check's weights are loaded when the
+pipeline is built, so a missing or damaged weights file stops ``serd --check-config``,
+``serd --once`` and the daemon as they start, in one line with exit 65, instead of passing
+``--check-config`` and failing with a traceback at the first utterance."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import serd.speechcheck
+from serd.gate import VadSettings
+from serd.model import ModelError
+from serd.pipeline import Pipeline
+
+
+@pytest.mark.parametrize("content", [None, b"not an npz"])
+def test_pipeline_refuses_missing_or_damaged_weights(
+        classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes | None
+) -> None:
+    weights = tmp_path / "silero_vad_16k.npz"
+    if content is not None:
+        weights.write_bytes(content)
+    monkeypatch.setattr(serd.speechcheck, "WEIGHTS", weights)
+    with pytest.raises(ModelError, match=r"speech check weights .*set vad\.confirm: none"):
+        Pipeline(classifier, vad=VadSettings(confirm="silero"))
+    Pipeline(classifier, vad=VadSettings(confirm="none"))  # which needs no weights
+
+
+@pytest.mark.parametrize("mode", ["--check-config", "--once"])
+def test_cli_says_so_in_one_line_exit_65(tmp_path: Path, data_dir: Path, mode: str) -> None:
+    missing = tmp_path / "gone.npz"
+    clip = data_dir / "1001_IEO_ANG_HI.flac"
+    args = [mode, str(clip)] if mode == "--once" else [mode]
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        import serd.speechcheck
+        serd.speechcheck.WEIGHTS = Path({str(missing)!r})
+        from serd.cli import main
+        sys.exit(main({args!r}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 65, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("INFO")]
+    assert len(lines) == 1 and lines[0].startswith("serd: model error: speech check "
+                                                    "weights"), r.stderr
