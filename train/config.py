@@ -130,9 +130,10 @@ class TrainingConfig:
     representative_windows: int
     """Normalised training windows that calibrate the int8 conversion."""
     max_files_per_corpus: int = 0
-    """Train on at most this many files of each corpus (a seeded random subset of its
-    training files; early stopping and tests keep every file); 0: every file.  Bounds the
-    time and memory of a run as corpora are added."""
+    """Train the CNN on at most this many files of each corpus (a seeded random subset of
+    its training files; early stopping and tests keep every file); 0: every file.  Bounds
+    the time and memory of a run as corpora are added.  The voice head has its own cap,
+    :attr:`VoiceConfig.max_files_per_corpus`."""
     corpus_balance: bool = False
     """With ``class_weighting``: weight each (corpus, class) cell instead of each class, so
     that every class weighs the same in the loss and, within a class, every corpus that
