@@ -161,6 +161,10 @@ class SileroVad:
         x = np.asarray(chunks, np.float32)
         if x.ndim != 2 or x.shape[1] != CHUNK:
             raise ValueError(f"the speech check takes (n, {CHUNK}) samples, not {x.shape}")
+        if not np.isfinite(x).all():
+            # One NaN would stay in the LSTM state until the next reset and veto the rest
+            # of the utterance; a glitch in live capture must cost only its own samples.
+            x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
         n = x.shape[0]
         if n == 0:
             return np.zeros(0, np.float32)

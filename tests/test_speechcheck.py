@@ -84,3 +84,22 @@ def test_the_weights_are_small_and_a_chunk_is_cheap() -> None:
         vad(row)
     per_chunk = (time.process_time() - t0) / len(x)
     assert per_chunk < 0.004
+
+
+def test_non_finite_samples_do_not_poison_the_state() -> None:
+    """A capture glitch (NaN or inf samples) costs its own chunk, not the stream after it."""
+    rng = np.random.default_rng(0)
+    audio = (0.05 * rng.standard_normal(512 * 6)).astype(np.float32)
+    bad = audio.copy()
+    bad[100:200] = np.nan
+    bad[300] = np.inf
+    clean, glitched = SileroVad(), SileroVad()
+    p_clean = clean.probabilities(audio)
+    p_bad = glitched.probabilities(bad)
+    assert np.isfinite(p_bad).all()
+    assert np.isfinite(glitched._h).all() and np.isfinite(glitched._c).all()
+    zeroed = audio.copy()
+    zeroed[100:200] = 0.0
+    zeroed[300] = 1.0
+    np.testing.assert_allclose(p_bad, SileroVad().probabilities(zeroed), atol=1e-6)
+    assert p_clean.shape == p_bad.shape
