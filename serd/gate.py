@@ -162,7 +162,11 @@ class SpeechConfirm:
         self.need = settings.confirm_chunks
         self.block_len = block_len
         self._size = history_blocks
-        self._check: SileroVad | None = None  # loaded at the first run to check
+        # Loaded now (once per process: the weights are cached), not at the first run to
+        # check: a missing or damaged weights file stops every user of the gate (the
+        # daemon, serd --once, --check-config, training, the benchmarks) as it builds the
+        # gate, with SpeechCheckError's one line, instead of at the first utterance onset.
+        self._check = SileroVad()
         self.chunks_checked = 0  # for the benchmarks: 32 ms chunks run through the model
         self.reset()
 
@@ -200,8 +204,6 @@ class SpeechConfirm:
 
     def start(self, from_block: int, block: int) -> bool:
         """Check the audio from ``from_block`` on, up to ``block``: confirmed yet?"""
-        if self._check is None:
-            self._check = SileroVad()
         self._check.reset()
         self.active = True
         self._fed = from_block * self.block_len
@@ -211,7 +213,7 @@ class SpeechConfirm:
 
     def advance(self, block: int) -> bool:
         """Check the whole chunks that end by ``block``'s end: confirmed yet?"""
-        if self._confirmed or self._check is None:
+        if self._confirmed or not self.active:
             return self._confirmed
         n = ((block + 1) * self.block_len - self._fed) // CHUNK
         if n <= 0:

@@ -27,7 +27,7 @@ from serd.decisions import Decider, Decision, DecisionSettings, Verdict
 from serd.gate import VadSettings
 from serd.model import Classifier, ModelError
 from serd.roles import Channel
-from serd.speechcheck import SileroVad, SpeechCheckError
+from serd.speechcheck import SpeechCheckError
 from serd.windows import SegmentEnd, SegmentStart, Window, Windower
 
 
@@ -60,16 +60,14 @@ class Pipeline:
         card = classifier.card
         self.sample_rate = card.features.sample_rate
         # A voice branch reads each window's audio as well as its MFCCs.
-        self.windower = Windower(card.features, card.windows, vad,
-                                 keep_audio=classifier.needs_audio)
-        if self.windower.vad.confirm == "silero":
-            # The confirm stage would load its weights at the first utterance onset: load
-            # them now (once per process), so that a missing or damaged file stops serd as
-            # it starts, in one line (exit 65; --check-config too), not at the first word.
-            try:
-                SileroVad()
-            except SpeechCheckError as exc:
-                raise ModelError(str(exc)) from None
+        # With vad.confirm: silero the gate loads the speech check's weights as it is
+        # built: a missing or damaged file stops serd as it starts, in one line (exit 65;
+        # --check-config too), not at the first word.
+        try:
+            self.windower = Windower(card.features, card.windows, vad,
+                                     keep_audio=classifier.needs_audio)
+        except SpeechCheckError as exc:
+            raise ModelError(str(exc)) from None
         self.decider = Decider(card.labels, decisions, card.calibration.temperature)
         # The model, fused with its voice branch (whose LSTM state runs along this
         # channel's speech segments) when the card has one.

@@ -1,5 +1,7 @@
 """With ``vad.confirm: silero`` (the default) the speech check's weights are loaded when the
-pipeline is built, so a missing or damaged weights file stops ``serd --check-config``,
+gate is built (its confirm stage's constructor), so every user of the gate (the pipeline,
+``serd.windows.extract`` for training, the benchmarks) fails as it starts; the pipeline
+turns that into a model error, so a missing or damaged weights file stops ``serd --check-config``,
 ``serd --once`` and the daemon as they start, in one line with exit 65, instead of passing
 ``--check-config`` and failing with a traceback at the first utterance."""
 
@@ -13,9 +15,23 @@ from pathlib import Path
 import pytest
 
 import serd.speechcheck
-from serd.gate import VadSettings
+from serd.gate import VadSettings, make_gate
 from serd.model import ModelError
 from serd.pipeline import Pipeline
+from serd.speechcheck import RATE, SpeechCheckError
+from serd.windows import Windower
+
+
+@pytest.mark.parametrize("backend", ["voiced", "energy"])
+def test_the_gate_itself_refuses_missing_weights_as_it_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    monkeypatch.setattr(serd.speechcheck, "WEIGHTS", tmp_path / "gone.npz")
+    settings = VadSettings(backend=backend, confirm="silero")
+    with pytest.raises(SpeechCheckError, match=r"gone\.npz.*set vad\.confirm: none"):
+        make_gate(settings, 0.01, RATE)
+    with pytest.raises(SpeechCheckError, match=r"gone\.npz"):
+        Windower(vad=settings)  # the path training's window extraction takes
+    make_gate(VadSettings(backend=backend, confirm="none"), 0.01, RATE)  # needs no weights
 
 
 @pytest.mark.parametrize("content", [None, b"not an npz"])
