@@ -130,6 +130,22 @@ def _conv(x: npt.NDArray[np.float32], w: npt.NDArray[np.float32],
     return y.reshape(n, t_out, -1)
 
 
+def _float_samples(audio: npt.ArrayLike, ndim: int) -> npt.NDArray[np.floating]:
+    """``audio`` as an array of ``ndim`` dimensions of float samples (full scale 1), or a
+    ValueError: integer PCM (int16 is 32768 times too loud to the model) and a stereo
+    (frames, 2) array (reshaped, its interleaved samples would be read as one stream at
+    twice the rate) would otherwise give plausible but wrong probabilities."""
+    x = np.asarray(audio)
+    if x.dtype.kind != "f":
+        raise ValueError(f"the speech check takes float samples (full scale 1.0), not "
+                         f"{x.dtype}; divide integer PCM by 32768 first")
+    if x.ndim != ndim:
+        what = "mono samples (1-D)" if ndim == 1 else f"(n, {CHUNK}) mono chunks"
+        raise ValueError(f"the speech check takes {what}, not an array of shape {x.shape}; "
+                         "mix stereo down to one channel first")
+    return x
+
+
 class SileroVad:
     """Stateful Silero VAD (16 kHz): ``__call__(chunk) -> probability`` per 512 samples.
 
@@ -150,16 +166,16 @@ class SileroVad:
     def __call__(self, chunk: npt.ArrayLike) -> float:
         """The probability (0..1) that these 512 samples (16 kHz, float, full scale 1) are
         speech, given the stream so far."""
-        x = np.asarray(chunk, np.float32).reshape(1, -1)
-        if x.shape[1] != CHUNK:
+        a = _float_samples(chunk, 1)
+        if a.shape[0] != CHUNK:
             raise ValueError(f"the speech check takes {CHUNK} samples at a time, not "
-                             f"{x.shape[1]}")
-        return float(self.process(x)[0])
+                             f"{a.shape[0]}")
+        return float(self.process(a.reshape(1, CHUNK))[0])
 
     def process(self, chunks: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Probabilities of ``chunks`` (n, 512), in order, as n calls would give them."""
-        x = np.asarray(chunks, np.float32)
-        if x.ndim != 2 or x.shape[1] != CHUNK:
+        x = np.asarray(_float_samples(chunks, 2), np.float32)
+        if x.shape[1] != CHUNK:
             raise ValueError(f"the speech check takes (n, {CHUNK}) samples, not {x.shape}")
         if not np.isfinite(x).all():
             # One NaN would stay in the LSTM state until the next reset and veto the rest
@@ -214,6 +230,6 @@ class SileroVad:
     def probabilities(self, audio: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Probabilities of every whole 512-sample chunk of ``audio`` (the rest is dropped),
         continuing the stream."""
-        x = np.asarray(audio, np.float32).reshape(-1)
+        x = _float_samples(audio, 1)
         n = x.size // CHUNK
         return self.process(x[: n * CHUNK].reshape(n, CHUNK))

@@ -103,3 +103,28 @@ def test_non_finite_samples_do_not_poison_the_state() -> None:
     zeroed[300] = 1.0
     np.testing.assert_allclose(p_bad, SileroVad().probabilities(zeroed), atol=1e-6)
     assert p_clean.shape == p_bad.shape
+
+
+def test_integer_pcm_and_stereo_are_refused_not_misread() -> None:
+    """int16 samples are 32768 times too loud to the model and a stereo (frames, 2) array
+    reshaped is two interleaved streams: both gave plausible but wrong probabilities."""
+    vad = SileroVad()
+    pcm = np.zeros(CHUNK, np.int16)
+    for call in (lambda: vad(pcm), lambda: vad.probabilities(np.zeros(4 * CHUNK, np.int16)),
+                 lambda: vad.process(pcm.reshape(1, CHUNK))):
+        with pytest.raises(ValueError, match=r"float samples .*not int16.*32768"):
+            call()
+    stereo = np.zeros((CHUNK // 2, 2), np.float32)  # 512 values, 256 frames of two channels
+    with pytest.raises(ValueError, match=r"mono .*shape \(256, 2\).*stereo"):
+        vad(stereo)
+    with pytest.raises(ValueError, match=r"mono .*shape \(2048, 2\)"):
+        vad.probabilities(np.zeros((4 * CHUNK, 2), np.float32))
+    with pytest.raises(ValueError, match=r"\(n, 512\) mono chunks"):
+        vad.process(np.zeros((1, CHUNK, 2), np.float32))
+    # What the gate passes (float32 mono, one chunk or a backlog) and float64 still work,
+    # and give the same probabilities.
+    x = (0.01 * np.random.default_rng(2).standard_normal(3 * CHUNK)).astype(np.float32)
+    p32 = SileroVad().probabilities(x)
+    np.testing.assert_allclose(SileroVad().probabilities(x.astype(np.float64)), p32, atol=1e-6)
+    one = SileroVad()
+    np.testing.assert_allclose([one(c) for c in x.reshape(3, CHUNK)], p32, atol=1e-6)
