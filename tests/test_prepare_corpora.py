@@ -68,6 +68,36 @@ def _nemo(root: Path) -> Path:
     return root
 
 
+def _emovo(root: Path) -> Path:
+    return _layout(root / "data" / "EMOVO", 48000, [
+        "f1/dis-f1-b1.wav", "f1/sor-f1-b1.wav", "f2/gio-f2-d2.wav", "m1/neu-m1-l4.wav",
+        "m1/pau-m1-n5.wav", "m3/rab-m3-b3.wav", "m3/tri-m3-d1.wav"]).parent.parent
+
+
+_KO = "Dataset/SpeechCorpus/Emotional"
+
+
+def _ko_file(root: Path, half: str, name: str, sentence: str, seed: int = 0) -> None:
+    speaker = name[:3]
+    _write(root / _KO / half / speaker / "wav" / f"{name}.wav", 22050, seed=seed)
+    for sub in ("script", "transcript"):  # UTF-8 with a byte-order mark, as released
+        path = root / _KO / half / speaker / sub / f"{name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(("\ufeff" + sentence + "\n").encode("utf-8"))
+
+
+def _emotiontts(root: Path) -> Path:
+    for i, (half, name, sentence) in enumerate([
+            ("plain-to-emotional", "ema00001", "오늘 날씨가 좋네요."),
+            ("plain-to-emotional", "emf00101", "오늘 날씨가 좋네요."),
+            ("emotional-to-emotional", "nea00201", "그 말을 들으니 정말 마음이 아프다."),
+            ("emotional-to-emotional", "nek00301", "라디오 소리 좀 줄이는 게 그렇게 힘들어?"),
+    ]):
+        _ko_file(root, half, name, sentence, seed=i)
+    (root / "README.md").write_text("readme\n", encoding="utf-8")
+    return root
+
+
 LAYOUTS = {
     "urdu": (_urdu, {"urdu:SM1": "m", "urdu:SF2": "f", "urdu:SF10": "f"},
              {"angry", "happy", "neutral", "sad"}),
@@ -77,6 +107,12 @@ LAYOUTS = {
                 {"angry", "calm", "happy", "sad"}),
     "nemo": (_nemo, {"nemo:EB0": "f", "nemo:WR0": "m"},
              {"angry", "neutral", "surprised", "fearful"}),
+    # EMOVO's surprised files stay in the manifest; the six-class taxonomy drops them.
+    "emovo": (_emovo, {"emovo:f1": "f", "emovo:f2": "f", "emovo:m1": "m", "emovo:m3": "m"},
+              {"disgust", "surprised", "happy", "neutral", "fearful", "angry", "sad"}),
+    "emotiontts": (_emotiontts, {"emotiontts:ema": "f", "emotiontts:emf": "m",
+                                 "emotiontts:nea": "f", "emotiontts:nek": "m"},
+                   {"neutral", "happy", "sad", "angry"}),
 }
 
 
@@ -121,12 +157,76 @@ def test_unlisted_audio_is_refused(tmp_path: Path) -> None:
     ("ased", "03Happy/a5-05-01-01-01.wav"),  # likewise
     ("turevdb", "Sound Source/Calm/1157_kz_x.wav"),
     ("urdu", "Angry/readme.wav"),
+    ("emovo", "data/EMOVO/f2/rab-f1-b1.wav"),  # speaker f1's file in f2's folder
+    ("emovo", "data/EMOVO/f1/ang-f1-b1.wav"),  # not an EMOVO emotion code
+    ("emovo", "data/EMOVO/f1/rab-f1-b1 (copy).wav"),
+    ("emotiontts", f"{_KO}/plain-to-emotional/ema/wav/emb00001.wav"),  # another speaker's
+    ("emotiontts", f"{_KO}/emotional-to-emotional/ema/wav/ema00002.wav"),  # the other half
+    ("emotiontts", f"{_KO}/plain-to-emotional/ema/ema00002.wav"),  # not in wav/
+    ("emotiontts", f"{_KO}/plain-to-emotional/ema/wav/ema0003.wav"),  # four digits
 ])
 def test_a_file_that_breaks_the_layout_is_refused(tmp_path: Path, name: str, bad: str) -> None:
     root = LAYOUTS[name][0](tmp_path / name)
     _write(root / bad)
     with pytest.raises(CorpusError, match="name"):
         write_manifest(SPECS[name], root)
+
+
+def test_emovo_text_is_the_sentence_code(tmp_path: Path) -> None:
+    _, items = write_manifest(SPECS["emovo"], _emovo(tmp_path / "emovo"))
+    by_name = {Path(it.path).name: it for it in items}
+    assert (by_name["sor-f1-b1.wav"].label, by_name["sor-f1-b1.wav"].text) == ("surprised", "b1")
+    assert (by_name["pau-m1-n5.wav"].speaker, by_name["pau-m1-n5.wav"].label,
+            by_name["pau-m1-n5.wav"].text) == ("emovo:m1", "fearful", "n5")
+
+
+def test_emotiontts_blocks_are_neutral_happy_sad_angry(tmp_path: Path) -> None:
+    root = _emotiontts(tmp_path / "emotiontts")
+    # The hundreds are the block: 00001-00100 block 000, 00101-00200 block 001...
+    _ko_file(root, "plain-to-emotional", "ema00100", "문장", seed=5)
+    _ko_file(root, "plain-to-emotional", "ema00400", "문장", seed=6)
+    _, items = write_manifest(SPECS["emotiontts"], root)
+    labels = {Path(it.path).stem: it.label for it in items}
+    # Not the README's 002 angry / 003 sad: the recordings say otherwise (docs/corpora.md).
+    assert labels == {"ema00001": "neutral", "ema00100": "neutral", "emf00101": "happy",
+                      "nea00201": "sad", "nek00301": "angry", "ema00400": "angry"}
+
+
+def test_emotiontts_text_is_a_hash_of_the_script_sentence(tmp_path: Path) -> None:
+    root = _emotiontts(tmp_path / "emotiontts")
+    # The transcript may spell a sentence differently; the script decides.
+    (root / _KO / "plain-to-emotional/emf/transcript/emf00101.txt").write_text(
+        "오늘 날씨가 좋네용.\n", encoding="utf-8")
+    _, items = write_manifest(SPECS["emotiontts"], root)
+    text = {Path(it.path).stem: it.text for it in items}
+    expected = "s" + hashlib.sha1("오늘 날씨가 좋네요.".encode()).hexdigest()[:8]
+    assert text["ema00001"] == text["emf00101"] == expected  # same sentence, same id
+    assert len(set(text.values())) == 3
+
+
+@pytest.mark.parametrize(("name", "match"), [
+    ("emj00001", "not in the corpus README"),  # a speaker the README does not list
+    ("ema00000", "outside 1-400"),
+    ("ema00401", "outside 1-400"),
+])
+def test_emotiontts_unknown_speaker_or_number_is_refused(
+        tmp_path: Path, name: str, match: str) -> None:
+    root = _emotiontts(tmp_path / "emotiontts")
+    _ko_file(root, "plain-to-emotional", name, "문장")
+    with pytest.raises(CorpusError, match=match):
+        write_manifest(SPECS["emotiontts"], root)
+
+
+def test_emotiontts_missing_or_empty_script_is_refused(tmp_path: Path) -> None:
+    root = _emotiontts(tmp_path / "emotiontts")
+    script = root / _KO / "emotional-to-emotional/nea/script/nea00201.txt"
+    script.write_bytes(b"\xef\xbb\xbf \n")
+    with pytest.raises(CorpusError, match="not a one-sentence script"):
+        write_manifest(SPECS["emotiontts"], root)
+    script.unlink()
+    with pytest.raises(CorpusError, match="cannot read the script"):
+        write_manifest(SPECS["emotiontts"], root)
+    assert not (root / MANIFEST_NAME).exists()
 
 
 def test_nemo_row_disagreeing_with_its_file_name_is_refused(tmp_path: Path) -> None:

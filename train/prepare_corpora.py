@@ -98,15 +98,16 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _named_in_folders(root: Path, pattern: re.Pattern[str], group: int,
-                      folder_code: Callable[[str], str | None], what: str
-                      ) -> list[tuple[Path, re.Match[str]]]:
-    """Every audio file under ``root`` with its name's match; the emotion code in
-    ``group`` (lower-cased) must be the one its folder stands for."""
+                      folder_code: Callable[[str], str | None], what: str,
+                      folder: str = "emotion") -> list[tuple[Path, re.Match[str]]]:
+    """Every audio file under ``root`` with its name's match; the code in ``group``
+    (lower-cased: the emotion, or the speaker where ``folder`` says so) must be the one
+    its folder stands for."""
     out = []
     for path in _audio_files(root):
         m = pattern.match(path.stem)
         if not m or folder_code(path.parent.name) != m.group(group).lower():
-            raise CorpusError(f"{path}: not {what} name in its emotion folder")
+            raise CorpusError(f"{path}: not {what} name in its {folder} folder")
         out.append((path, m))
     return out
 
@@ -188,12 +189,77 @@ def _nemo_rows(root: Path) -> list[Row]:
     return rows
 
 
+# -- EMOVO (Costantini et al. 2014): <speaker>/<emotion>-<speaker>-<sentence>.wav -----------
+
+_EMOVO_NAME = re.compile(r"^(dis|gio|neu|pau|rab|sor|tri)-([fm]\d)-([bdln]\d)$")
+# Italian codes: disgusto, gioia, neutrale, paura, rabbia, sorpresa, tristezza.
+_EMOVO_LABEL = {"dis": "disgust", "gio": "happy", "neu": "neutral", "pau": "fearful",
+                "rab": "angry", "sor": "surprised", "tri": "sad"}
+
+
+def _emovo_rows(root: Path) -> list[Row]:
+    # The folder is the speaker (f1..m3), checked against the name; gender is its letter.
+    return [Row(_rel(path, root), m.group(2), _EMOVO_LABEL[m.group(1)], m.group(2)[0],
+                m.group(3))
+            for path, m in _named_in_folders(root, _EMOVO_NAME, 2, str.lower, "an EMOVO",
+                                             "speaker")]
+
+
+# -- emotiontts_open_db, Emotional (KAIST / Selvas AI): <half>/<speaker>/wav/<speaker><n>.wav --
+
+_KO_NAME = re.compile(r"^((em|ne)[a-z])(\d{5})$")
+_KO_HALF = {"em": "plain-to-emotional", "ne": "emotional-to-emotional"}
+# Speakers and genders as the corpus README lists them (여성 female, 남성 male).
+_KO_GENDER = {**{f"em{c}": "f" for c in "ab"}, **{f"em{c}": "m" for c in "fgh"},
+              **{f"ne{c}": "f" for c in "abcde"}, **{f"ne{c}": "m" for c in "klmno"}}
+# Files <speaker>00001-00100 are block 000, 00101-00200 block 001 and so on.  The README
+# calls the blocks neutral, happy, angry, sad; the recordings say 002 is sad and 003 angry
+# (emotion-specific scripts, levels, the model's verdicts: docs/corpora.md).
+_KO_LABEL = ("neutral", "happy", "sad", "angry")
+
+
+def _script_key(script: Path) -> str:
+    """The ``text`` id of a Korean file: ``s`` and the first 8 hex digits of the SHA-1 of
+    its one-line script (UTF-8, byte-order mark and surrounding white space removed), so
+    files that read the same sentence share an id."""
+    try:
+        sentence = script.read_text(encoding="utf-8-sig").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{script}: cannot read the script ({exc})") from None
+    if not sentence or "\n" in sentence:
+        raise CorpusError(f"{script}: not a one-sentence script")
+    return "s" + hashlib.sha1(sentence.encode("utf-8")).hexdigest()[:8]
+
+
+def _emotiontts_rows(root: Path) -> list[Row]:
+    rows = []
+    for path in _audio_files(root):
+        m = _KO_NAME.match(path.stem)
+        speaker_dir = path.parent.parent
+        if (not m or path.parent.name != "wav" or speaker_dir.name != m.group(1)
+                or speaker_dir.parent.name != _KO_HALF[m.group(2)]):
+            raise CorpusError(f"{path}: not an emotiontts name in its <half>/<speaker>/wav "
+                              "folder")
+        speaker, number = m.group(1), int(m.group(3))
+        if speaker not in _KO_GENDER:
+            raise CorpusError(f"{path}: speaker {speaker} is not in the corpus README")
+        if not 1 <= number <= 100 * len(_KO_LABEL):
+            raise CorpusError(f"{path}: utterance number {number} is outside 1-400")
+        rows.append(Row(_rel(path, root), speaker, _KO_LABEL[(number - 1) // 100],
+                        _KO_GENDER[speaker],
+                        _script_key(speaker_dir / "script" / f"{path.stem}.txt")))
+    return rows
+
+
 SPECS: dict[str, CorpusSpec] = {
     spec.name: spec for spec in (
         CorpusSpec("urdu", "ur", "URDU-Dataset (Urdu talk-show speech)", _urdu_rows),
         CorpusSpec("ased", "am", "Amharic Speech Emotional Dataset v1", _ased_rows),
         CorpusSpec("turevdb", "tr", "Turkish Emotion-Voice Database", _turev_rows),
         CorpusSpec("nemo", "pl", "nEMO, emotional speech in Polish", _nemo_rows),
+        CorpusSpec("emovo", "it", "EMOVO, Italian emotional speech", _emovo_rows),
+        CorpusSpec("emotiontts", "ko", "Korean emotional TTS corpus (emotiontts_open_db, "
+                   "public part)", _emotiontts_rows),
     )
 }
 
