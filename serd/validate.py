@@ -91,6 +91,13 @@ def _convert(value: Any, tp: Any, path: str, as_written: bool) -> Any:
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and all(isinstance(a, str) for a in allowed):
+            # YAML 1.1 (PyYAML) reads unquoted off/on/no/yes/false/true as booleans.
+            raise ConfigError(
+                f"{path}: {str(value).lower()} is not allowed (YAML reads unquoted off, no, "
+                "on and yes as false and true); use one of "
+                + ", ".join(repr(a) for a in allowed)
+            )
         if value not in allowed:
             raise ConfigError(
                 f"{path}: {value!r} is not allowed; use one of "

@@ -64,6 +64,10 @@ def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
         ("mqtt:\n  port: abc\n", r"mqtt\.port: expected an integer"),
         ("mqtt:\n  port: 70000\n", r"mqtt\.port: must be within"),
         ("vad:\n  backend: magic\n", r"vad\.backend: 'magic' is not allowed"),
+        # YAML 1.1 reads an unquoted off as false: say so, and what to write instead.
+        ("vad:\n  confirm: off\n", r"vad\.confirm: false is not allowed \(YAML reads "
+         r"unquoted off, no, on and yes as false and true\); use one of 'silero', 'none'$"),
+        ("vad:\n  confirm: yes\n", r"vad\.confirm: true is not allowed \(YAML reads"),
         ("audio:\n  channels: []\n", r"audio\.channels"),
         ("model:\n  num_threads: 0\n", r"model\.num_threads"),
         ("decisions: 5\n", r"decisions: expected a mapping"),
