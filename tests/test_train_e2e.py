@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,11 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     data = json.loads((out / "serd-emotion-6.card.json").read_text())
     assert data["training"]["speakers"] == 8
     assert data["training"]["files"] == 48
+    # The gate as it ran, every key (the daemon's defaults included), and the voice cap.
+    from serd.gate import VadSettings  # noqa: PLC0415
+    assert data["training"]["eval_vad"] == json.loads(json.dumps(asdict(VadSettings())))
+    assert data["training"]["train_vad_effective"]["confirm"] == VadSettings().confirm
+    assert data["training"]["voice_max_files_per_corpus"] == 0
     assert "tiny" in data["metrics"]
     assert card.sha256 == data["model_file"]["sha256"]
 

@@ -61,6 +61,12 @@ def run_final(sets: WindowSets, out_dir: Path, cv: dict[str, CvResult],
         "augmentation": {"copies": sets.copies, **sets.aug.to_dict()},
         "train_window_hop_seconds": sets.train_windows.hop_seconds,
         "train_vad": asdict(sets.cfg.windows)["train_vad"],
+        # The gate as it ran, every key: ``train_vad`` holds only the keys configured, and
+        # a later serd's defaults (such as the Silero confirm stage) would otherwise be
+        # invisible on a card written before them.
+        "train_vad_effective": asdict(sets.train_vad),
+        "eval_vad": asdict(sets.eval_vad),
+        "voice_max_files_per_corpus": sets.cfg.voice.max_files_per_corpus,
         "model": asdict(sets.cfg.model),
         "params": int(trained.model.count_params()),
         "optimiser": dict(sorted(asdict(tcfg).items())),
