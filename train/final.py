@@ -9,7 +9,9 @@ import multiprocessing
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -136,20 +138,16 @@ def run_all(cv: CrossValidation, out_dir: Path, command: str
     # new model there beside the old CV files, or a card without metrics.
     with tempfile.TemporaryDirectory(prefix="serd-final-") as tmp:
         staging = Path(tmp)
-        fit_pool = multiprocessing.get_context("spawn").Pool(1)
+        fit = _ModelProcess(_final_worker, cfg, staging, command, sets.items, sets.dropped)
         try:
-            fit = fit_pool.apply_async(_final_worker, (cfg, staging, command,
-                                                       sets.items, sets.dropped))
             _LOGGER.info("shipped model: training in its own process, beside the folds")
             if jobs:
                 results, finished = cv.in_processes(jobs, cfg.parallel_folds)
-            card: ModelCard = fit.get()
-            fit_pool.close()
+            card: ModelCard = fit.result()
         finally:
             # After a failed fold (or Ctrl-C) stop the model's training too, rather
             # than wait the quarter of an hour it takes before reporting the error.
-            fit_pool.terminate()
-            fit_pool.join()
+            fit.stop()
         cvs = {}
         for name in protocols:
             # Wall time until the protocol's last fold was done (the folds of all
@@ -206,3 +204,55 @@ def _final_worker(cfg: TrainConfig, out_dir: Path, command: str, items: list[Ite
     set_tf_threads(cfg.jobs)
     return run_final(WindowSets(cfg, progress=False, scan=(items, dropped)), out_dir, {},
                      command)
+
+
+def _final_process(conn: Connection, worker: Callable[..., Any], *args: Any) -> None:
+    """``worker(*args)`` (:func:`_final_worker`), its result (or its exception) sent back
+    over ``conn``."""
+    try:
+        conn.send((True, worker(*args)))
+    except BaseException as exc:
+        conn.send((False, exc))
+        raise
+    finally:
+        conn.close()
+
+
+class _ModelProcess:
+    """The shipped model's training in a spawned process of its own (TensorFlow does not
+    survive fork).  Not a ``multiprocessing.Pool``: when the kernel's out-of-memory killer
+    takes a pool's worker, the pool starts another and the lost task's result is waited
+    for forever (a three-fold ``serd-train all`` beside other jobs did just that); here a
+    process that dies without an answer is an error that says so."""
+
+    def __init__(self, worker: Callable[..., Any], *args: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_final_process, args=(child, worker, *args),
+                                 name="serd-train-model")
+        self._proc.start()
+        child.close()  # only the child holds the sending end: its death ends the pipe
+
+    def result(self) -> Any:
+        """The worker's result (the card), once the process has sent it; raises its
+        exception, or RuntimeError when it died without an answer."""
+        try:
+            ok, value = self._conn.recv()
+        except EOFError:
+            self._proc.join()
+            code = self._proc.exitcode
+            why = " (killed: out of memory?)" if code == -9 else ""
+            raise RuntimeError(
+                f"the shipped model's training process died with exit code {code}{why}; "
+                "fewer folds side by side need less memory: --set parallel_folds=2 "
+                "(or 1)") from None
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        """End the process (at once if it is still training) and reap it."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._conn.close()
