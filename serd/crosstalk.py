@@ -85,9 +85,11 @@ class Crosstalk:
         self.settings = settings
         self.block = max(1, round(_BLOCK_SECONDS * sample_rate))
         # The energy gate's candidate test and noise floor, nothing of its segmenting: one
-        # for the agent's speech, one to know this channel's noise floor.
+        # for the agent's speech, one to know this channel's noise floor.  No confirm
+        # stage: it would load the speech check's weights for nothing (and a missing file
+        # would stop serd even with vad.confirm: none).
         vad = VadSettings(threshold_db=settings.threshold_db,
-                          min_level_dbfs=settings.min_level_dbfs)
+                          min_level_dbfs=settings.min_level_dbfs, confirm="none")
         self._agent_gate = EnergyGate(vad, _BLOCK_SECONDS)
         self._own_gate = EnergyGate(vad, _BLOCK_SECONDS)
         self._preroll = round(settings.preroll_seconds / _BLOCK_SECONDS)

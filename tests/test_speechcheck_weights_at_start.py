@@ -17,7 +17,8 @@ import pytest
 import serd.speechcheck
 from serd.gate import VadSettings, make_gate
 from serd.model import ModelError
-from serd.pipeline import Pipeline
+from serd.pipeline import ChannelSet, Pipeline
+from serd.roles import ChannelSpec, resolve
 from serd.speechcheck import RATE, SpeechCheckError
 from serd.windows import Windower
 
@@ -66,3 +67,17 @@ def test_cli_says_so_in_one_line_exit_65(tmp_path: Path, data_dir: Path, mode: s
     lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("INFO")]
     assert len(lines) == 1 and lines[0].startswith("serd: model error: speech check "
                                                     "weights"), r.stderr
+
+
+def test_two_channel_line_refuses_in_one_line_or_needs_no_weights(
+        classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An agent channel's bleed muting uses the energy gate's level test alone: it must not
+    # load the speech check (a missing file escaped as a traceback before the pipeline's
+    # model error, and stopped serd even with vad.confirm: none).
+    monkeypatch.setattr(serd.speechcheck, "WEIGHTS", tmp_path / "gone.npz")
+    channels = resolve([ChannelSpec("agent", "agent"), ChannelSpec("customer", "customer")],
+                       ["customer"])
+    with pytest.raises(ModelError, match=r"gone\.npz"):
+        ChannelSet(classifier, channels, vad=VadSettings(confirm="silero"))
+    cs = ChannelSet(classifier, channels, vad=VadSettings(confirm="none"))
+    assert cs.mutes[0] is not None  # the muting stage is there, without the weights
