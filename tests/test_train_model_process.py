@@ -18,11 +18,18 @@ def test_the_result_comes_back() -> None:
     proc.stop()
 
 
-def test_the_exception_comes_back() -> None:
+def test_the_exception_comes_back(capfd: pytest.CaptureFixture[str]) -> None:
     proc = _ModelProcess(math.sqrt, -1.0)
-    with pytest.raises(ValueError, match="math domain error"):
+    with pytest.raises(ValueError, match="math domain error") as raised:
         proc.result()
+    # Raised here with the process's traceback as its cause (as a Pool did) ...
+    assert "Traceback" in str(raised.value.__cause__)
+    proc._proc.join(60)  # let it end on its own, as it does while the folds run on
+    assert proc._proc.exitcode == 1
     proc.stop()
+    # ... and not printed by the process as well: serd-train prints a CorpusError from
+    # the model's training as one line, which a traceback above it would belie.
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_process_that_dies_is_an_error_not_a_hang() -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import pickle
 import shutil
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
@@ -206,16 +209,51 @@ def _final_worker(cfg: TrainConfig, out_dir: Path, command: str, items: list[Ite
                      command)
 
 
+class _RemoteTraceback(Exception):  # noqa: N818  (multiprocessing's name: not an error)
+    """The traceback of an error in the shipped model's process: the cause of that error
+    as it is raised in ``serd-train``'s own."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0])
+
+
+# The attribute that carries an error's traceback (text) from the model's process.
+_TRACEBACK_ATTR = "serd_remote_traceback"
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """``exc``, or a RuntimeError naming it where it would not survive the pipe, with the
+    current traceback attached (an attribute pickles with the exception; its
+    ``__traceback__`` and ``__cause__`` do not)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # an exception whose arguments do not round-trip
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    setattr(exc, _TRACEBACK_ATTR, traceback.format_exc())
+    return exc
+
+
 def _final_process(conn: Connection, worker: Callable[..., Any], *args: Any) -> None:
     """``worker(*args)`` (:func:`_final_worker`), its result (or its exception) sent back
-    over ``conn``."""
+    over ``conn``.  An exception is sent, not printed here too (as a Pool's worker does
+    not): ``serd-train`` prints a CorpusError as one line, and any other with this
+    process's traceback as its cause; the exit code is then 1."""
     try:
-        conn.send((True, worker(*args)))
-    except BaseException as exc:
-        conn.send((False, exc))
-        raise
+        try:
+            answer: tuple[bool, Any] = (True, worker(*args))
+        except BaseException as exc:  # Ctrl-C included: sent, then exit 1
+            answer = (False, _sendable(exc))
+        try:
+            conn.send(answer)
+        except Exception as exc:  # a result that does not pickle
+            conn.send((False, RuntimeError(
+                f"the shipped model's training process could not send back its result "
+                f"({exc})")))
+            answer = (False, None)
     finally:
         conn.close()
+    if not answer[0]:
+        sys.exit(1)
 
 
 class _ModelProcess:
@@ -247,7 +285,11 @@ class _ModelProcess:
                 "fewer folds side by side need less memory: --set parallel_folds=2 "
                 "(or 1)") from None
         if not ok:
-            raise value
+            remote = getattr(value, _TRACEBACK_ATTR, None)
+            if remote is None:
+                raise value
+            delattr(value, _TRACEBACK_ATTR)
+            raise value from _RemoteTraceback(remote)
         return value
 
     def stop(self) -> None:
