@@ -137,8 +137,17 @@ def _float_samples(audio: npt.ArrayLike, ndim: int) -> npt.NDArray[np.floating]:
     twice the rate) would otherwise give plausible but wrong probabilities."""
     x = np.asarray(audio)
     if x.dtype.kind != "f":
+        # The advice fits the type: int32 PCM divided by 32768 is still 65536 times too
+        # loud, and unsigned PCM is offset by half its range.
+        if x.dtype.kind == "i":
+            how = f"divide {x.dtype} PCM by {-int(np.iinfo(x.dtype).min)} first"
+        elif x.dtype.kind == "u":
+            half = (int(np.iinfo(x.dtype).max) + 1) // 2
+            how = f"subtract {half} from {x.dtype} PCM, then divide by {half}"
+        else:
+            how = "convert them to float first"
         raise ValueError(f"the speech check takes float samples (full scale 1.0), not "
-                         f"{x.dtype}; divide integer PCM by 32768 first")
+                         f"{x.dtype}; {how}")
     if x.ndim != ndim:
         what = "mono samples (1-D)" if ndim == 1 else f"(n, {CHUNK}) mono chunks"
         raise ValueError(f"the speech check takes {what}, not an array of shape {x.shape}; "

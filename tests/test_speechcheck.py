@@ -114,6 +114,11 @@ def test_integer_pcm_and_stereo_are_refused_not_misread() -> None:
                  lambda: vad.process(pcm.reshape(1, CHUNK))):
         with pytest.raises(ValueError, match=r"float samples .*not int16.*32768"):
             call()
+    # The advice fits the type: int32 over 32768 would still be 65536 times too loud.
+    with pytest.raises(ValueError, match=r"not int32; divide int32 PCM by 2147483648"):
+        vad(np.zeros(CHUNK, np.int32))
+    with pytest.raises(ValueError, match=r"not uint8; subtract 128 .*divide by 128"):
+        vad(np.zeros(CHUNK, np.uint8))
     stereo = np.zeros((CHUNK // 2, 2), np.float32)  # 512 values, 256 frames of two channels
     with pytest.raises(ValueError, match=r"mono .*shape \(256, 2\).*stereo"):
         vad(stereo)
