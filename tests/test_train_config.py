@@ -263,6 +263,28 @@ def test_serd_train_prints_config_errors_in_one_line(
     assert capsys.readouterr().err == "serd-train: error: jobs: must be >= 1\n"
 
 
+def test_serd_train_without_the_speech_check_weights_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training's windows come from the daemon's default gate, whose confirm stage loads
+    Silero's weights as it is built: their absence is one line, not a traceback, and the
+    daemon's advice (vad.confirm: none) is not repeated, since training cannot take it."""
+    import train.__main__ as cli  # noqa: PLC0415
+    from serd.speechcheck import SpeechCheckError  # noqa: PLC0415
+
+    def broken(argv: list[str] | None) -> int:
+        raise SpeechCheckError("speech check weights /x/silero_vad_16k.npz: No such file; "
+                               "reinstall serd, or set vad.confirm: none")
+
+    monkeypatch.setattr(cli, "_main", broken)
+    assert cli.main(["cv"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("serd-train: error: speech check weights /x/silero_vad_16k.npz: "
+                          "No such file; serd-train's windows need them")
+    assert "confirm: none" not in err
+
+
 @pytest.mark.parametrize("sets", [[], ["training.epochs=2", "training.min_epochs=0"],
                                   ["augment.params.p_gain=1", "windows.train_vad={}",
                                    "final.training={epochs: 7, select: bacc}"]])

@@ -44,3 +44,24 @@ def test_stop_ends_a_running_process() -> None:
     proc = _ModelProcess(time.sleep, 60)
     proc.stop()
     assert not proc._proc.is_alive()
+
+
+def test_a_failed_fold_stops_the_other_folds_at_once() -> None:
+    """``CrossValidation.in_processes`` on an error: folds not started are cancelled and
+    running ones end now, instead of the executor's exit waiting for all of them."""
+    import multiprocessing  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+    from train.cv import _stop_now  # noqa: PLC0415
+
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(time.sleep, 60) for _ in range(3)]
+    t0 = time.time()
+    while not all(f.running() for f in futures[:2]) and time.time() - t0 < 60:
+        time.sleep(0.1)
+    procs = list(pool._processes.values())
+    _stop_now(pool)
+    assert time.time() - t0 < 50
+    # never run: cancelled, or failed with the pool that was ended under it
+    assert futures[2].cancelled() or futures[2].exception(timeout=10) is not None
+    assert not any(p.is_alive() for p in procs)

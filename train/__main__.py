@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from serd.speechcheck import SpeechCheckError
 from train.corpora import CorpusError
 
 _LOGGER = logging.getLogger("train")
@@ -87,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     except CorpusError as exc:
         print(f"serd-train: error: {exc}", file=sys.stderr)
+        return 2
+    except SpeechCheckError as exc:
+        # Training cuts its windows with the daemon's default gate, whose confirm stage
+        # needs Silero's weights whatever the config says: the reinstall is the remedy.
+        print(f"serd-train: error: {str(exc).split(';')[0]}; serd-train's windows need "
+              "them (the daemon's default gate): reinstall serd, or restore "
+              "serd/silero/ from the repository", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in _TRAIN_DEPS:

@@ -298,7 +298,8 @@ class CrossValidation:
         # The workers get this process's corpus scan (files, labels, de-duplication) rather
         # than walking and fingerprinting the corpora again, once per fold.
         items, dropped = self.sets.items, self.sets.dropped
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx)
+        try:
             futures = {pool.submit(_fold_worker, cfg, protocol, i, items, dropped,
                                    self.probs_record(protocol, i)): protocol
                        for protocol, i in todo}
@@ -307,7 +308,27 @@ class CrossValidation:
                 results[protocol].append(future.result())
                 self._fold_done(protocol, results[protocol][-1])
                 finished[protocol] = time.time()
+        except BaseException:
+            # A failed fold (or Ctrl-C) ends the run now: the executor's own exit would
+            # wait for every queued and running fold first, which can be most of an hour.
+            # Finished folds are kept on disk and reused by the next run.
+            _stop_now(pool)
+            raise
+        pool.shutdown()
         return {p: sorted(r, key=lambda r: r.fold) for p, r in results.items()}, finished
+
+
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Cancel the folds not started and end the running ones.  (The executor has no public
+    way to end a running task before Python 3.14's ``terminate_workers``, hence its
+    private process table, read defensively.)"""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
 
 
 def _fold_worker(cfg: TrainConfig, protocol: str, index: int, items: list[Item],
