@@ -35,7 +35,7 @@ def test_the_exception_comes_back(capfd: pytest.CaptureFixture[str]) -> None:
 def test_a_process_that_dies_is_an_error_not_a_hang() -> None:
     # os._exit leaves without an answer, as a process the kernel kills does.
     proc = _ModelProcess(os._exit, 9)
-    with pytest.raises(RuntimeError, match=r"died with exit code 9.*parallel_folds=2"):
+    with pytest.raises(RuntimeError, match=r"died with exit code 9.*parallel_folds=1"):
         proc.result()
     proc.stop()
 

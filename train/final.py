@@ -282,8 +282,7 @@ class _ModelProcess:
             why = " (killed: out of memory?)" if code == -9 else ""
             raise RuntimeError(
                 f"the shipped model's training process died with exit code {code}{why}; "
-                "fewer folds side by side need less memory: --set parallel_folds=2 "
-                "(or 1)") from None
+                "fewer folds side by side need less memory: --set parallel_folds=1") from None
         if not ok:
             remote = getattr(value, _TRACEBACK_ATTR, None)
             if remote is None:
