@@ -71,8 +71,9 @@ def test_per_corpus_table_is_the_cross_corpus_folds() -> None:
         *distress, pct(s["clean.fused_int8.file.distress_balanced_accuracy"]["mean"])]
     cal = card()["metrics"]["cross_corpus"]["calibration"]["per_corpus"]
     shares = [f"{100 * cal[c]['verdict_share_after']:.0f}"
-              for c in ("ased", "cremad", "nemo", "ravdess", "turevdb", "urdu")]
-    assert row("files with a verdict (calibrated)")[:6] == shares
+              for c in ("ased", "cremad", "emotiontts", "emovo", "nemo", "ravdess", "turevdb",
+                        "urdu")]
+    assert row("files with a verdict (calibrated)")[:8] == shares
 
 
 def test_calibration_paragraph_is_the_card() -> None:
