@@ -222,7 +222,8 @@ def readme_text(card: ModelCard, cvs: dict[str, CvResult], size: int,
         "protocol has no target: it estimates what to expect on a corpus never heard in "
         "training (other voices, studio and scripts). Every window is computed by "
         "serd's own front-end (`serd.windows.windows_of`: the daemon's gate as the card's "
-        "`training.eval_vad` records it, 2 s windows at 0.5 s hops); int8 figures are computed by serd's device runtime (`serd.model.Classifier`, "
+        "`training.eval_vad` records it, 2 s windows at 0.5 s hops); int8 figures are "
+        "computed by serd's device runtime (`serd.model.Classifier`, "
         "LiteRT). File verdict = argmax of the mean window probabilities. Telephone channel = "
         "the test audio passed through 300-3400 Hz band-pass, 8 kHz 8-bit mu-law and back to "
         "16 kHz.",
