@@ -329,6 +329,9 @@ def _stop_now(pool: ProcessPoolExecutor) -> None:
             proc.terminate()
     for proc in procs:
         proc.join(timeout=10)
+        if proc.is_alive():  # still starting up, or busy in C code: no more waiting
+            proc.kill()
+            proc.join(timeout=10)
 
 
 def _fold_worker(cfg: TrainConfig, protocol: str, index: int, items: list[Item],
