@@ -13,11 +13,11 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import multiprocessing
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from train.config import TrainConfig, TrainingConfig
 from train.corpora import Item
 from train.evaluation import evaluate
 from train.fit import export, fit_voice, set_tf_threads, train_cnn
+from train.processes import spawned_pool, stop_now
 from train.results import CvResult, FoldResult, aggregate
 from train.sources import source_hash
 from train.splits import Fold, corpus_folds, cv_folds
@@ -288,7 +289,6 @@ class CrossValidation:
         """
         self.sets.drop_loaded()
         cfg = replace(self.cfg, jobs=max(1, self.sets.jobs // workers), parallel_folds=1)
-        ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
         for protocol in dict.fromkeys(p for p, _ in todo):
             n = sum(p == protocol for p, _ in todo)
             _LOGGER.info("%s: %d folds, %d at a time in worker processes", protocol, n,
@@ -298,7 +298,7 @@ class CrossValidation:
         # The workers get this process's corpus scan (files, labels, de-duplication) rather
         # than walking and fingerprinting the corpora again, once per fold.
         items, dropped = self.sets.items, self.sets.dropped
-        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx)
+        pool = spawned_pool(min(workers, len(todo)))
         try:
             futures = {pool.submit(_fold_worker, cfg, protocol, i, items, dropped,
                                    self.probs_record(protocol, i)): protocol
@@ -308,30 +308,20 @@ class CrossValidation:
                 results[protocol].append(future.result())
                 self._fold_done(protocol, results[protocol][-1])
                 finished[protocol] = time.time()
+        except BrokenProcessPool:
+            stop_now(pool)
+            raise RuntimeError(
+                "a CV fold's worker process died without an answer (killed: out of "
+                "memory?); fewer folds side by side need less memory: "
+                "--set parallel_folds=1") from None
         except BaseException:
             # A failed fold (or Ctrl-C) ends the run now: the executor's own exit would
             # wait for every queued and running fold first, which can be most of an hour.
             # Finished folds are kept on disk and reused by the next run.
-            _stop_now(pool)
+            stop_now(pool)
             raise
         pool.shutdown()
         return {p: sorted(r, key=lambda r: r.fold) for p, r in results.items()}, finished
-
-
-def _stop_now(pool: ProcessPoolExecutor) -> None:
-    """Cancel the folds not started and end the running ones.  (The executor has no public
-    way to end a running task before Python 3.14's ``terminate_workers``, hence its
-    private process table, read defensively.)"""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in procs:
-        proc.join(timeout=10)
-        if proc.is_alive():  # still starting up, or busy in C code: no more waiting
-            proc.kill()
-            proc.join(timeout=10)
 
 
 def _fold_worker(cfg: TrainConfig, protocol: str, index: int, items: list[Item],

@@ -5,16 +5,10 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import pickle
 import shutil
-import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import asdict, replace
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +18,7 @@ from train.config import TrainConfig
 from train.corpora import Item
 from train.cv import CrossValidation
 from train.fit import export, fit_voice, set_tf_threads, train_cnn
+from train.processes import InProcess
 from train.results import CvResult
 from train.splits import final_split
 from train.windowsets import WindowSets
@@ -141,7 +136,8 @@ def run_all(cv: CrossValidation, out_dir: Path, command: str
     # new model there beside the old CV files, or a card without metrics.
     with tempfile.TemporaryDirectory(prefix="serd-final-") as tmp:
         staging = Path(tmp)
-        fit = _ModelProcess(_final_worker, cfg, staging, command, sets.items, sets.dropped)
+        fit = InProcess("shipped model's training", _final_worker, cfg, staging, command,
+                        sets.items, sets.dropped)
         try:
             _LOGGER.info("shipped model: training in its own process, beside the folds")
             if jobs:
@@ -207,93 +203,3 @@ def _final_worker(cfg: TrainConfig, out_dir: Path, command: str, items: list[Ite
     set_tf_threads(cfg.jobs)
     return run_final(WindowSets(cfg, progress=False, scan=(items, dropped)), out_dir, {},
                      command)
-
-
-class _RemoteTraceback(Exception):  # noqa: N818  (multiprocessing's name: not an error)
-    """The traceback of an error in the shipped model's process: the cause of that error
-    as it is raised in ``serd-train``'s own."""
-
-    def __str__(self) -> str:
-        return "\n" + str(self.args[0])
-
-
-# The attribute that carries an error's traceback (text) from the model's process.
-_TRACEBACK_ATTR = "serd_remote_traceback"
-
-
-def _sendable(exc: BaseException) -> BaseException:
-    """``exc``, or a RuntimeError naming it where it would not survive the pipe, with the
-    current traceback attached (an attribute pickles with the exception; its
-    ``__traceback__`` and ``__cause__`` do not)."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:  # an exception whose arguments do not round-trip
-        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-    setattr(exc, _TRACEBACK_ATTR, traceback.format_exc())
-    return exc
-
-
-def _final_process(conn: Connection, worker: Callable[..., Any], *args: Any) -> None:
-    """``worker(*args)`` (:func:`_final_worker`), its result (or its exception) sent back
-    over ``conn``.  An exception is sent, not printed here too (as a Pool's worker does
-    not): ``serd-train`` prints a CorpusError as one line, and any other with this
-    process's traceback as its cause; the exit code is then 1."""
-    try:
-        try:
-            answer: tuple[bool, Any] = (True, worker(*args))
-        except BaseException as exc:  # Ctrl-C included: sent, then exit 1
-            answer = (False, _sendable(exc))
-        try:
-            conn.send(answer)
-        except Exception as exc:  # a result that does not pickle
-            conn.send((False, RuntimeError(
-                f"the shipped model's training process could not send back its result "
-                f"({exc})")))
-            answer = (False, None)
-    finally:
-        conn.close()
-    if not answer[0]:
-        sys.exit(1)
-
-
-class _ModelProcess:
-    """The shipped model's training in a spawned process of its own (TensorFlow does not
-    survive fork).  Not a ``multiprocessing.Pool``: when the kernel's out-of-memory killer
-    takes a pool's worker, the pool starts another and the lost task's result is waited
-    for forever (a three-fold ``serd-train all`` beside other jobs did just that); here a
-    process that dies without an answer is an error that says so."""
-
-    def __init__(self, worker: Callable[..., Any], *args: Any) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_final_process, args=(child, worker, *args),
-                                 name="serd-train-model")
-        self._proc.start()
-        child.close()  # only the child holds the sending end: its death ends the pipe
-
-    def result(self) -> Any:
-        """The worker's result (the card), once the process has sent it; raises its
-        exception, or RuntimeError when it died without an answer."""
-        try:
-            ok, value = self._conn.recv()
-        except EOFError:
-            self._proc.join()
-            code = self._proc.exitcode
-            why = " (killed: out of memory?)" if code == -9 else ""
-            raise RuntimeError(
-                f"the shipped model's training process died with exit code {code}{why}; "
-                "fewer folds side by side need less memory: --set parallel_folds=1") from None
-        if not ok:
-            remote = getattr(value, _TRACEBACK_ATTR, None)
-            if remote is None:
-                raise value
-            delattr(value, _TRACEBACK_ATTR)
-            raise value from _RemoteTraceback(remote)
-        return value
-
-    def stop(self) -> None:
-        """End the process (at once if it is still training) and reap it."""
-        if self._proc.is_alive():
-            self._proc.terminate()
-        self._proc.join()
-        self._conn.close()
