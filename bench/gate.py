@@ -87,6 +87,10 @@ def candidates() -> dict[str, Any]:
         "voiced": VadSettings(),
         # Silero as a strict confirm stage (2 chunks above 0.4): the default of 06d648b only.
         "voiced-silero": VadSettings(confirm_threshold=0.4, confirm_chunks=2),
+        # Tiered (docs/gate.md, fourth round): 2 chunks above 0.3 open at once; a run with
+        # one chunk above 0.1 opens if it lasts 0.99 s.
+        "voiced-late": VadSettings(confirm_threshold=0.3, confirm_chunks=2,
+                                   confirm_late_seconds=0.99),
     }
     try:
         import webrtcvad  # noqa: F401, PLC0415

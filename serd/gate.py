@@ -105,6 +105,16 @@ class VadSettings:
     """confirm: silero's speech probability (0..1) above which a 32 ms chunk is speech."""
     confirm_chunks: int = 1
     """confirm: consecutive speech chunks of 32 ms needed (1: 32 ms)."""
+    confirm_late_seconds: float = 0.0
+    """confirm: a second, slower way to open (0: none).  A tentative segment that has
+    not passed the test above, but in which some chunk's speech probability exceeded
+    ``confirm_late_threshold``, opens once it has lasted this long from its first
+    candidate block without closing, with the start it would have had.  Coughs, knocks
+    and key presses are short; quiet, whispered or shouted speech that Silero doubts
+    goes on (docs/gate.md, fourth round)."""
+    confirm_late_threshold: float = 0.1
+    """confirm: the speech probability (0..1) that some chunk must exceed for a late
+    opening (``confirm_late_seconds``)."""
 
     def __post_init__(self) -> None:
         require(self.threshold_db > 0, "threshold_db", "must be > 0 dB")
@@ -131,6 +141,12 @@ class VadSettings:
         # 1..30 chunks: 32 ms to about 1 s of speech; more would wait past most words.
         require(1 <= self.confirm_chunks <= 30, "confirm_chunks",
                 "must be 1..30 chunks of 32 ms")
+        # Up to 2 s: the look-back (and its ring) grows with it, and a reply held longer
+        # than that before it opens is held past most one-word answers.
+        require(0 <= self.confirm_late_seconds <= 2, "confirm_late_seconds",
+                "must be 0..2 s (0: no late opening)")
+        require(0 < self.confirm_late_threshold < 1, "confirm_late_threshold",
+                "must be a probability in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,7 @@ class SpeechConfirm:
     def __init__(self, settings: VadSettings, block_len: int, history_blocks: int) -> None:
         self.threshold = settings.confirm_threshold
         self.need = settings.confirm_chunks
+        self.late_threshold = settings.confirm_late_threshold
         self.block_len = block_len
         self._size = history_blocks
         # Loaded now (once per process: the weights are cached), not at the first run to
@@ -182,6 +199,7 @@ class SpeechConfirm:
         self._fed = 0  # stream sample index of the next sample to check
         self._streak = 0
         self._confirmed = False
+        self.heard = False  # some chunk checked so far exceeded late_threshold
 
     def push(self, blocks: npt.NDArray[np.float32], first_block: int) -> None:
         """The blocks of this ``process`` call (a view: kept in the ring by :meth:`commit`)."""
@@ -209,6 +227,7 @@ class SpeechConfirm:
         self._fed = from_block * self.block_len
         self._streak = 0
         self._confirmed = False
+        self.heard = False
         return self.advance(block)
 
     def advance(self, block: int) -> bool:
@@ -222,6 +241,7 @@ class SpeechConfirm:
         self._fed += n * CHUNK
         self.chunks_checked += n
         for p in self._check.process(audio.reshape(n, CHUNK)).tolist():
+            self.heard = self.heard or p > self.late_threshold
             self._streak = self._streak + 1 if p > self.threshold else 0
             if self._streak >= self.need:
                 self._confirmed = True
@@ -252,7 +272,8 @@ class EnergyGate:
     """Stateful segmenter over fixed 10 ms blocks: ``__call__(levels_db)`` -> events."""
 
     # confirm: how long (s) a run may wait for the speech check after the backend's own
-    # tests have passed and still start its segment where they would have (the look-back).
+    # tests have passed and still start its segment where they would have (the look-back;
+    # longer with a later confirm_late_seconds).
     _CONFIRM_WAIT_SECONDS = 0.5
 
     def __init__(self, settings: VadSettings, block_seconds: float,
@@ -261,12 +282,16 @@ class EnergyGate:
         self.block_seconds = block_seconds
         s = settings
         self._confirm_wait = 0
+        self._late = 0  # confirm_late_seconds in blocks (0: no late opening)
         self._confirm: SpeechConfirm | None = None
         if s.confirm == "silero":
             if sample_rate != RATE:
                 raise ValueError(f"vad.confirm: silero needs {RATE} Hz audio, not "
                                  f"{sample_rate} Hz; set vad.confirm: none")
-            self._confirm_wait = round(self._CONFIRM_WAIT_SECONDS / block_seconds)
+            self._late = round(s.confirm_late_seconds / block_seconds)
+            # A late opening keeps the start its first candidate block gave it.
+            self._confirm_wait = round(max(self._CONFIRM_WAIT_SECONDS,
+                                           s.confirm_late_seconds) / block_seconds)
         self._min_speech = max(1, round(s.min_speech_seconds / block_seconds))
         self._hangover = max(1, round(s.hangover_seconds / block_seconds))
         self._preroll = round(s.preroll_seconds / block_seconds)
@@ -389,7 +414,7 @@ class EnergyGate:
         self._held_quiet = 0
         # The audio the segment would hold, pre-roll included: the check sees what the
         # classifier would (and the model's state settles on the pre-roll).
-        if confirm.start(max(first - self._preroll, 0), b):
+        if confirm.start(max(first - self._preroll, 0), b) or self._late_open(b):
             return self._confirmed_start(b)
         return None
 
@@ -406,7 +431,15 @@ class EnergyGate:
             confirm.cancel()
             self._held = None
             self._restart_opening()
-        return None
+            return None
+        return self._confirmed_start(b) if self._late_open(b) else None
+
+    def _late_open(self, b: int) -> bool:
+        """Whether the tentative segment opens late at block ``b``: it has lasted
+        ``confirm_late_seconds`` and the check has heard a chunk of likely speech."""
+        assert self._confirm is not None
+        assert self._held is not None
+        return bool(self._late) and self._confirm.heard and b + 1 - self._held >= self._late
 
     def _confirmed_start(self, b: int) -> int:
         """The start of a segment confirmed at block ``b``: where the backend's tests put
