@@ -162,3 +162,77 @@ def test_the_levels_only_call_says_it_needs_the_audio() -> None:
     x += 1e-4 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)
     with pytest.raises(RuntimeError, match="process"):
         gate(block_levels_db(x.reshape(-1, 160)))
+
+
+# The strong test made unreachable (30 chunks, almost 1 s, above 0.999), so that only the
+# late opening can open a segment.
+LATE_ONLY = replace(SILERO, confirm_threshold=0.999, confirm_chunks=30,
+                    confirm_late_seconds=0.99)
+
+
+def speech_in_room(data_dir, seconds: float | None = None) -> np.ndarray:
+    clip = trimmed_levelled(load(data_dir / "1091_TIE_SAD_XX.flac", RATE), -35.0)
+    if seconds is not None:
+        clip = clip[: round(seconds * RATE)]
+    x = np.concatenate([sound("room", 1.0, -60.0, seed=5), clip, np.zeros(RATE, np.float32)])
+    return (x + sound("room", x.size / RATE, -60.0, seed=6)).astype(np.float32)
+
+
+def test_a_late_opening_keeps_the_voicing_s_start(data_dir) -> None:
+    """Speech that never passes the (unreachable) strong test opens once it has lasted
+    confirm_late_seconds, where the voicing alone opens it: a late opening loses nothing
+    of the utterance's start."""
+    x = speech_in_room(data_dir)
+    assert x.size > 3 * RATE
+    ref = windows_of(x, vad=VOICED_ONLY)
+    got = windows_of(x, vad=LATE_ONLY)
+    assert got and ref
+    assert got[0].start_sample == ref[0].start_sample
+    assert windows_of(x, vad=replace(LATE_ONLY, confirm_late_seconds=0.0)) == []
+
+
+def test_a_late_opening_needs_its_time_and_a_likely_chunk(data_dir) -> None:
+    """A run shorter than confirm_late_seconds, or one in which no chunk reached
+    confirm_late_threshold, does not open late."""
+    def opened(x: np.ndarray, vad: VadSettings) -> int:
+        w = Windower(vad=vad)
+        return sum(isinstance(e, SegmentStart) for e in [*w(x), *w.flush()])
+
+    short = speech_in_room(data_dir, seconds=0.8)
+    assert opened(short, replace(LATE_ONLY, confirm_late_seconds=0.5)) == 1
+    assert opened(short, replace(LATE_ONLY, confirm_late_seconds=1.5)) == 0
+    x = speech_in_room(data_dir)
+    assert opened(x, LATE_ONLY) == 1
+    # (Silero's highest chunk on this clip is 0.99997.)
+    assert opened(x, replace(LATE_ONLY, confirm_late_threshold=0.99999)) == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 333, 4096])
+def test_chunk_size_does_not_change_a_late_opening(data_dir, chunk: int) -> None:
+    x = speech_after_ceramics(data_dir)
+
+    def segments(size: int) -> list[tuple[int, int, int]]:
+        w = Windower(vad=LATE_ONLY)
+        items = []
+        for i in range(0, x.size, size):
+            items += w(x[i : i + size])
+        items += w.flush()
+        return [(e.start_sample, e.end_sample, e.windows) for e in items
+                if isinstance(e, SegmentEnd)]
+
+    ref = segments(x.size)
+    assert [s for s, _, n in ref if n > 0], "the speech gave no window"
+    assert segments(chunk) == ref
+
+
+def test_late_settings_are_validated() -> None:
+    for bad in (-0.1, 2.5):
+        with pytest.raises(ConfigError, match=r"vad\.confirm_late_seconds: must be 0\.\.2 s"):
+            build(VadSettings, {"confirm_late_seconds": bad}, "vad")
+    for bad in (0, 1):
+        with pytest.raises(ConfigError,
+                           match=r"vad\.confirm_late_threshold: must be a probability"):
+            build(VadSettings, {"confirm_late_threshold": bad}, "vad")
+    # The look-back (and the Windower's pre-roll ring) grows to hold a late opening's start.
+    assert (make_gate(LATE_ONLY, 0.01, RATE).lookback_blocks
+            - make_gate(SILERO, 0.01, RATE).lookback_blocks) == 49
