@@ -83,14 +83,15 @@ def candidates() -> dict[str, Any]:
                                   min_speech_seconds=0.1, confirm="none"),
         # The default of git c284e47 .. 66a158e: voicing alone (docs/gate.md, second round).
         "voiced-only": VadSettings(confirm="none", voiced_seconds=0.06),
-        # The default: 40 ms of voicing, Silero VAD as a veto (1 chunk of 32 ms above 0.1).
+        # The default: 40 ms of voicing and Silero VAD tiered (docs/gate.md, fifth round):
+        # 2 chunks of 32 ms above 0.3 open at once; with one above 0.1, 0.99 s open late.
         "voiced": VadSettings(),
+        # Silero as a veto (1 chunk above 0.1): the default of 1941f7d .. the fifth round.
+        "voiced-veto": VadSettings(confirm_threshold=0.1, confirm_chunks=1,
+                                   confirm_late_seconds=0.0),
         # Silero as a strict confirm stage (2 chunks above 0.4): the default of 06d648b only.
-        "voiced-silero": VadSettings(confirm_threshold=0.4, confirm_chunks=2),
-        # Tiered (docs/gate.md, fourth round): 2 chunks above 0.3 open at once; a run with
-        # one chunk above 0.1 opens if it lasts 0.99 s.
-        "voiced-late": VadSettings(confirm_threshold=0.3, confirm_chunks=2,
-                                   confirm_late_seconds=0.99),
+        "voiced-silero": VadSettings(confirm_threshold=0.4, confirm_chunks=2,
+                                     confirm_late_seconds=0.0),
     }
     try:
         import webrtcvad  # noqa: F401, PLC0415

@@ -24,15 +24,17 @@ test runs only on candidate blocks while no segment is open.
 The optional ``webrtc`` backend (``pip install webrtcvad-wheels``) replaces the candidate
 test by WebRTC's GMM classifier; segmentation logic is the same.
 
-Confirm stage (``confirm: silero``, any backend; by default a veto of what Silero is sure
-is not speech, see :class:`VadSettings`): when the backend's tests
-would open a segment, it is only *tentative* until a speech check over its audio, Silero
-VAD's 16 kHz model in numpy (:mod:`serd.speechcheck`), finds ``confirm_chunks``
-consecutive 32 ms chunks of speech; it then opens where the backend's tests put it.  A
-tentative segment that would have closed unconfirmed opens nothing: struck cups, knocks,
-key presses, machines and many coughs are voiced or loud but not speech to Silero.  The
-check runs only while a segment is tentative, on audio from a ring of the last ~1.2 s
-(:class:`SpeechConfirm`), so a quiet room and ongoing speech cost nothing more.
+Confirm stage (``confirm: silero``, any backend; tiered by default, see
+:class:`VadSettings`): when the backend's tests would open a segment, it is only
+*tentative* until a speech check over its audio, Silero VAD's 16 kHz model in numpy
+(:mod:`serd.speechcheck`), finds ``confirm_chunks`` consecutive 32 ms chunks of speech,
+or, more slowly, until it has lasted ``confirm_late_seconds`` with some chunk above
+``confirm_late_threshold``; it then opens where the backend's tests put it.  A tentative
+segment that would have closed unconfirmed opens nothing: struck cups, knocks, key
+presses, machines and many coughs are voiced or loud but not speech to Silero, or too
+short for the late opening.  The check runs only while a segment is tentative, on audio
+from a ring of the last ~1.7 s (:class:`SpeechConfirm`), so a quiet room and ongoing
+speech cost nothing more.
 """
 
 from __future__ import annotations
@@ -97,15 +99,17 @@ class VadSettings:
     (:mod:`serd.speechcheck`, 16 kHz audio only), which tells voices from knocks, key
     presses, machines and many coughs; ``none``: the backend's tests alone.  The check
     runs only while a segment waits for it, so a quiet room and ongoing speech cost
-    nothing more.  The defaults make it a veto of what Silero is sure is not speech:
-    stricter settings (2 chunks above 0.4) refuse far more coughs but also shouted,
-    clipped and whispered acted speech, below the 99.5 % floor on three training corpora
-    (docs/gate.md, third round)."""
-    confirm_threshold: float = 0.1
+    nothing more.  The defaults are tiered: a segment opens at once on 2 chunks above
+    0.3, and late (``confirm_late_seconds``) on any chunk above 0.1, which keeps the
+    shouted, clipped and whispered acted speech that Silero doubts while a cough or a
+    knock, shorter, is refused; a strict stage (2 chunks above 0.4, no late opening)
+    refuses more coughs but also that speech, below the 99.5 % floor on three training
+    corpora (docs/gate.md, third and fifth rounds)."""
+    confirm_threshold: float = 0.3
     """confirm: silero's speech probability (0..1) above which a 32 ms chunk is speech."""
-    confirm_chunks: int = 1
+    confirm_chunks: int = 2
     """confirm: consecutive speech chunks of 32 ms needed (1: 32 ms)."""
-    confirm_late_seconds: float = 0.0
+    confirm_late_seconds: float = 0.99
     """confirm: a second, slower way to open (0: none).  A tentative segment that has
     not passed the test above, but in which some chunk's speech probability exceeded
     ``confirm_late_threshold``, opens once it has lasted this long from its first
