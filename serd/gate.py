@@ -33,7 +33,7 @@ or, more slowly, until it has lasted ``confirm_late_seconds`` with some chunk ab
 segment that would have closed unconfirmed opens nothing: struck cups, knocks, key
 presses, machines and many coughs are voiced or loud but not speech to Silero, or too
 short for the late opening.  The check runs only while a segment is tentative, on audio
-from a ring of the last ~1.7 s (:class:`SpeechConfirm`), so a quiet room and ongoing
+from a ring of the last ~1.8 s (:class:`SpeechConfirm`), so a quiet room and ongoing
 speech cost nothing more.
 """
 
@@ -151,6 +151,11 @@ class VadSettings:
                 "must be 0..2 s (0: no late opening)")
         require(0 < self.confirm_late_threshold < 1, "confirm_late_threshold",
                 "must be a probability in (0, 1)")
+        # A tentative segment is dropped once it reaches max_segment_seconds: a late opening
+        # at or past that length could never happen.
+        require(self.confirm_late_seconds == 0
+                or self.confirm_late_seconds < self.max_segment_seconds,
+                "confirm_late_seconds", "must be shorter than vad.max_segment_seconds, or 0")
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ class SpeechConfirm:
     """The confirm stage's speech check over a run's audio, block by block.
 
     It keeps the gate's recent blocks in a ring (the audio a segment may start with: the
-    gate's look-back, a bounded few hundred milliseconds) and, from :meth:`start` until
+    gate's look-back, bounded by the settings: 1.8 s by default) and, from :meth:`start` until
     :meth:`cancel`, feeds Silero VAD every whole 32 ms chunk of audio up to the current
     block; :meth:`advance` says whether ``chunks`` consecutive chunks have exceeded
     ``threshold``.  Chunks are counted from the run's start sample and fed as soon as they
@@ -292,7 +297,9 @@ class EnergyGate:
             if sample_rate != RATE:
                 raise ValueError(f"vad.confirm: silero needs {RATE} Hz audio, not "
                                  f"{sample_rate} Hz; set vad.confirm: none")
-            self._late = round(s.confirm_late_seconds / block_seconds)
+            # (At least a block: a setting below half a block is not 0, "never".)
+            self._late = (max(1, round(s.confirm_late_seconds / block_seconds))
+                          if s.confirm_late_seconds > 0 else 0)
             # A late opening keeps the start its first candidate block gave it.
             self._confirm_wait = round(max(self._CONFIRM_WAIT_SECONDS,
                                            s.confirm_late_seconds) / block_seconds)
@@ -381,7 +388,10 @@ class EnergyGate:
                     events.append(GateEvent("start", start))
                     self.in_speech = True
                     self._seg_start = start
-                    self._quiet = 0
+                    # The blocks without candidates it already had while tentative count
+                    # towards its hangover, as they would have had it opened at once: a
+                    # late opening in a pause does not start the hangover afresh.
+                    self._quiet = min(self._held_quiet, self._hangover - 1)
                     self._restart_opening()
             else:
                 self._quiet = 0 if is_speech else self._quiet + 1
@@ -427,9 +437,9 @@ class EnergyGate:
         confirm = self._confirm
         assert confirm is not None
         assert self._held is not None
+        self._held_quiet = 0 if is_speech else self._held_quiet + 1
         if confirm.advance(b):
             return self._confirmed_start(b)
-        self._held_quiet = 0 if is_speech else self._held_quiet + 1
         if self._held_quiet >= self._hangover or b + 1 - self._held >= self._max_blocks:
             # It would have closed unconfirmed: forget it; a new run starts afresh.
             confirm.cancel()
@@ -543,6 +553,7 @@ class VoicedGate(EnergyGate):
         self._levels_first = 0
         self._voicing: npt.NDArray[np.float64] | None = None  # this call's, when batched
         self._tail_ms: tuple[float, float] | None = None  # last two blocks' sums of squares
+        self._last_sample: npt.NDArray[np.float32] | None = None  # the last call's last sample
         # The audio voicing may look at: this call's blocks, the last ones of the previous.
         self._blocks = np.zeros((0, self._block_len), np.float32)
         self._prev = np.zeros((self._SMOOTH - 1, self._block_len), np.float32)
@@ -554,13 +565,23 @@ class VoicedGate(EnergyGate):
             return []
         # Levels of the pre-emphasised signal: it weighs the speech band over the rumble
         # and hum that dominate a room's noise and make its raw level swing by several dB
-        # from block to block.  (The first block of a call misses its first sample.)
+        # from block to block.  (The stream's first block misses its first sample; a later
+        # call's first sample is taken against the previous call's last, so that the levels
+        # do not depend on how the stream is cut into calls.)
         x = blocks.reshape(-1)
-        d = x[1:] - self._PREEMPHASIS * x[:-1]
+        if self._last_sample is None:
+            d = x[1:] - self._PREEMPHASIS * x[:-1]
+            starts = self._starts.get(n)
+            if starts is None:  # where each block begins in d (one sample early, but the first)
+                starts = self._starts[n] = np.arange(0, n * size, size) - (np.arange(n) > 0)
+        else:
+            xp = np.concatenate((self._last_sample, x))
+            d = xp[1:] - self._PREEMPHASIS * xp[:-1]
+            starts = self._starts.get(-n)  # (keyed -n: every block begins at its own start)
+            if starts is None:
+                starts = self._starts[-n] = np.arange(0, n * size, size)
+        self._last_sample = x[-1:].copy()
         d *= d
-        starts = self._starts.get(n)
-        if starts is None:  # where each block begins in d (one sample early, but the first)
-            starts = self._starts[n] = np.arange(0, n * size, size) - (np.arange(n) > 0)
         sums = np.add.reduceat(d, starts).tolist()
         # Smoothed over _SMOOTH (3) blocks, this one and the two before; in Python: a few
         # floats per call cost less than the numpy calls would.

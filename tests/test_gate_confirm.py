@@ -238,3 +238,30 @@ def test_late_settings_are_validated() -> None:
     # The look-back (and the Windower's pre-roll ring) grows to hold a late opening's start.
     assert (make_gate(LATE_ONLY, 0.01, RATE).lookback_blocks
             - make_gate(SILERO, 0.01, RATE).lookback_blocks) == 49
+
+
+def test_a_late_opening_in_a_pause_keeps_its_hangover(data_dir) -> None:
+    """A tentative segment that opens late during a pause (its last candidate before the
+    late time, its hangover still running) ends where it would have ended had it opened
+    at once: the blocks without candidates it had while tentative count towards its
+    hangover, rather than the hangover starting afresh at the late opening."""
+    for seconds in (1.1, 1.2, 1.3):
+        x = speech_in_room(data_dir, seconds=seconds)
+        ref = _segments(x, VOICED_ONLY)
+        assert ref, seconds
+        assert _segments(x, LATE_ONLY) == ref, seconds
+
+
+def _segments(x: np.ndarray, vad: VadSettings) -> list[tuple[int, int]]:
+    w = Windower(vad=vad)
+    return [(e.start_sample, e.end_sample) for e in [*w(x), *w.flush()]
+            if isinstance(e, SegmentEnd)]
+
+
+def test_a_late_opening_that_could_never_happen_is_refused() -> None:
+    """A tentative segment is dropped at max_segment_seconds, so a late opening at or
+    past it would silently never happen; and a late time under half a block is not 0."""
+    with pytest.raises(ConfigError, match=r"vad\.confirm_late_seconds: must be shorter"):
+        build(VadSettings, {"confirm_late_seconds": 2, "max_segment_seconds": 1.5}, "vad")
+    build(VadSettings, {"confirm_late_seconds": 0, "max_segment_seconds": 1}, "vad")
+    assert make_gate(replace(LATE_ONLY, confirm_late_seconds=0.004), 0.01, RATE)._late == 1

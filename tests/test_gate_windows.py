@@ -301,3 +301,28 @@ def test_chunk_size_does_not_change_windows(data_dir, chunk: int, backend: str) 
 def test_windower_follows_window_params() -> None:
     w = Windower(FeatureParams(), WindowParams(window_seconds=1.0, hop_seconds=0.25))
     assert (w.win_frames, w.hop_frames) == (100, 25)
+
+
+@pytest.mark.parametrize("chunk", [160, 480, 800])
+def test_levels_do_not_depend_on_where_the_calls_begin(data_dir, chunk: int) -> None:
+    """The voiced backend's pre-emphasised level of a call's first block takes its first
+    sample against the previous call's last: fed in 10-50 ms calls (the daemon's), a
+    fixture opens at the very block it opens at when fed whole (serd --once, training),
+    not a few blocks later."""
+    for path in sorted(data_dir.glob("*.flac")):
+        for dbfs in (-45.0, -35.0, -25.0):
+            clip = levelled(trimmed(load(path, RATE)), dbfs)
+            x = np.concatenate([sound("room", 0.5, -60.0, seed=1),
+                                clip + sound("room", clip.size / RATE, -60.0, seed=2),
+                                sound("room", 0.5, -60.0, seed=3)]).astype(np.float32)
+            x = x[: x.size // 160 * 160]
+            assert _gate_events(x, chunk) == _gate_events(x, x.size), (path.name, dbfs)
+
+
+def _gate_events(x: np.ndarray, size: int) -> list[tuple[str, int]]:
+    """The default gate's events over ``x`` fed ``size`` samples (whole blocks) a call."""
+    gate = make_gate(VadSettings(), 0.01, RATE)
+    out = []
+    for i in range(0, x.size, size):
+        out += [(e.kind, e.block) for e in gate.process(x[i : i + size].reshape(-1, 160))]
+    return out

@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; bad input (a missing corpus root, a bad manifest, a protocol that
     finds no files, an unknown configuration key or a bad value) is one line on stderr and
-    exit status 2, not a traceback."""
+    exit status 2, not a traceback.  SIGTERM ends it as Ctrl-C does, through the cleanup
+    (worker processes stopped, the shipped model's staging folder removed)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return _main(argv)
     except CorpusError as exc:
@@ -104,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
               "is missing); install them with: .venv/bin/pip install -e '.[train]'",
               file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (``kill``, ``timeout``, systemd): leave through the ``finally`` blocks, which
+    stop the worker processes and remove the staging folder, rather than at once."""
+    raise SystemExit(128 + signum)
 
 
 def _main(argv: list[str] | None = None) -> int:

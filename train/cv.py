@@ -16,7 +16,6 @@ import logging
 import os
 import tempfile
 import time
-from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from train.config import TrainConfig, TrainingConfig
 from train.corpora import Item
 from train.evaluation import evaluate
 from train.fit import export, fit_voice, set_tf_threads, train_cnn
-from train.processes import spawned_pool, stop_now
+from train.processes import InProcess, answerable, completed, spawned_pool, stop_now
 from train.results import CvResult, FoldResult, aggregate
 from train.sources import source_hash
 from train.splits import Fold, corpus_folds, cv_folds
@@ -274,10 +273,12 @@ class CrossValidation:
         train_spk = set(plan.folds[index].train)
         return sum(it.speaker in train_spk for it in plan.items) * int(plan.training.epochs)
 
-    def in_processes(self, todo: list[tuple[str, int]], workers: int
+    def in_processes(self, todo: list[tuple[str, int]], workers: int,
+                     beside: InProcess | None = None
                      ) -> tuple[dict[str, list[FoldResult]], dict[str, float]]:
         """Run (protocol, fold) jobs in ``workers`` fresh processes, each with its share of
         the threads; returns each protocol's results and when its last fold ended.
+        ``beside`` (the shipped model's training): its failure ends the folds at once.
 
         TensorFlow keeps two cores well short of busy on these small models, so folds side
         by side, one thread each, get through a CV faster (docs/experiments/LOG.md, Timings
@@ -300,11 +301,10 @@ class CrossValidation:
         items, dropped = self.sets.items, self.sets.dropped
         pool = spawned_pool(min(workers, len(todo)))
         try:
-            futures = {pool.submit(_fold_worker, cfg, protocol, i, items, dropped,
+            futures = {pool.submit(answerable, _fold_worker, cfg, protocol, i, items, dropped,
                                    self.probs_record(protocol, i)): protocol
                        for protocol, i in todo}
-            for future in as_completed(futures):
-                protocol = futures[future]
+            for protocol, future in completed(futures, beside):
                 results[protocol].append(future.result())
                 self._fold_done(protocol, results[protocol][-1])
                 finished[protocol] = time.time()

@@ -141,7 +141,8 @@ def run_all(cv: CrossValidation, out_dir: Path, command: str
         try:
             _LOGGER.info("shipped model: training in its own process, beside the folds")
             if jobs:
-                results, finished = cv.in_processes(jobs, cfg.parallel_folds)
+                # (The model's failure is raised as soon as it happens.)
+                results, finished = cv.in_processes(jobs, cfg.parallel_folds, fit)
             card: ModelCard = fit.result()
         finally:
             # After a failed fold (or Ctrl-C) stop the model's training too, rather
