@@ -83,6 +83,17 @@ def speech_after_ceramics(data_dir) -> np.ndarray:
     return bed
 
 
+def segment_ends(x: np.ndarray, vad: VadSettings, size: int) -> list[tuple[int, int, int]]:
+    """(start, end, windows) of each segment of ``x`` fed ``size`` samples a call."""
+    w = Windower(vad=vad)
+    items = []
+    for i in range(0, x.size, size):
+        items += w(x[i : i + size])
+    items += w.flush()
+    return [(e.start_sample, e.end_sample, e.windows) for e in items
+            if isinstance(e, SegmentEnd)]
+
+
 @pytest.mark.parametrize("vad", [SILERO, replace(SILERO, confirm_chunks=10),
                                  replace(SILERO, backend="energy", threshold_db=9.0)],
                          ids=["strict", "10-chunks", "energy"])
@@ -92,18 +103,8 @@ def test_chunk_size_does_not_change_the_confirmed_segments(data_dir, vad, chunk:
     later than the voicing opens, so the held opening is used): the same segments however
     the audio is cut."""
     x = speech_after_ceramics(data_dir)
-
-    def ends(size: int) -> list[tuple[int, int, int]]:
-        w = Windower(vad=vad)
-        items = []
-        for i in range(0, x.size, size):
-            items += w(x[i : i + size])
-        items += w.flush()
-        return [(e.start_sample, e.end_sample, e.windows) for e in items
-                if isinstance(e, SegmentEnd)]
-
-    ref = ends(x.size)
-    assert ends(chunk) == ref
+    ref = segment_ends(x, vad, x.size)
+    assert segment_ends(x, vad, chunk) == ref
     assert [s for s, _, n in ref if n > 0], "the speech gave no window"
     assert all(s >= 7.5 * RATE for s, _, n in ref if n > 0), ref  # ceramics gave none
 
@@ -212,19 +213,9 @@ def test_a_late_opening_needs_its_time_and_a_likely_chunk(data_dir) -> None:
 @pytest.mark.parametrize("chunk", [1, 333, 4096])
 def test_chunk_size_does_not_change_a_late_opening(data_dir, chunk: int) -> None:
     x = speech_after_ceramics(data_dir)
-
-    def segments(size: int) -> list[tuple[int, int, int]]:
-        w = Windower(vad=LATE_ONLY)
-        items = []
-        for i in range(0, x.size, size):
-            items += w(x[i : i + size])
-        items += w.flush()
-        return [(e.start_sample, e.end_sample, e.windows) for e in items
-                if isinstance(e, SegmentEnd)]
-
-    ref = segments(x.size)
+    ref = segment_ends(x, LATE_ONLY, x.size)
     assert [s for s, _, n in ref if n > 0], "the speech gave no window"
-    assert segments(chunk) == ref
+    assert segment_ends(x, LATE_ONLY, chunk) == ref
 
 
 def test_late_settings_are_validated() -> None:
