@@ -115,7 +115,7 @@ class VadSettings:
     ``confirm_late_threshold``, opens once it has lasted this long from its first
     candidate block without closing, with the start it would have had.  Coughs, knocks
     and key presses are short; quiet, whispered or shouted speech that Silero doubts
-    goes on (docs/gate.md, fourth round)."""
+    goes on (docs/gate.md, fourth and fifth rounds)."""
     confirm_late_threshold: float = 0.1
     """confirm: the speech probability (0..1) that some chunk must exceed for a late
     opening (``confirm_late_seconds``)."""

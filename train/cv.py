@@ -26,7 +26,7 @@ from train.config import TrainConfig, TrainingConfig
 from train.corpora import Item
 from train.evaluation import evaluate
 from train.fit import export, fit_voice, set_tf_threads, train_cnn
-from train.processes import InProcess, answerable, completed, spawned_pool, stop_now
+from train.processes import InProcess, answerable, completed, died, spawned_pool, stop_now
 from train.results import CvResult, FoldResult, aggregate
 from train.sources import source_hash
 from train.splits import Fold, corpus_folds, cv_folds
@@ -310,10 +310,7 @@ class CrossValidation:
                 finished[protocol] = time.time()
         except BrokenProcessPool:
             stop_now(pool)
-            raise RuntimeError(
-                "a CV fold's worker process died without an answer (killed: out of "
-                "memory?); fewer folds side by side need less memory: "
-                "--set parallel_folds=1") from None
+            raise died("a CV fold's worker process") from None
         except BaseException:
             # A failed fold (or Ctrl-C) ends the run now: the executor's own exit would
             # wait for every queued and running fold first, which can be most of an hour.

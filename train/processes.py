@@ -86,6 +86,12 @@ def answerable(fn: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
+def died(what: str) -> RuntimeError:
+    """The error for a worker process (``what``) that died without an answer."""
+    return RuntimeError(f"{what} died without an answer (killed: out of memory?); fewer "
+                        "folds side by side need less memory: --set parallel_folds=1")
+
+
 class InProcess:
     """``fn(*args)`` in a spawned process of its own, started at once: the shipped model's
     training beside the folds (:func:`train.final.run_all`)."""
@@ -101,10 +107,7 @@ class InProcess:
         try:
             return self._future.result()
         except BrokenProcessPool:
-            raise RuntimeError(
-                f"the {self._what} process died without an answer (killed: out of "
-                "memory?); fewer folds side by side need less memory: "
-                "--set parallel_folds=1") from None
+            raise died(f"the {self._what} process") from None
 
     def stop(self) -> None:
         """End the process (at once if it is still working) and reap it."""
