@@ -156,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true",
                    help="with --once: print JSON lines (window, utterance, summary)")
+    p.add_argument("--line", action="store_true",
+                   help="with --once: judge the files as one line, each against the voice "
+                   "reference a device's line learns from all of them (a first pass hears "
+                   "them, a second judges), instead of each as a line's first call; fair "
+                   "when the files are like a line's calls: mostly neutral, several speakers")
     p.add_argument("--publish", action="store_true",
                    help="with --once: replay the files through the daemon's event path (as a "
                    "microphone, with alerts) and publish to mqtt.host (localhost when unset) "
@@ -236,6 +241,12 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--publish, --loop and --device-id need --once FILE...")
     if (args.loop or args.device_id or args.speed != 1.0) and not args.publish:
         parser.error("--speed, --loop and --device-id need --publish")
+    if args.line and not args.once:
+        parser.error("--line needs --once PATH... (the daemon's lines always learn their "
+                     "reference as they go)")
+    if args.line and args.publish:
+        parser.error("--line judges files after hearing them all; --publish replays them as "
+                     "a device hears them, its line learning as it goes: pick one")
     if args.publish and args.json:
         parser.error("--json prints results; --publish sends events to the broker: pick one")
     if args.json and not args.once:
@@ -289,7 +300,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return run_publish(cfg, args.once, speed=args.speed, loop=args.loop,
                                device_id=args.device_id, wait_seconds=args.wait)
         if args.once:
-            return run_once(cfg, args.once, as_json=args.json)
+            return run_once(cfg, args.once, as_json=args.json, line=args.line)
         from serd.daemon import run  # noqa: PLC0415
 
         return run(cfg)
@@ -544,11 +555,13 @@ def run_publish(cfg: Config, paths: Sequence[str], *, speed: float = 1.0, loop: 
 # -- serd --once ---------------------------------------------------------------------------
 
 
-def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | None = None) -> int:
-    """Analyse files through the daemon's pipeline; exit code 2 if any file failed."""
+def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | None = None,
+             line: bool = False) -> int:
+    """Analyse files through the daemon's pipeline; exit code 2 if any file failed.
+    ``line``: judge them as one line (:class:`serd.once.SharedLine`)."""
     from serd.decode import AudioError, find_audio  # noqa: PLC0415
     from serd.model import load_classifier  # noqa: PLC0415
-    from serd.once import analyse_channels, mixing_note  # noqa: PLC0415
+    from serd.once import SharedLine, adapts, analyse_channels, mixing_note  # noqa: PLC0415
     from serd.report import Progress, RunTotals  # noqa: PLC0415
 
     out = out or sys.stdout
@@ -566,13 +579,39 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
             print(f"serd: no audio files found in {raw}", file=sys.stderr)
     totals = RunTotals()
     notes: set[str] = set()
+    shared: SharedLine | None = None
+    if line and not adapts(clf):
+        print("serd: note: --line changes nothing here: "
+              + ("model.adapt is off, so no line learns a reference"
+                 if clf.voice is not None and clf.voice.head.reference is not None
+                 else "the model has no voice branch with a line reference")
+              + "; each file is judged against the model's prior", file=sys.stderr)
+    elif line:
+        shared = SharedLine()
     # A bar only for runs of several files, on a terminal; cleared before any other line.
-    progress = Progress(len(files), sys.stderr, enabled=None if len(files) > 1 else False)
+    passes = 2 if shared is not None else 1
+    progress = Progress(passes * len(files), sys.stderr,
+                        enabled=None if passes * len(files) > 1 else False)
+    if shared is not None:
+        # First pass: the line hears every file; what it judges then is not printed.
+        # A file that cannot be read is reported once, by the second pass.
+        for i, path in enumerate(files):
+            progress(i, 0, str(_shown(path)))
+            try:
+                analyse_channels(cfg, clf, path, shared)
+            except (AudioError, MemoryError):
+                continue
+        shared.freeze()
+        progress.clear()
+        print(f"serd: note: judged as one line, against the reference it learnt from "
+              f"{shared.windows} window{'' if shared.windows == 1 else 's'} of speech in "
+              f"these files (--line)", file=sys.stderr)
+    offset = len(files) if shared is not None else 0
     for i, path in enumerate(files):
-        progress(i, totals.unreadable, str(_shown(path)))
+        progress(offset + i, totals.unreadable, str(_shown(path)))
         try:
             # One result per analysed channel when channels are named (serd.once).
-            results = analyse_channels(cfg, clf, path)
+            results = analyse_channels(cfg, clf, path, shared)
         except AudioError as exc:
             totals.unreadable += 1
             progress.clear()
@@ -604,6 +643,8 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
     # The closing summary, for runs of more than one file (one file's summary line says
     # it all, and stays the last line for scripts that read one file).
     if len(files) > 1:
+        if shared is not None:
+            totals.line_windows = shared.windows
         out.write(json.dumps(totals.record()) + "\n" if as_json else totals.text())
     out.flush()
     return EXIT_BAD_INPUT if totals.unreadable else EXIT_OK

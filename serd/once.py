@@ -10,6 +10,11 @@ multi-channel file is analysed channel by channel, one :class:`FileResult` per a
 channel, and an agent channel is never analysed but mutes the others while it speaks
 (:class:`serd.pipeline.ChannelSet`).  Otherwise a file is mixed to mono, as a single
 microphone would hear it, and the result says how many channels were mixed.
+
+:class:`SharedLine` (``serd --once --line``) judges several files as one line: every file
+analysed with it feeds one voice reference per channel (:class:`serd.voice.LineReference`),
+and after :meth:`SharedLine.freeze` every file is judged against what that line heard, as
+the evaluation judges a corpus against a warmed reference (``train.voice.warm_reference``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
     from serd.decisions import Decision, Verdict
     from serd.decode import AudioInfo
     from serd.model import Classifier
+    from serd.pipeline import ChannelSet
+    from serd.voice import LineReference
 
 MIXED = Channel(0, "main", UNSPECIFIED, analysed=True, declared=False)
 """How a file is analysed when its channels are mixed although several are named."""
@@ -68,6 +75,54 @@ class FileResult:
             self.summary = verdict(labels, tempered(mean, temperature), threshold)
 
 
+class SharedLine:
+    """The files of one ``serd --once --line`` run as one line: one voice reference per
+    channel name, shared by every file analysed with it (:meth:`attach`).
+
+    A device's line learns its reference from its own speech as it goes, so its first
+    calls are judged against the model's prior and its later ones against the line.  A
+    file analysed alone is always a line's first call.  Two passes over the same files
+    (the first to warm, then :meth:`freeze`, then the second to judge) give every file the
+    reference the line has after hearing them all, the same for each file whatever its
+    place in the run.  The reference is a mean over the line's windows, so it stands for
+    a line only when the files are like one: mostly neutral speech, several speakers; a
+    folder of one emotion becomes that line's normal."""
+
+    def __init__(self) -> None:
+        self.references: dict[str, LineReference] = {}
+        self.frozen = False
+
+    def attach(self, channels: ChannelSet) -> None:
+        """Give each analysed channel of ``channels`` the line's reference of its name (the
+        first file's own reference, while the line has none of that name yet)."""
+        for c, pipe in zip(channels.analysed, channels.pipelines, strict=True):
+            own = pipe.model.reference
+            if own is None:
+                continue
+            if c.name not in self.references:
+                own.adapt = own.adapt and not self.frozen
+                self.references[c.name] = own
+            pipe.model.reference = self.references[c.name]
+
+    def freeze(self) -> None:
+        """From now on the references only judge: the files are not heard twice."""
+        self.frozen = True
+        for ref in self.references.values():
+            ref.adapt = False
+
+    @property
+    def windows(self) -> int:
+        """Windows of speech the line has heard (the most of any channel)."""
+        return max((ref.count for ref in self.references.values()), default=0)
+
+
+def adapts(clf: Classifier) -> bool:
+    """Whether ``clf``'s lines learn a reference at all: a voice branch whose head was
+    trained relative to a line, with ``model.adapt`` on."""
+    branch = clf.voice
+    return bool(branch is not None and branch.head.reference is not None and branch.adapt)
+
+
 def analyse_file(cfg: Config, clf: Classifier, path: Path) -> FileResult:
     """Run one file, mixed to mono, through the pipeline; raises
     :class:`serd.decode.AudioError`."""
@@ -77,16 +132,18 @@ def analyse_file(cfg: Config, clf: Classifier, path: Path) -> FileResult:
     return _run(cfg, clf, path, info, [_single(cfg.audio)], mix=True)[0]
 
 
-def analyse_channels(cfg: Config, clf: Classifier, path: Path) -> list[FileResult]:
+def analyse_channels(cfg: Config, clf: Classifier, path: Path,
+                     line: SharedLine | None = None) -> list[FileResult]:
     """One result per analysed channel when several channels are named and the file has
     several; else the file mixed to mono (one result).  Raises
-    :class:`serd.decode.AudioError`, also when the file has fewer channels than named."""
+    :class:`serd.decode.AudioError`, also when the file has fewer channels than named.
+    ``line``: judge the file as part of that line (:class:`SharedLine`)."""
     from serd.decode import AudioError, probe  # noqa: PLC0415
 
     info = probe(path)
     named = cfg.audio.resolved_channels
     if len(named) < 2:
-        return _run(cfg, clf, path, info, [_single(cfg.audio)], mix=True)
+        return _run(cfg, clf, path, info, [_single(cfg.audio)], mix=True, line=line)
     if info.channels == 1:
         # A recording of one mixed line: there is no agent channel to tell voices apart.
         # It can only be analysed as 'unspecified', and only where the deployer allows
@@ -97,12 +154,12 @@ def analyse_channels(cfg: Config, clf: Classifier, path: Path) -> list[FileResul
                 f"could only be analysed as '{MIXED.role}', which audio.analyse_roles "
                 f"({', '.join(cfg.audio.analyse_roles)}) does not allow: not analysed "
                 f"(use a recording with the channels apart, see {LAWFUL_USE_DOC})")
-        return _run(cfg, clf, path, info, [MIXED], mix=True)
+        return _run(cfg, clf, path, info, [MIXED], mix=True, line=line)
     if info.channels < len(named):
         raise AudioError(
             f"has {info.channels} channels but audio.channels names {len(named)} "
             f"({', '.join(c.name for c in named)}); name as many as the file has")
-    return _run(cfg, clf, path, info, named, mix=False)
+    return _run(cfg, clf, path, info, named, mix=False, line=line)
 
 
 def _single(audio: AudioSettings) -> Channel:
@@ -112,7 +169,7 @@ def _single(audio: AudioSettings) -> Channel:
 
 
 def _run(cfg: Config, clf: Classifier, path: Path, info: AudioInfo, channels: list[Channel],
-         *, mix: bool) -> list[FileResult]:
+         *, mix: bool, line: SharedLine | None = None) -> list[FileResult]:
     from serd.decode import read_blocks  # noqa: PLC0415
     from serd.pipeline import ChannelSet  # noqa: PLC0415
 
@@ -122,6 +179,8 @@ def _run(cfg: Config, clf: Classifier, path: Path, info: AudioInfo, channels: li
         channels = [Channel(0, c.name, c.role, c.analysed, c.declared) for c in channels]
     cs = ChannelSet(clf, channels, vad=cfg.vad, decisions=cfg.decisions,
                     crosstalk=cfg.audio.bleed_mute)
+    if line is not None:
+        line.attach(cs)
     by_channel: dict[str, list[Decision]] = {c.name: [] for c in cs.analysed}
     for block in read_blocks(info.path, rate, block_seconds=0.5, info=info, mix=mix):
         for d in cs(block if mix else block[:, : cs.width]):

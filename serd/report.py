@@ -112,6 +112,9 @@ class RunTotals:
     verdicts: dict[str, int] = field(default_factory=dict)
     """Verdicts (per file, or per channel) per label, :data:`UNSURE` included, results
     without speech not."""
+    line_windows: int | None = None
+    """``--line``: windows of speech the shared line heard before judging; None: each file
+    was judged as a line's first call."""
     _last_path: str | None = field(default=None, repr=False)
 
     def add(self, result: FileResult) -> None:
@@ -134,6 +137,7 @@ class RunTotals:
             "no_speech": self.no_speech, "audio_s": round(self.audio_s, 3),
             "speech_s": round(self.speech_s, 3),
             "verdicts": dict(self._ranked()),
+            **({} if self.line_windows is None else {"line_windows": self.line_windows}),
         }
 
     def _ranked(self) -> list[tuple[str, int]]:
@@ -146,7 +150,10 @@ class RunTotals:
             f"total: {self.files} file{'' if self.files == 1 else 's'}, "
             f"{_duration(self.speech_s)} of speech in {_duration(self.audio_s)} of audio; "
             f"verdicts: {verdicts or 'none'}; no speech found: {self.no_speech}; "
-            f"unreadable: {self.unreadable}\n"
+            f"unreadable: {self.unreadable}"
+            + ("" if self.line_windows is None
+               else f"; judged as one line ({self.line_windows} windows heard)")
+            + "\n"
         )
 
 
