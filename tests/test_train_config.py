@@ -148,6 +148,7 @@ def test_window_length_is_configurable_and_reaches_both_window_kinds() -> None:
     (["model.pool=[2, 2, 0, 1]"], "model.pool: every entry must be >= 1"),
     (["model.filters=8"], "model.filters: expected a list of integers, got 8"),
     (["augment.copies=-1"], "augment.copies: must be >= 0"),
+    (["voice.augment_copies=-1"], "voice.augment_copies: must be >= 0"),
     (["augment.params.p_noise=2"], "augment.params.p_noise: must be a probability"),
     (["augment.params.snr_db_range=[30, 8]"], "augment.params.snr_db_range: must be [low, "
                                               "high]"),

@@ -128,6 +128,11 @@ def test_tiny_end_to_end(fake_corpus: Path, tmp_path: Path) -> None:
     assert data["training"]["eval_vad"] == json.loads(json.dumps(asdict(VadSettings())))
     assert data["training"]["train_vad_effective"]["confirm"] == VadSettings().confirm
     assert data["training"]["voice_max_files_per_corpus"] == 0
+    # The head was also fitted on an augmented copy of each training file (the yaml's
+    # default), whose statistics are cached beside the evaluation renderings'.
+    assert data["training"]["voice_augment_copies"] == 1
+    assert list((tmp_path / "cache").glob("voice-aug1-h*.npz"))
+    assert runner.sets.voice_train_variants()[-1].name.startswith("aug1-")
     assert "tiny" in data["metrics"]
     assert card.sha256 == data["model_file"]["sha256"]
 

@@ -364,6 +364,11 @@ class VoiceConfig:
     """:attr:`serd.voice.ReferenceParams.memory_windows`."""
     neutral_share: float = 0.6
     """:attr:`serd.voice.ReferenceParams.neutral_share`."""
+    augment_copies: int = 0
+    """Augmented copies of each training file (:mod:`train.augment`, the CNN's recipe:
+    speed, gain, shift, reverb, noise, telephone) whose window statistics the head is
+    also fitted on, each copy its own domain; 0: the clean (and telephone) renderings
+    only.  Evaluation never sees them."""
     max_files_per_corpus: int = 0
     """The head's own cap on training files per corpus (a seeded subset; 0: every file).
     The training section's cap bounds the CNN's time; the regression is cheap, and across
@@ -376,6 +381,7 @@ class VoiceConfig:
         require(self.prior_windows >= 0, "prior_windows", "must be >= 0")
         require(self.memory_windows >= 1, "memory_windows", "must be >= 1")
         require(0 <= self.neutral_share <= 1, "neutral_share", "must be in [0, 1]")
+        require(self.augment_copies >= 0, "augment_copies", "must be >= 0 (0: none)")
         require(self.max_files_per_corpus >= 0, "max_files_per_corpus",
                 "must be >= 0 (0: every file)")
 

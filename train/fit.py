@@ -115,7 +115,7 @@ def fit_voice(sets: WindowSets, items: list[Item], tax: Taxonomy, speakers: Iter
                       max_files_per_corpus, sets.seed)
     xs, ys, doms = [], [], []
     corpus = np.array([items[i].corpus for i in idx])
-    for v in sets.voice_variants():
+    for v in sets.voice_train_variants():
         sel = select(sets.voice_set(items, v), idx, lab)
         xs.append(np.asarray(sel.x, np.float32))
         ys.append(sel.y_file[sel.file])

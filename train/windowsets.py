@@ -154,8 +154,14 @@ class WindowSets:
         return WindowSet(x, f.astype(np.int32), items)
 
     def voice_variants(self) -> list[Variant]:
-        """The renderings the voice head is fitted on and evaluated with."""
+        """The renderings the voice head is evaluated with (and fitted on)."""
         return self.eval_variants() if self.cfg.voice.telephone else self.eval_variants()[:1]
+
+    def voice_train_variants(self) -> list[Variant]:
+        """The renderings the voice head is fitted on: :meth:`voice_variants` and
+        ``voice.augment_copies`` augmented copies, windowed as the daemon windows."""
+        return self.voice_variants() + [Variant("augment", k, self.windows)
+                                        for k in range(1, self.cfg.voice.augment_copies + 1)]
 
     def _corpus_items(self, corpus: str) -> list[Item]:
         return [it for it in self.items if it.corpus == corpus]
@@ -173,7 +179,7 @@ class WindowSets:
             for v in self.train_variants() + self.eval_variants():
                 self.window_set(items, v)
             if self.cfg.voice.enabled:
-                for v in self.voice_variants():
+                for v in self.voice_train_variants():
                     self.voice_set(items, v)
         else:
             for part, v in self._cache_units(corpora):
@@ -191,7 +197,7 @@ class WindowSets:
         if not self.cfg.voice.enabled:
             return []
         items = self.corpus_items(corpora)
-        return [(self._corpus_items(corpus), v) for v in self.voice_variants()
+        return [(self._corpus_items(corpus), v) for v in self.voice_train_variants()
                 for corpus in sorted({it.corpus for it in items})]
 
     def _cache_units(self, corpora: Sequence[str] | None) -> list[tuple[list[Item], Variant]]:
