@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from serd.config import Config
-    from serd.once import FileResult
+    from serd.model import Classifier
+    from serd.once import FileResult, SharedLine
 
 _LOGGER = logging.getLogger("serd")
 
@@ -580,35 +581,20 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
     totals = RunTotals()
     notes: set[str] = set()
     shared: SharedLine | None = None
-    if line and not adapts(clf):
+    if line and files and not adapts(clf):
         print("serd: note: --line changes nothing here: "
-              + ("model.adapt is off, so no line learns a reference"
+              + ("model.adapt is off, so no line learns a reference; each file is judged "
+                 "against the model's prior"
                  if clf.voice is not None and clf.voice.head.reference is not None
-                 else "the model has no voice branch with a line reference")
-              + "; each file is judged against the model's prior", file=sys.stderr)
-    elif line:
+                 else "the model has no voice branch with a line reference"),
+              file=sys.stderr)
+    elif line and files:
         shared = SharedLine()
+        _hear_all(shared, cfg, clf, files)
     # A bar only for runs of several files, on a terminal; cleared before any other line.
-    passes = 2 if shared is not None else 1
-    progress = Progress(passes * len(files), sys.stderr,
-                        enabled=None if passes * len(files) > 1 else False)
-    if shared is not None:
-        # First pass: the line hears every file; what it judges then is not printed.
-        # A file that cannot be read is reported once, by the second pass.
-        for i, path in enumerate(files):
-            progress(i, 0, str(_shown(path)))
-            try:
-                analyse_channels(cfg, clf, path, shared)
-            except (AudioError, MemoryError):
-                continue
-        shared.freeze()
-        progress.clear()
-        print(f"serd: note: judged as one line, against the reference it learnt from "
-              f"{shared.windows} window{'' if shared.windows == 1 else 's'} of speech in "
-              f"these files (--line)", file=sys.stderr)
-    offset = len(files) if shared is not None else 0
+    progress = Progress(len(files), sys.stderr, enabled=None if len(files) > 1 else False)
     for i, path in enumerate(files):
-        progress(offset + i, totals.unreadable, str(_shown(path)))
+        progress(i, totals.unreadable, str(_shown(path)))
         try:
             # One result per analysed channel when channels are named (serd.once).
             results = analyse_channels(cfg, clf, path, shared)
@@ -623,14 +609,14 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
             print(f"serd: {_shown(path)}: out of memory while decoding", file=sys.stderr)
             continue
         progress.clear()
-        for result in results:
+        for k, result in enumerate(results):
             result.path = _shown(result.path)
             note = mixing_note(result, cfg.audio)
             if note is not None and note[0] not in notes:
                 notes.add(note[0])  # each kind once per run
                 # "note:" tells it from an error line (a file that could not be read).
                 print(f"serd: note: {note[1]}", file=sys.stderr)
-            totals.add(result)
+            totals.add(result, new_file=k == 0)
             if as_json:
                 _print_json(result, out)
             else:
@@ -648,6 +634,33 @@ def run_once(cfg: Config, paths: Sequence[str], *, as_json: bool, out: TextIO | 
         out.write(json.dumps(totals.record()) + "\n" if as_json else totals.text())
     out.flush()
     return EXIT_BAD_INPUT if totals.unreadable else EXIT_OK
+
+
+def _hear_all(line: SharedLine, cfg: Config, clf: Classifier, files: list[Path]) -> None:
+    """``--line``'s first pass: the line hears every file once; what it judges then is not
+    printed, and a file that cannot be read is reported by the second pass."""
+    from serd.decode import AudioError  # noqa: PLC0415
+    from serd.report import Progress  # noqa: PLC0415
+
+    progress = Progress(len(files), sys.stderr, enabled=None if len(files) > 1 else False)
+    for i, path in enumerate(files):
+        progress(i, 0, f"hearing {_shown(path)}")
+        try:
+            line.hear(cfg, clf, path)
+        except (AudioError, MemoryError):
+            continue
+    line.freeze()
+    progress.close()
+    heard = line.heard
+    if not any(heard.values()):
+        print("serd: note: --line: the line heard no speech in these files; each file is "
+              "judged against the model's prior", file=sys.stderr)
+        return
+    per = ", ".join(f"{n} window{'' if n == 1 else 's'} on channel {name}"
+                    for name, n in heard.items()) if len(heard) > 1 else \
+        f"{line.windows} window{'' if line.windows == 1 else 's'}"
+    print(f"serd: note: judged as one line, against the reference it learnt from {per} of "
+          "speech in these files (--line)", file=sys.stderr)
 
 
 def _silence_records(result: FileResult) -> list[dict[str, Any]]:

@@ -22,7 +22,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
 from serd.roles import LAWFUL_USE_DOC, UNSPECIFIED, Channel
+from serd.voice import LineReference
 
 if TYPE_CHECKING:
     from serd.capture import AudioSettings
@@ -31,7 +35,6 @@ if TYPE_CHECKING:
     from serd.decode import AudioInfo
     from serd.model import Classifier
     from serd.pipeline import ChannelSet
-    from serd.voice import LineReference
 
 MIXED = Channel(0, "main", UNSPECIFIED, analysed=True, declared=False)
 """How a file is analysed when its channels are mixed although several are named."""
@@ -77,43 +80,114 @@ class FileResult:
 
 class SharedLine:
     """The files of one ``serd --once --line`` run as one line: one voice reference per
-    channel name, shared by every file analysed with it (:meth:`attach`).
+    channel name, shared by every file analysed with it.
 
     A device's line learns its reference from its own speech as it goes, so its first
     calls are judged against the model's prior and its later ones against the line.  A
     file analysed alone is always a line's first call.  Two passes over the same files
-    (the first to warm, then :meth:`freeze`, then the second to judge) give every file the
-    reference the line has after hearing them all, the same for each file whatever its
-    place in the run.  The reference is a mean over the line's windows, so it stands for
-    a line only when the files are like one: mostly neutral speech, several speakers; a
-    folder of one emotion becomes that line's normal."""
+    (:meth:`hear` each, then :meth:`freeze`, then :func:`analyse_channels` with this line)
+    give every file the reference the line has after hearing them all, the same for each
+    file whatever its place in the run.  The reference is a mean over the line's windows,
+    so it stands for a line only when the files are like one: mostly neutral speech,
+    several speakers; a folder of one emotion becomes that line's normal."""
 
     def __init__(self) -> None:
+        self._hearing: dict[str, _Hearing] = {}
+        self._files: set[Path] = set()
         self.references: dict[str, LineReference] = {}
+        """After :meth:`freeze`: the frozen reference of each channel name."""
         self.frozen = False
 
+    def hear(self, cfg: Config, clf: Classifier, path: Path) -> bool:
+        """First pass: the line hears one file, once however often it is named (False: heard
+        already).  Raises :class:`serd.decode.AudioError` as :func:`analyse_channels` does;
+        a file that fails, even part-way through, leaves the line as it was."""
+        from serd.decode import AudioError  # noqa: PLC0415
+
+        if self.frozen:
+            raise RuntimeError("the line is frozen: it hears no more files")
+        key = Path(path).resolve()
+        if key in self._files:
+            return False
+        saved = {name: h.checkpoint() for name, h in self._hearing.items()}
+        try:
+            analyse_channels(cfg, clf, path, self)
+        except (AudioError, MemoryError):
+            for name in list(self._hearing):
+                if name in saved:
+                    self._hearing[name].rollback(saved[name])
+                else:
+                    del self._hearing[name]
+            raise
+        self._files.add(key)
+        return True
+
     def attach(self, channels: ChannelSet) -> None:
-        """Give each analysed channel of ``channels`` the line's reference of its name (the
-        first file's own reference, while the line has none of that name yet)."""
+        """Give each analysed channel of ``channels`` the line's reference of its name:
+        while hearing, one that only listens; once frozen, the line's frozen reference."""
         for c, pipe in zip(channels.analysed, channels.pipelines, strict=True):
             own = pipe.model.reference
             if own is None:
                 continue
+            if not self.frozen:
+                if c.name not in self._hearing:
+                    self._hearing[c.name] = _Hearing(own)
+                pipe.model.reference = self._hearing[c.name]
+                continue
             if c.name not in self.references:
-                own.adapt = own.adapt and not self.frozen
+                # A channel the line never heard (its file could not be read then): the
+                # prior, as a new line's.
+                own.adapt = False
                 self.references[c.name] = own
             pipe.model.reference = self.references[c.name]
 
     def freeze(self) -> None:
         """From now on the references only judge: the files are not heard twice."""
         self.frozen = True
-        for ref in self.references.values():
-            ref.adapt = False
+        self.references = {name: h.frozen() for name, h in self._hearing.items()}
+
+    @property
+    def heard(self) -> dict[str, int]:
+        """Windows of speech heard per channel name (every one, beyond the reference's
+        memory too)."""
+        return {name: h.heard for name, h in self._hearing.items()}
 
     @property
     def windows(self) -> int:
         """Windows of speech the line has heard (the most of any channel)."""
-        return max((ref.count for ref in self.references.values()), default=0)
+        return max(self.heard.values(), default=0)
+
+
+class _Hearing(LineReference):
+    """A line's first pass: the plain mean of every window it hears, in float64 and with no
+    memory limit, so that the order of the files does not matter (a device's reference
+    forgets its oldest speech after ``memory_windows``, which would favour the last files).
+    What it judges meanwhile is not used."""
+
+    def __init__(self, own: LineReference) -> None:
+        super().__init__(own.prior, own.params, adapt=True)
+        self.total = np.zeros(self.prior.shape, np.float64)
+        self.heard = 0
+
+    def update(self, stats: npt.ArrayLike) -> None:
+        self.total += np.asarray(stats, np.float64)
+        self.heard += 1
+
+    def checkpoint(self) -> tuple[npt.NDArray[np.float64], int]:
+        return self.total.copy(), self.heard
+
+    def rollback(self, state: tuple[npt.NDArray[np.float64], int]) -> None:
+        self.total, self.heard = state[0].copy(), state[1]
+
+    def frozen(self) -> LineReference:
+        """The reference of a line that has heard all of it, judging only: its mean weighs
+        against the prior as at most ``memory_windows`` windows, as on a device."""
+        ref = LineReference(self.prior, self.params, adapt=True)
+        if self.heard:
+            ref.restore(min(self.heard, self.params.memory_windows),
+                        (self.total / self.heard).astype(np.float32))
+        ref.adapt = False
+        return ref
 
 
 def adapts(clf: Classifier) -> bool:

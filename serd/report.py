@@ -117,9 +117,11 @@ class RunTotals:
     was judged as a line's first call."""
     _last_path: str | None = field(default=None, repr=False)
 
-    def add(self, result: FileResult) -> None:
+    def add(self, result: FileResult, *, new_file: bool | None = None) -> None:
+        """``new_file``: whether ``result`` is a file's first (or only) channel; None: when
+        its path differs from the last one's (a file named twice in a row then counts once)."""
         # The channels of one file come one after another and share its duration.
-        if str(result.path) != self._last_path:
+        if new_file if new_file is not None else str(result.path) != self._last_path:
             self._last_path = str(result.path)
             self.files += 1
             self.audio_s += result.duration_s
