@@ -268,6 +268,31 @@ def test_extraction_workers_use_one_blas_thread(fake_corpus: Path) -> None:
     assert np.array_equal(pooled.file, serial.file)
 
 
+def _sigterm_is_default(_: int) -> bool:
+    import signal  # noqa: PLC0415
+
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_extraction_workers_die_on_sigterm_whatever_serd_train_catches() -> None:
+    """serd-train catches SIGTERM to clean up (train/__main__.py); a forked extraction
+    worker that inherited that handler ran Python cleanup when Pool.terminate sent it
+    SIGTERM, blocked on the task queue's lock, and `serd-train all` hung after its first
+    corpus.  The workers' initialiser gives SIGTERM back its default action."""
+    import multiprocessing as mp  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from train.__main__ import _exit_on_sigterm  # noqa: PLC0415
+    from train.dataset import _one_blas_thread  # noqa: PLC0415
+
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with mp.get_context("fork").Pool(2, initializer=_one_blas_thread) as pool:
+            assert pool.map(_sigterm_is_default, range(4)) == [True] * 4
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_cache_key_follows_content_not_mtime(fake_corpus: Path, tmp_path: Path) -> None:
     """A corpus restored or re-mounted in place (new mtimes, same bytes) keeps its cache;
     a changed file does not."""

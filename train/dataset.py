@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,15 @@ def _one_blas_thread() -> None:
     history).  One thread everywhere also makes
     the features the same whatever the core count and ``jobs`` (the thread count changes
     the last bit of a few cepstra).
+
+    It also gives SIGTERM back its default action.  A forked worker inherits serd-train's
+    own handler (:func:`train.__main__._exit_on_sigterm`, which raises SystemExit to run
+    the cleanup), and ``Pool.terminate`` ends its workers with SIGTERM while holding the
+    task queue's lock: a worker that then ran Python cleanup blocked on that lock, and
+    the pool's exit waited for it forever (the first run of ``serd-train all`` after the
+    handler was added hung after its first corpus).
     """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threadpool_limits(1)
 
 
