@@ -1,4 +1,4 @@
-"""Eighteenth round (issue 21): other voice heads than the shipped logistic regression,
+"""Eighteenth and nineteenth rounds (issue 21): other voice heads than the shipped logistic regression,
 offline, on a finished run's cache and fold dumps (docs/experiments/LOG.md).
 
 A replica of ``train.fit.fit_voice`` and ``train.evaluation.line_relative`` with the head
@@ -14,6 +14,16 @@ the cache on the path, so that the cache keys match, e.g. for run K:
 
 Arguments: protocol (six or cross_corpus), the run's --cache, its --out, the heads
 (';'-separated), optionally the folds (comma-separated).
+
+Nineteenth round: ``FUNC=all|pros|both`` appends functionals of each window's front-end
+frames to its voice statistics (``all``: mean and std of the 40 MFCCs, voicing and
+log-F0; ``pros``: 13 prosodic ones: c0's mean, std, 10th and 90th percentile and delta
+std, voicing mean and voiced share, log-F0 over voiced frames: mean, std, 10th and 90th
+percentile, range, delta std); ``AUGV=N`` also fits the head on N augmented copies of each
+training file (train.augment's recipe; ``AUGP=speed``: speed perturbation alone), each its
+own domain, as ``voice.augment_copies`` does in serd-train, e.g.
+
+    AUGV=1 PYTHONPATH=/tmp/wtL python /work/main/docs/experiments/voice_heads.py six /tmp/cacheL /tmp/allL 'lr:0.002'
 """
 import json, sys, zlib, glob, time, os
 from pathlib import Path
@@ -40,6 +50,54 @@ cv = json.load(open(f'{run}/cv-{proto}.json'))
 dumps = sorted(glob.glob(f'{cache}/folds/{proto}-fold*.probs.npz'))
 variants = ws.voice_variants()
 VS = {v.name: ws.voice_set(items, v) for v in variants}
+
+MODE = os.environ.get('FUNC', 'none')
+from train.windowsets import WindowSet
+def functionals(x):
+    # x: (n, frames, 42) float; returns per-window functionals
+    x = np.asarray(x, np.float32)
+    out = []
+    if MODE in ('all', 'both'):
+        out += [x.mean(1), x.std(1)]
+    if MODE in ('pros', 'both'):
+        c0 = x[:, :, 0]; v = x[:, :, 40]; f = x[:, :, 41]
+        d0 = np.diff(c0, axis=1)
+        vm = v > 0.5
+        nv = np.maximum(vm.sum(1), 1)
+        fm = np.where(vm, f, 0).sum(1) / nv
+        fs = np.sqrt(np.maximum(np.where(vm, (f - fm[:, None]) ** 2, 0).sum(1) / nv, 0))
+        fq = np.where(vm, f, np.nan)
+        with np.errstate(all='ignore'):
+            p10 = np.nan_to_num(np.nanpercentile(fq, 10, axis=1)); p90 = np.nan_to_num(np.nanpercentile(fq, 90, axis=1))
+        df = np.diff(f, axis=1); dvm = vm[:, 1:] & vm[:, :-1]
+        dfs = np.sqrt((np.where(dvm, df, 0) ** 2).sum(1) / np.maximum(dvm.sum(1), 1))
+        out += [np.stack([c0.mean(1), c0.std(1), np.percentile(c0, 10, 1), np.percentile(c0, 90, 1), d0.std(1),
+                          v.mean(1), vm.mean(1), fm, fs, p10, p90, p90 - p10, dfs], 1)]
+    return np.concatenate(out, 1).astype(np.float32)
+if MODE != 'none':
+    for v in variants:
+        W = ws.window_set(items, v)
+        assert len(W.x) == len(VS[v.name].x) and (W.file == VS[v.name].file).all()
+        F = np.concatenate([functionals(W.x[i:i + 4000]) for i in range(0, len(W.x), 4000)])
+        del W
+        VS[v.name] = WindowSet(np.hstack([np.asarray(VS[v.name].x, np.float32), F]), VS[v.name].file, items)
+        print('functionals', v.name, F.shape, flush=True)
+
+from train.dataset import Variant
+import dataclasses
+NAUG = int(os.environ.get('AUGV', '0'))
+AUGP = os.environ.get('AUGP', 'default')
+if AUGP == 'speed':
+    ws.aug = dataclasses.replace(ws.aug, **{k: 0.0 for k in vars(ws.aug) if k.startswith('p_') and k != 'p_speed'})
+    ws.aug = dataclasses.replace(ws.aug, p_speed=1.0)
+    print('aug params', ws.aug, flush=True)
+need = sorted({it.corpus for it in items if proto != 'six' or it.corpus in ('ravdess', 'cremad')})
+sub = [it for it in items if it.corpus in need]
+AUGS = []
+for k in range(1, NAUG + 1):
+    v = Variant('augment', k, ws.windows)
+    t0 = time.time(); AUGS.append((v, ws.voice_set(sub, v))); print('aug voice', v.name, len(AUGS[-1][1].x), f'{time.time()-t0:.0f}s', flush=True)
+assert not (MODE != 'none' and NAUG), 'FUNC and AUGV together: the copies have no functionals'
 
 def make(spec):
     kind, *a = spec.split(':')
@@ -72,6 +130,12 @@ for fi, f in enumerate(cv['per_fold']):
     xs, ys, doms = [], [], []
     for v in variants:
         sel = select(VS[v.name], idx, lab)
+        xs.append(np.asarray(sel.x, np.float32)); ys.append(sel.y_file[sel.file])
+        doms.append(np.char.add(corpus[sel.file], '/' + v.name))
+    pos = {it.path: i for i, it in enumerate(sub)}
+    for v, S in AUGS:
+        sidx = [pos[items[i].path] for i in idx]
+        sel = select(S, sidx, lab)
         xs.append(np.asarray(sel.x, np.float32)); ys.append(sel.y_file[sel.file])
         doms.append(np.char.add(corpus[sel.file], '/' + v.name))
     x, y, dom = np.concatenate(xs), np.concatenate(ys), np.concatenate(doms)
