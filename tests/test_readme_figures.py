@@ -87,8 +87,8 @@ def test_calibration_paragraph_is_the_card() -> None:
 
 def test_telephone_sentence_is_the_cv_files() -> None:
     text = " ".join(README.split())
-    m = re.search(r"telephone channel costs ([\d.]+) points on six classes and ([\d.]+) on "
-                  r"RAVDESS-8 .*?\); across corpora ([\d.]+)\.", text)
+    m = re.search(r"telephone channel costs ([\d.]+) points on six classes, ([\d.]+) on "
+                  r"RAVDESS-8 and ([\d.]+) across corpora", text)
     assert m, "README.md's telephone sentence is gone"
     drops = [cv(p)["summary"]["telephone_drop.fused_int8"]["mean"]
              for p in ("six", "ravdess8", "cross_corpus")]
