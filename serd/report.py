@@ -115,14 +115,12 @@ class RunTotals:
     line_windows: int | None = None
     """``--line``: windows of speech the shared line heard before judging; None: each file
     was judged as a line's first call."""
-    _last_path: str | None = field(default=None, repr=False)
 
-    def add(self, result: FileResult, *, new_file: bool | None = None) -> None:
-        """``new_file``: whether ``result`` is a file's first (or only) channel; None: when
-        its path differs from the last one's (a file named twice in a row then counts once)."""
-        # The channels of one file come one after another and share its duration.
-        if new_file if new_file is not None else str(result.path) != self._last_path:
-            self._last_path = str(result.path)
+    def add(self, result: FileResult, *, new_file: bool) -> None:
+        """``new_file``: ``result`` is a file's first (or only) analysed channel; the
+        channels of one file share its duration.  (Was: told by the path, so a file named
+        twice in a row counted its audio once and its speech twice.)"""
+        if new_file:
             self.files += 1
             self.audio_s += result.duration_s
         self.speech_s += result.speech_s

@@ -412,10 +412,11 @@ def test_totals_count_a_file_analysed_per_channel_once() -> None:
     win = Decision("window", "customer", 0, 0.0, 2.0, "angry", 0.9, raw_probs=(0.1, 0.9))
     t = RunTotals()
     t.add(FileResult(Path("call.wav"), 60.0, 20.0, [win], ("neutral", "angry"), 0.3, 0.5,
-                     channel="customer"))
+                     channel="customer"), new_file=True)
     t.add(FileResult(Path("call.wav"), 60.0, 0.0, [], ("neutral", "angry"), 0.3, 0.5,
-                     channel="other"))
-    t.add(FileResult(Path("b.wav"), 3.0, 0.0, [], ("neutral", "angry"), 0.3, 0.5))
+                     channel="other"), new_file=False)
+    t.add(FileResult(Path("b.wav"), 3.0, 0.0, [], ("neutral", "angry"), 0.3, 0.5),
+          new_file=True)
     t.unreadable = 1
     assert t.record() == {"type": "total", "files": 2, "unreadable": 1, "no_speech": 2,
                           "audio_s": 63.0, "speech_s": 20.0, "verdicts": {"angry": 1}}
