@@ -84,8 +84,14 @@ def candidates() -> dict[str, Any]:
         # The default of git c284e47 .. 66a158e: voicing alone (docs/gate.md, second round).
         "voiced-only": VadSettings(confirm="none", voiced_seconds=0.06),
         # The default: 40 ms of voicing and Silero VAD tiered (docs/gate.md, fifth round):
-        # 2 chunks of 32 ms above 0.3 open at once; with one above 0.1, 0.99 s open late.
+        # 2 chunks of 32 ms above 0.3 open at once; with one above 0.1, 0.99 s open late;
+        # either only while the cough check reads below 0.65 (sixth round).
         "voiced": VadSettings(),
+        # The fifth round's default: the same without the cough check.
+        "voiced-tiered": VadSettings(confirm_cough_threshold=1.0),
+        # The cough check looser and stricter than the default's 0.65 (sixth round).
+        "voiced-cough80": VadSettings(confirm_cough_threshold=0.8),
+        "voiced-cough50": VadSettings(confirm_cough_threshold=0.5),
         # Silero as a veto (1 chunk above 0.1): the default of 1941f7d .. the fifth round.
         "voiced-veto": VadSettings(confirm_threshold=0.1, confirm_chunks=1,
                                    confirm_late_seconds=0.0),

@@ -48,7 +48,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from serd.speechcheck import CHUNK, RATE, SileroVad
+from serd.speechcheck import CHUNK, RATE, CoughCheck, SileroVad
 from serd.validate import require
 
 _LOGGER = logging.getLogger(__name__)
@@ -119,6 +119,11 @@ class VadSettings:
     confirm_late_threshold: float = 0.1
     """confirm: the speech probability (0..1) that some chunk must exceed for a late
     opening (``confirm_late_seconds``)."""
+    confirm_cough_threshold: float = 0.65
+    """confirm: a tentative segment opens (either way above) only while the cough check
+    (:class:`serd.speechcheck.CoughCheck`: Silero's states pooled since the segment's
+    start) gives its audio so far a cough probability below this; until then it waits,
+    checked chunk by chunk, and closes unopened if it ends first.  1: no cough check."""
 
     def __post_init__(self) -> None:
         require(self.threshold_db > 0, "threshold_db", "must be > 0 dB")
@@ -151,6 +156,8 @@ class VadSettings:
                 "must be 0..2 s (0: no late opening)")
         require(0 < self.confirm_late_threshold < 1, "confirm_late_threshold",
                 "must be a probability in (0, 1)")
+        require(0 < self.confirm_cough_threshold <= 1, "confirm_cough_threshold",
+                "must be a probability in (0, 1], 1 for no cough check")
         # A tentative segment is dropped once it reaches max_segment_seconds: a late opening
         # at or past that length could never happen.
         require(self.confirm_late_seconds == 0
@@ -186,6 +193,7 @@ class SpeechConfirm:
         self.threshold = settings.confirm_threshold
         self.need = settings.confirm_chunks
         self.late_threshold = settings.confirm_late_threshold
+        self.cough_threshold = settings.confirm_cough_threshold
         self.block_len = block_len
         self._size = history_blocks
         # Loaded now (once per process: the weights are cached), not at the first run to
@@ -193,6 +201,7 @@ class SpeechConfirm:
         # daemon, serd --once, --check-config, training, the benchmarks) as it builds the
         # gate, with SpeechCheckError's one line, instead of at the first utterance onset.
         self._check = SileroVad()
+        self._cough = CoughCheck() if self.cough_threshold < 1 else None
         self.chunks_checked = 0  # for the benchmarks: 32 ms chunks run through the model
         self.reset()
 
@@ -207,8 +216,10 @@ class SpeechConfirm:
         self.active = False
         self._fed = 0  # stream sample index of the next sample to check
         self._streak = 0
+        self._passed = False  # confirm_chunks chunks in a row exceeded threshold
         self._confirmed = False
         self.heard = False  # some chunk checked so far exceeded late_threshold
+        self.coughlike = False  # the cough check's verdict on the audio checked so far
 
     def push(self, blocks: npt.NDArray[np.float32], first_block: int) -> None:
         """The blocks of this ``process`` call (a view: kept in the ring by :meth:`commit`)."""
@@ -232,11 +243,15 @@ class SpeechConfirm:
     def start(self, from_block: int, block: int) -> bool:
         """Check the audio from ``from_block`` on, up to ``block``: confirmed yet?"""
         self._check.reset()
+        if self._cough is not None:
+            self._cough.reset()
         self.active = True
         self._fed = from_block * self.block_len
         self._streak = 0
+        self._passed = False
         self._confirmed = False
         self.heard = False
+        self.coughlike = False
         return self.advance(block)
 
     def advance(self, block: int) -> bool:
@@ -249,10 +264,15 @@ class SpeechConfirm:
         audio = self._samples(self._fed, self._fed + n * CHUNK)
         self._fed += n * CHUNK
         self.chunks_checked += n
-        for p in self._check.process(audio.reshape(n, CHUNK)).tolist():
+        probs = self._check.process(audio.reshape(n, CHUNK)).tolist()
+        coughs = (self._cough.update(self._check.states).tolist()
+                  if self._cough is not None else [0.0] * n)
+        for p, cough in zip(probs, coughs, strict=True):
             self.heard = self.heard or p > self.late_threshold
             self._streak = self._streak + 1 if p > self.threshold else 0
-            if self._streak >= self.need:
+            self._passed = self._passed or self._streak >= self.need
+            self.coughlike = cough >= self.cough_threshold
+            if self._passed and not self.coughlike:
                 self._confirmed = True
                 break
         return self._confirmed
@@ -453,7 +473,8 @@ class EnergyGate:
         ``confirm_late_seconds`` and the check has heard a chunk of likely speech."""
         assert self._confirm is not None
         assert self._held is not None
-        return bool(self._late) and self._confirm.heard and b + 1 - self._held >= self._late
+        return (bool(self._late) and self._confirm.heard and not self._confirm.coughlike
+                and b + 1 - self._held >= self._late)
 
     def _confirmed_start(self, b: int) -> int:
         """The start of a segment confirmed at block ``b``: where the backend's tests put

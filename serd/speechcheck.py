@@ -47,6 +47,7 @@ _BINS = _NFFT // 2 + 1  # 129
 _UNITS = 128
 
 WEIGHTS = Path(str(resources.files("serd") / "silero" / "silero_vad_16k.npz"))
+COUGH_WEIGHTS = Path(str(resources.files("serd") / "silero" / "cough_check.npz"))
 
 
 class SpeechCheckError(RuntimeError):
@@ -171,6 +172,7 @@ class SileroVad:
         self._h = np.zeros(_UNITS, np.float32)
         self._c = np.zeros(_UNITS, np.float32)
         self._context = np.zeros(CONTEXT, np.float32)
+        self.states = np.zeros((0, _UNITS), np.float32)
 
     def __call__(self, chunk: npt.ArrayLike) -> float:
         """The probability (0..1) that these 512 samples (16 kHz, float, full scale 1) are
@@ -192,6 +194,7 @@ class SileroVad:
             x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
         n = x.shape[0]
         if n == 0:
+            self.states = np.zeros((0, _UNITS), np.float32)
             return np.zeros(0, np.float32)
         w = self._w
         # 1. Each chunk with its 64-sample context, reflection-padded on the right.
@@ -233,6 +236,9 @@ class SileroVad:
             hs[i] = h
         self._h, self._c = h.astype(np.float32), c.astype(np.float32)
         np.maximum(hs, 0.0, out=hs)
+        # The cell's (rectified) outputs, one row per chunk: what the output layer reads,
+        # and what the gate's cough check (serd.gate) pools over a tentative segment.
+        self.states = hs
         logit = hs @ w.out_w + w.out_b
         return (0.5 + 0.5 * np.tanh(0.5 * logit)).astype(np.float32)
 
@@ -242,3 +248,70 @@ class SileroVad:
         x = _float_samples(audio, 1)
         n = x.size // CHUNK
         return self.process(x[: n * CHUNK].reshape(n, CHUNK))
+
+
+def cough_features(mean: npt.NDArray[np.floating],
+                   peak: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """The cough check's input from Silero's states pooled over a segment so far: their
+    mean and maximum (rows of 128 each), compressed by ``log1p(10 x)`` (the states are
+    rectified, mostly near 0 with a long tail).  Training (``train/cough_check.py``) and
+    the gate both call this."""
+    x = np.concatenate([np.asarray(mean, np.float32), np.asarray(peak, np.float32)], axis=-1)
+    return np.log1p(10.0 * x)
+
+
+@lru_cache(maxsize=4)
+def _cough_head(path: Path) -> tuple[npt.NDArray[np.float32], float]:
+    """The cough head's weights with its standardisation folded in (one copy per process,
+    as Silero's: a gate is built per clip in training and in the benchmarks)."""
+    try:
+        with np.load(path) as z:
+            mean = np.asarray(z["mean"], np.float32)
+            scale = np.asarray(z["scale"], np.float32)
+            coef = np.asarray(z["coef"], np.float32)
+            bias = float(z["intercept"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise SpeechCheckError(f"cough check weights {path}: {exc}; reinstall serd, or "
+                               "set vad.confirm_cough_threshold: 1") from exc
+    if not mean.shape == scale.shape == coef.shape == (2 * _UNITS,):
+        raise SpeechCheckError(f"cough check weights {path}: not a head on "
+                               f"{2 * _UNITS} pooled states")
+    w = coef / scale
+    w.setflags(write=False)
+    return w, bias - float(mean @ w)
+
+
+class CoughCheck:
+    """How much a tentative segment's audio so far sounds like a cough: a logistic head on
+    Silero's LSTM states (:attr:`SileroVad.states`), pooled (mean and maximum) since the
+    segment's start.
+
+    Silero calls a third of recorded coughs speech for 64 ms or more (docs/gate.md), but
+    its states still tell most of them apart: a cough's burst and its decay leave another
+    trace in the cell than a voice's syllables do.  The head (``cough_check.npz``, 4 KB)
+    was fitted on public coughs against training-corpus speech, both at random levels over
+    room tone (docs/gate.md, sixth round); :meth:`update` costs one 256-vector product
+    per 32 ms chunk.
+    """
+
+    def __init__(self, weights: Path | None = None) -> None:
+        self._w, self._b = _cough_head(weights or COUGH_WEIGHTS)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new segment: forget the pooled states."""
+        self._sum = np.zeros(_UNITS, np.float64)
+        self._max = np.zeros(_UNITS, np.float32)
+        self._n = 0
+
+    def update(self, states: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Pool the next chunks' states (n, 128); the cough probability after each."""
+        n = states.shape[0]
+        if n == 0:
+            return np.zeros(0)
+        sums = self._sum + np.cumsum(states, axis=0, dtype=np.float64)
+        count = self._n + np.arange(1, n + 1)
+        peak = np.maximum(self._max, np.maximum.accumulate(states, axis=0))
+        self._sum, self._max, self._n = sums[-1], peak[-1], self._n + n
+        z = cough_features(sums / count[:, None], peak) @ self._w + self._b
+        return 0.5 + 0.5 * np.tanh(0.5 * z.astype(np.float64))

@@ -19,9 +19,9 @@ from serd.windows import SegmentEnd, SegmentStart, Windower, windows_of
 
 RATE = 16000
 # The strict confirm stage of docs/gate.md's third round (2 chunks above 0.4, the default
-# of git 06d648b), and the same gate without a confirm stage.
+# of git 06d648b, which had no cough check), and the same gate without a confirm stage.
 SILERO = VadSettings(confirm="silero", confirm_threshold=0.4, confirm_chunks=2,
-                     confirm_late_seconds=0.0)
+                     confirm_late_seconds=0.0, confirm_cough_threshold=1.0)
 VOICED_ONLY = replace(SILERO, confirm="none")
 
 
