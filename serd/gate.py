@@ -185,7 +185,8 @@ class SpeechConfirm:
     gate's look-back, bounded by the settings: 1.8 s by default) and, from :meth:`start` until
     :meth:`cancel`, feeds Silero VAD every whole 32 ms chunk of audio up to the current
     block; :meth:`advance` says whether ``chunks`` consecutive chunks have exceeded
-    ``threshold``.  Chunks are counted from the run's start sample and fed as soon as they
+    ``threshold`` while the cough check (when on) reads the audio so far below its
+    threshold.  Chunks are counted from the run's start sample and fed as soon as they
     are whole, so the result does not depend on how the stream was cut into calls.
     """
 
@@ -304,6 +305,9 @@ class EnergyGate:
     # tests have passed and still start its segment where they would have (the look-back;
     # longer with a later confirm_late_seconds).
     _CONFIRM_WAIT_SECONDS = 0.5
+    # ... and with the cough check on: speech right after a cough reads as a cough until
+    # the pool has heard about a second of voice, and should still keep its start.
+    _COUGH_WAIT_SECONDS = 1.5
 
     def __init__(self, settings: VadSettings, block_seconds: float,
                  sample_rate: int = RATE) -> None:
@@ -321,8 +325,10 @@ class EnergyGate:
             self._late = (max(1, round(s.confirm_late_seconds / block_seconds))
                           if s.confirm_late_seconds > 0 else 0)
             # A late opening keeps the start its first candidate block gave it.
-            self._confirm_wait = round(max(self._CONFIRM_WAIT_SECONDS,
-                                           s.confirm_late_seconds) / block_seconds)
+            self._confirm_wait = round(max(
+                self._CONFIRM_WAIT_SECONDS, s.confirm_late_seconds,
+                self._COUGH_WAIT_SECONDS if s.confirm_cough_threshold < 1 else 0.0,
+            ) / block_seconds)
         self._min_speech = max(1, round(s.min_speech_seconds / block_seconds))
         self._hangover = max(1, round(s.hangover_seconds / block_seconds))
         self._preroll = round(s.preroll_seconds / block_seconds)

@@ -27,6 +27,7 @@ a few matrix products, not one round of numpy calls per chunk.
 from __future__ import annotations
 
 import logging
+import zipfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -72,7 +73,7 @@ class _Weights:
         try:
             with np.load(path) as z:
                 w = {k: np.asarray(z[k], np.float32) for k in z.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise SpeechCheckError(f"speech check weights {path}: {exc}; reinstall serd, or "
                                    "set vad.confirm: none") from exc
         try:
@@ -254,8 +255,8 @@ def cough_features(mean: npt.NDArray[np.floating],
                    peak: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """The cough check's input from Silero's states pooled over a segment so far: their
     mean and maximum (rows of 128 each), compressed by ``log1p(10 x)`` (the states are
-    rectified, mostly near 0 with a long tail).  Training (``train/cough_check.py``) and
-    the gate both call this."""
+    rectified, mostly near 0 with a long tail).  The gate and the head's fit
+    (``docs/experiments/cough_fit.py``, docs/gate.md's sixth round) both call this."""
     x = np.concatenate([np.asarray(mean, np.float32), np.asarray(peak, np.float32)], axis=-1)
     return np.log1p(10.0 * x)
 
@@ -270,12 +271,18 @@ def _cough_head(path: Path) -> tuple[npt.NDArray[np.float32], float]:
             scale = np.asarray(z["scale"], np.float32)
             coef = np.asarray(z["coef"], np.float32)
             bias = float(z["intercept"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        # (A truncated or corrupted file raises BadZipFile or EOFError, not OSError.)
         raise SpeechCheckError(f"cough check weights {path}: {exc}; reinstall serd, or "
                                "set vad.confirm_cough_threshold: 1") from exc
     if not mean.shape == scale.shape == coef.shape == (2 * _UNITS,):
         raise SpeechCheckError(f"cough check weights {path}: not a head on "
                                f"{2 * _UNITS} pooled states")
+    if not (np.isfinite(mean).all() and np.isfinite(coef).all() and np.isfinite(bias)
+            and (scale > 0).all()):
+        # NaN weights would make every comparison false: the check off, silently.
+        raise SpeechCheckError(f"cough check weights {path}: not finite; reinstall serd, or "
+                               "set vad.confirm_cough_threshold: 1")
     w = coef / scale
     w.setflags(write=False)
     return w, bias - float(mean @ w)

@@ -19,6 +19,7 @@ from serd.speechcheck import (
     CoughCheck,
     SileroVad,
     SpeechCheckError,
+    _cough_head,
     cough_features,
 )
 from serd.validate import ConfigError, build
@@ -129,11 +130,36 @@ def test_cough_settings_are_validated() -> None:
     assert build(VadSettings, {"confirm_cough_threshold": 1}, "vad").confirm_cough_threshold == 1
 
 
-def test_a_damaged_head_says_what_to_do(tmp_path: Path) -> None:
+def test_speech_right_after_a_cough_keeps_its_start(data_dir) -> None:
+    """Speech 0.1 s after coughs reads as a cough until the pool has heard enough voice;
+    the look-back (1.5 s with the check on) still gives its segment the start the gate
+    without the check gives it."""
+    for seed in range(3):
+        coughs = sound("cough", 2.0, -30.0, seed=seed)
+        clip = load(data_dir / "1091_TIE_ANG_XX.flac", RATE)
+        clip = (clip / np.sqrt(np.mean(clip**2)) * 10 ** (-30 / 20)).astype(np.float32)
+        x = np.concatenate([sound("room", 0.5, -60.0, seed=1), coughs,
+                            np.zeros(1600, np.float32), clip,
+                            sound("room", 1.0, -60.0, seed=2)]).astype(np.float32)
+        on = [s for s, _, n in segment_ends(x, VadSettings(), 800) if n > 0]
+        off = [s for s, _, n in segment_ends(x, VadSettings(confirm_cough_threshold=1.0),
+                                             800) if n > 0]
+        assert on and off
+        assert on[-1] <= off[-1] + 0.1 * RATE
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04truncated"])
+def test_a_damaged_head_says_what_to_do(tmp_path: Path, content: bytes) -> None:
     bad = tmp_path / "bad.npz"
-    bad.write_bytes(b"not a zip")
+    bad.write_bytes(content)
+    _cough_head.cache_clear()
     with pytest.raises(SpeechCheckError, match=r"bad\.npz.*confirm_cough_threshold: 1"):
         CoughCheck(bad)
+    nan = tmp_path / "nan.npz"
+    with np.load(COUGH_WEIGHTS) as z:
+        np.savez(nan, **{k: z[k] * np.nan if k == "coef" else z[k] for k in z.files})
+    with pytest.raises(SpeechCheckError, match="not finite"):
+        CoughCheck(nan)
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, mean=np.zeros(3), scale=np.ones(3), coef=np.zeros(3), intercept=0.0)
     with pytest.raises(SpeechCheckError, match="256 pooled states"):

@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--test", nargs="*", default=[])
     ap.add_argument("--out")
     ap.add_argument("--C", type=float, default=0.1)
-    ap.add_argument("--max-offset", type=int, default=48)
+    ap.add_argument("--max-offset", type=int, default=96)
     ap.add_argument("--hidden", type=int, default=0, help="MLP hidden units (0: logistic)")
     ap.add_argument("--alpha", type=float, default=1e-3)
     ap.add_argument("--window", type=int, default=0, help="chunks pooled (0: since start)")
@@ -121,16 +121,10 @@ def main() -> None:
     if a.out and (a.hidden or a.window):
         # serd.speechcheck.CoughCheck reads a logistic head on the pooling since the start.
         raise SystemExit("--out: the gate reads only logistic heads with --window 0")
-    if a.out and a.hidden:
-        np.savez(a.out, mean=mu.astype(np.float32), scale=sd.astype(np.float32),
-                 hidden_w=clf.coefs_[0].astype(np.float32),
-                 hidden_b=clf.intercepts_[0].astype(np.float32),
-                 coef=clf.coefs_[1][:, 0].astype(np.float32),
-                 intercept=np.float32(clf.intercepts_[1][0]), window=np.int32(a.window))
-    elif a.out:
+    if a.out:
         np.savez(a.out, mean=mu.astype(np.float32), scale=sd.astype(np.float32),
                  coef=clf.coef_[0].astype(np.float32),
-                 intercept=np.float32(clf.intercept_[0]), window=np.int32(a.window))
+                 intercept=np.float32(clf.intercept_[0]))
 
 
 if __name__ == "__main__":

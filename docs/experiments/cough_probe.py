@@ -40,7 +40,7 @@ from serd.windows import SegmentEnd, Windower
 
 RATE = 16000
 STEP = 160
-MAX_CHUNKS = 48  # ~1.5 s of chunks after the confirmation
+MAX_CHUNKS = 96  # ~3 s of chunks after the first decision
 _LOG: list[tuple[int, int]] = []
 
 _start = gate_mod.SpeechConfirm.start
@@ -81,7 +81,9 @@ def probe(audio: np.ndarray) -> list[tuple[np.ndarray, int]]:
         segs += [it for it in w(audio[i : i + 800]) if isinstance(it, SegmentEnd)]
     segs += [it for it in w.flush() if isinstance(it, SegmentEnd)]
     out = []
-    for (from_block, b), seg in zip(list(_LOG), segs, strict=False):
+    if len(_LOG) != len(segs):  # a max_segment_seconds split: pairs would not line up
+        return out
+    for (from_block, b), seg in zip(list(_LOG), segs, strict=True):
         s0 = from_block * STEP
         kc = max(1, ((b + 1) * STEP - s0) // CHUNK)
         end = min(seg.end_sample, s0 + (kc + MAX_CHUNKS) * CHUNK, audio.size)
@@ -92,7 +94,13 @@ def probe(audio: np.ndarray) -> list[tuple[np.ndarray, int]]:
         if n < 1:
             continue
         v = SileroVad()
-        v.process(x[: n * CHUNK].reshape(n, CHUNK))
+        p = v.process(x[: n * CHUNK].reshape(n, CHUNK))
+        # The gate decides first at the chunk where the strong tier passes (2 chunks in a
+        # row above 0.3), which the check at the run's start often reaches before the
+        # block it opened at; a late opening decides first at its own block.
+        strong = np.flatnonzero((p[1:] > 0.3) & (p[:-1] > 0.3))
+        if strong.size and strong[0] + 2 < kc:
+            kc = int(strong[0]) + 2
         out.append((v.states.astype(np.float16), kc))
     return out
 
