@@ -247,3 +247,18 @@ class ArraySource:
         block = self.audio[self.pos : self.pos + n]
         self.pos += n
         return block[:, None]
+
+
+def gate_segments(x: np.ndarray, vad: object, size: int) -> list[tuple[int, int, int]]:
+    """(start, end, windows) of each segment the :class:`serd.windows.Windower` finds in
+    ``x`` (16 kHz float) with gate settings ``vad``, fed ``size`` samples a call: what the
+    gate tests compare across chunk sizes and settings."""
+    from serd.windows import SegmentEnd, Windower  # noqa: PLC0415
+
+    w = Windower(vad=vad)  # type: ignore[arg-type]
+    items = []
+    for i in range(0, x.size, size):
+        items += w(x[i : i + size])
+    items += w.flush()
+    return [(e.start_sample, e.end_sample, e.windows) for e in items
+            if isinstance(e, SegmentEnd)]

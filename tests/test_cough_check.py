@@ -23,7 +23,7 @@ from serd.speechcheck import (
     cough_features,
 )
 from serd.validate import ConfigError, build
-from serd.windows import SegmentEnd, Windower
+from serd_testkit.audio import gate_segments
 
 RATE = 16000
 
@@ -73,17 +73,6 @@ def test_speech_fixtures_do_not_read_as_coughs(data_dir: Path) -> None:
         assert p[: 32].min() < t, path.name
 
 
-def segment_ends(x: np.ndarray, vad: VadSettings, size: int) -> list[tuple[int, int, int]]:
-    """(start, end, windows) of each segment of ``x`` fed ``size`` samples a call."""
-    w = Windower(vad=vad)
-    items = []
-    for i in range(0, x.size, size):
-        items += w(x[i : i + size])
-    items += w.flush()
-    return [(e.start_sample, e.end_sample, e.windows) for e in items
-            if isinstance(e, SegmentEnd)]
-
-
 def opened(x: np.ndarray, vad: VadSettings) -> int:
     gate = make_gate(vad, 0.01, RATE)
     events = []
@@ -118,9 +107,9 @@ def test_chunk_size_does_not_change_what_the_cough_check_lets_open(data_dir, chu
     clip = load(data_dir / "1091_TIE_SAD_XX.flac", RATE)
     x = np.concatenate([sound("cough", 6.0, -30.0, seed=3), clip,
                         sound("room", 1.0, -60.0, seed=4)]).astype(np.float32)
-    ref = segment_ends(x, VadSettings(), x.size)
+    ref = gate_segments(x, VadSettings(), x.size)
     assert [s for s, _, n in ref if n > 0], "the speech gave no window"
-    assert segment_ends(x, VadSettings(), chunk) == ref
+    assert gate_segments(x, VadSettings(), chunk) == ref
 
 
 def test_cough_settings_are_validated() -> None:
@@ -141,8 +130,8 @@ def test_speech_right_after_a_cough_keeps_its_start(data_dir) -> None:
         x = np.concatenate([sound("room", 0.5, -60.0, seed=1), coughs,
                             np.zeros(1600, np.float32), clip,
                             sound("room", 1.0, -60.0, seed=2)]).astype(np.float32)
-        on = [s for s, _, n in segment_ends(x, VadSettings(), 800) if n > 0]
-        off = [s for s, _, n in segment_ends(x, VadSettings(confirm_cough_threshold=1.0),
+        on = [s for s, _, n in gate_segments(x, VadSettings(), 800) if n > 0]
+        off = [s for s, _, n in gate_segments(x, VadSettings(confirm_cough_threshold=1.0),
                                              800) if n > 0]
         assert on and off
         assert on[-1] <= off[-1] + 0.1 * RATE

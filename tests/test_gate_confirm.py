@@ -16,6 +16,7 @@ from serd.decode import load
 from serd.gate import VadSettings, block_levels_db, make_gate
 from serd.validate import ConfigError, build
 from serd.windows import SegmentEnd, SegmentStart, Windower, windows_of
+from serd_testkit.audio import gate_segments
 
 RATE = 16000
 # The strict confirm stage of docs/gate.md's third round (2 chunks above 0.4, the default
@@ -83,17 +84,6 @@ def speech_after_ceramics(data_dir) -> np.ndarray:
     return bed
 
 
-def segment_ends(x: np.ndarray, vad: VadSettings, size: int) -> list[tuple[int, int, int]]:
-    """(start, end, windows) of each segment of ``x`` fed ``size`` samples a call."""
-    w = Windower(vad=vad)
-    items = []
-    for i in range(0, x.size, size):
-        items += w(x[i : i + size])
-    items += w.flush()
-    return [(e.start_sample, e.end_sample, e.windows) for e in items
-            if isinstance(e, SegmentEnd)]
-
-
 @pytest.mark.parametrize("vad", [SILERO, replace(SILERO, confirm_chunks=10),
                                  replace(SILERO, backend="energy", threshold_db=9.0)],
                          ids=["strict", "10-chunks", "energy"])
@@ -103,8 +93,8 @@ def test_chunk_size_does_not_change_the_confirmed_segments(data_dir, vad, chunk:
     later than the voicing opens, so the held opening is used): the same segments however
     the audio is cut."""
     x = speech_after_ceramics(data_dir)
-    ref = segment_ends(x, vad, x.size)
-    assert segment_ends(x, vad, chunk) == ref
+    ref = gate_segments(x, vad, x.size)
+    assert gate_segments(x, vad, chunk) == ref
     assert [s for s, _, n in ref if n > 0], "the speech gave no window"
     assert all(s >= 7.5 * RATE for s, _, n in ref if n > 0), ref  # ceramics gave none
 
@@ -213,9 +203,9 @@ def test_a_late_opening_needs_its_time_and_a_likely_chunk(data_dir) -> None:
 @pytest.mark.parametrize("chunk", [1, 333, 4096])
 def test_chunk_size_does_not_change_a_late_opening(data_dir, chunk: int) -> None:
     x = speech_after_ceramics(data_dir)
-    ref = segment_ends(x, LATE_ONLY, x.size)
+    ref = gate_segments(x, LATE_ONLY, x.size)
     assert [s for s, _, n in ref if n > 0], "the speech gave no window"
-    assert segment_ends(x, LATE_ONLY, chunk) == ref
+    assert gate_segments(x, LATE_ONLY, chunk) == ref
 
 
 def test_late_settings_are_validated() -> None:
