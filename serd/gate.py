@@ -33,7 +33,7 @@ or, more slowly, until it has lasted ``confirm_late_seconds`` with some chunk ab
 segment that would have closed unconfirmed opens nothing: struck cups, knocks, key
 presses, machines and many coughs are voiced or loud but not speech to Silero, or too
 short for the late opening.  The check runs only while a segment is tentative, on audio
-from a ring of the last ~1.8 s (:class:`SpeechConfirm`), so a quiet room and ongoing
+from a ring of the last ~2.3 s (:class:`SpeechConfirm`), so a quiet room and ongoing
 speech cost nothing more.
 """
 
@@ -182,12 +182,13 @@ class SpeechConfirm:
     """The confirm stage's speech check over a run's audio, block by block.
 
     It keeps the gate's recent blocks in a ring (the audio a segment may start with: the
-    gate's look-back, bounded by the settings: 1.8 s by default) and, from :meth:`start` until
-    :meth:`cancel`, feeds Silero VAD every whole 32 ms chunk of audio up to the current
-    block; :meth:`advance` says whether ``chunks`` consecutive chunks have exceeded
-    ``threshold`` while the cough check (when on) reads the audio so far below its
-    threshold.  Chunks are counted from the run's start sample and fed as soon as they
-    are whole, so the result does not depend on how the stream was cut into calls.
+    gate's look-back, bounded by the settings: 2.3 s by default, 1.8 s without the cough
+    check) and, from :meth:`start` until :meth:`cancel`, feeds Silero VAD every whole
+    32 ms chunk of audio up to the current block; :meth:`advance` says whether
+    ``chunks`` consecutive chunks have exceeded ``threshold`` while the cough check
+    (when on) reads the audio so far below its threshold.  Chunks are counted from the
+    run's start sample and fed as soon as they are whole, so the result does not depend
+    on how the stream was cut into calls.
     """
 
     def __init__(self, settings: VadSettings, block_len: int, history_blocks: int) -> None:
