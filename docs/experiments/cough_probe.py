@@ -30,13 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.gate import segments
 from bench.gate_sounds import active_rms, sound
 from serd import gate as gate_mod
 from serd.decode import find_audio
 from serd.decode import load as decode
 from serd.gate import VadSettings
 from serd.speechcheck import CHUNK, SileroVad
-from serd.windows import SegmentEnd, Windower
 
 RATE = 16000
 STEP = 160
@@ -61,32 +61,20 @@ gate_mod.SpeechConfirm.start = _start_hook  # type: ignore[method-assign]
 gate_mod.EnergyGate._confirmed_start = _confirmed_hook  # type: ignore[method-assign]
 
 
-def pooled(states: np.ndarray) -> np.ndarray:
-    """Cumulative mean and max of the states, per chunk: (n, 256)."""
-    n = states.shape[0]
-    mean = np.cumsum(states, axis=0) / np.arange(1, n + 1)[:, None]
-    mx = np.maximum.accumulate(states, axis=0)
-    return np.concatenate([mean, mx], axis=1)
-
-
 def probe(audio: np.ndarray) -> list[tuple[np.ndarray, int]]:
     """(Silero's states from the check's start to the segment's end, at most
     ``MAX_CHUNKS`` past the confirmation; the chunk count at the confirmation) per
     segment."""
     _LOG.clear()
     # The gate without the cough check: every segment it could be asked about.
-    w = Windower(vad=VadSettings(confirm_cough_threshold=1.0))
-    segs = []
-    for i in range(0, audio.size, 800):
-        segs += [it for it in w(audio[i : i + 800]) if isinstance(it, SegmentEnd)]
-    segs += [it for it in w.flush() if isinstance(it, SegmentEnd)]
+    segs = segments(VadSettings(confirm_cough_threshold=1.0), audio)
     out = []
     if len(_LOG) != len(segs):  # a max_segment_seconds split: pairs would not line up
         return out
     for (from_block, b), seg in zip(list(_LOG), segs, strict=True):
         s0 = from_block * STEP
         kc = max(1, ((b + 1) * STEP - s0) // CHUNK)
-        end = min(seg.end_sample, s0 + (kc + MAX_CHUNKS) * CHUNK, audio.size)
+        end = min(seg.end, s0 + (kc + MAX_CHUNKS) * CHUNK, audio.size)
         n = (end - s0) // CHUNK
         n = max(n, kc)
         x = audio[s0 : s0 + n * CHUNK]
