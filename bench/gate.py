@@ -84,20 +84,27 @@ def candidates() -> dict[str, Any]:
         # The default of git c284e47 .. 66a158e: voicing alone (docs/gate.md, second round).
         "voiced-only": VadSettings(confirm="none", voiced_seconds=0.06),
         # The default: 40 ms of voicing and Silero VAD tiered (docs/gate.md, fifth round):
-        # 2 chunks of 32 ms above 0.3 open at once; with one above 0.1, 0.99 s open late;
-        # either only while the cough check reads below 0.65 (sixth round).
+        # 2 chunks of 32 ms above 0.3 open at once; 0.99 s with one chunk above 0.1 and a
+        # mean above 0.02 open late; either only while the cough check (Silero's states and
+        # encoder outputs) reads below 0.3 (seventh round).
         "voiced": VadSettings(),
-        # The fifth round's default: the same without the cough check.
-        "voiced-tiered": VadSettings(confirm_cough_threshold=1.0),
-        # The cough check looser and stricter than the default's 0.65 (sixth round).
-        "voiced-cough80": VadSettings(confirm_cough_threshold=0.8),
-        "voiced-cough50": VadSettings(confirm_cough_threshold=0.5),
-        # Silero as a veto (1 chunk above 0.1): the default of 1941f7d .. the fifth round.
+        # The fifth round's default: the same without the cough check or the mean test.
+        "voiced-tiered": VadSettings(confirm_cough_threshold=1.0, confirm_late_mean=0.0),
+        # Seventh round: the head at other thresholds, without the late tier's mean test
+        # (0.65 was the sixth round's threshold, with its head on the states alone) ...
+        **{f"voiced-cough{round(100 * t)}": VadSettings(confirm_cough_threshold=t,
+                                                         confirm_late_mean=0.0)
+           for t in (0.3, 0.4, 0.5, 0.65)},
+        # ... and the mean test at other levels and thresholds.
+        **{f"voiced-c{round(100 * t)}m{round(1000 * m)}": VadSettings(
+            confirm_cough_threshold=t, confirm_late_mean=m)
+           for t, m in ((0.65, 0.03), (0.4, 0.03), (0.35, 0.03), (0.3, 0.03), (0.3, 0.025))},
+        # Silero as a veto (1 chunk above 0.1): the default of 1941f7d .. the fourth round.
         "voiced-veto": VadSettings(confirm_threshold=0.1, confirm_chunks=1,
-                                   confirm_late_seconds=0.0),
+                                   confirm_late_seconds=0.0, confirm_cough_threshold=1.0),
         # Silero as a strict confirm stage (2 chunks above 0.4): the default of 06d648b only.
         "voiced-silero": VadSettings(confirm_threshold=0.4, confirm_chunks=2,
-                                     confirm_late_seconds=0.0),
+                                     confirm_late_seconds=0.0, confirm_cough_threshold=1.0),
     }
     try:
         import webrtcvad  # noqa: F401, PLC0415

@@ -48,7 +48,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from serd.speechcheck import CHUNK, RATE, CoughCheck, SileroVad
+from serd.speechcheck import CHUNK, RATE, CoughCheck, SileroVad, chunk_trace
 from serd.validate import require
 
 _LOGGER = logging.getLogger(__name__)
@@ -119,7 +119,12 @@ class VadSettings:
     confirm_late_threshold: float = 0.1
     """confirm: the speech probability (0..1) that some chunk must exceed for a late
     opening (``confirm_late_seconds``)."""
-    confirm_cough_threshold: float = 0.65
+    confirm_late_mean: float = 0.02
+    """confirm: for a late opening, the mean speech probability (0..1) of all the chunks
+    checked since the segment's start must also exceed this (0: no such test).  A
+    machine's hum can lift one chunk above ``confirm_late_threshold`` in a second of
+    audio; speech that Silero doubts still scores well above it on average."""
+    confirm_cough_threshold: float = 0.3
     """confirm: a tentative segment opens (either way above) only while the cough check
     (:class:`serd.speechcheck.CoughCheck`: Silero's states pooled since the segment's
     start) gives its audio so far a cough probability below this; until then it waits,
@@ -156,6 +161,8 @@ class VadSettings:
                 "must be 0..2 s (0: no late opening)")
         require(0 < self.confirm_late_threshold < 1, "confirm_late_threshold",
                 "must be a probability in (0, 1)")
+        require(0 <= self.confirm_late_mean < 1, "confirm_late_mean",
+                "must be a probability in [0, 1), 0 for no such test")
         require(0 < self.confirm_cough_threshold <= 1, "confirm_cough_threshold",
                 "must be a probability in (0, 1], 1 for no cough check")
         # A tentative segment is dropped once it reaches max_segment_seconds: a late opening
@@ -195,6 +202,7 @@ class SpeechConfirm:
         self.threshold = settings.confirm_threshold
         self.need = settings.confirm_chunks
         self.late_threshold = settings.confirm_late_threshold
+        self.late_mean = settings.confirm_late_mean
         self.cough_threshold = settings.confirm_cough_threshold
         self.block_len = block_len
         self._size = history_blocks
@@ -221,6 +229,8 @@ class SpeechConfirm:
         self._passed = False  # confirm_chunks chunks in a row exceeded threshold
         self._confirmed = False
         self.heard = False  # some chunk checked so far exceeded late_threshold
+        self._p_sum = 0.0  # the speech probabilities checked so far, summed ...
+        self._p_n = 0  # ... and counted
         self.coughlike = False  # the cough check's verdict on the audio checked so far
 
     def push(self, blocks: npt.NDArray[np.float32], first_block: int) -> None:
@@ -253,6 +263,8 @@ class SpeechConfirm:
         self._passed = False
         self._confirmed = False
         self.heard = False
+        self._p_sum = 0.0
+        self._p_n = 0
         self.coughlike = False
         return self.advance(block)
 
@@ -267,10 +279,12 @@ class SpeechConfirm:
         self._fed += n * CHUNK
         self.chunks_checked += n
         probs = self._check.process(audio.reshape(n, CHUNK)).tolist()
-        coughs = (self._cough.update(self._check.states).tolist()
+        coughs = (self._cough.update(chunk_trace(self._check)).tolist()
                   if self._cough is not None else [0.0] * n)
         for p, cough in zip(probs, coughs, strict=True):
             self.heard = self.heard or p > self.late_threshold
+            self._p_sum += p
+            self._p_n += 1
             self._streak = self._streak + 1 if p > self.threshold else 0
             self._passed = self._passed or self._streak >= self.need
             self.coughlike = cough >= self.cough_threshold
@@ -278,6 +292,14 @@ class SpeechConfirm:
                 self._confirmed = True
                 break
         return self._confirmed
+
+    @property
+    def late_ready(self) -> bool:
+        """Whether what was checked so far allows a late opening (the time aside): some
+        chunk above ``confirm_late_threshold``, their mean above ``confirm_late_mean``,
+        and not a cough."""
+        return (self.heard and not self.coughlike
+                and self._p_sum > self.late_mean * self._p_n)
 
     def _samples(self, lo: int, hi: int) -> npt.NDArray[np.float32]:
         """Stream samples ``lo:hi``, from the ring and this call's blocks."""
@@ -477,10 +499,10 @@ class EnergyGate:
 
     def _late_open(self, b: int) -> bool:
         """Whether the tentative segment opens late at block ``b``: it has lasted
-        ``confirm_late_seconds`` and the check has heard a chunk of likely speech."""
+        ``confirm_late_seconds`` and the check allows it (:attr:`SpeechConfirm.late_ready`)."""
         assert self._confirm is not None
         assert self._held is not None
-        return (bool(self._late) and self._confirm.heard and not self._confirm.coughlike
+        return (bool(self._late) and self._confirm.late_ready
                 and b + 1 - self._held >= self._late)
 
     def _confirmed_start(self, b: int) -> int:

@@ -174,6 +174,7 @@ class SileroVad:
         self._c = np.zeros(_UNITS, np.float32)
         self._context = np.zeros(CONTEXT, np.float32)
         self.states = np.zeros((0, _UNITS), np.float32)
+        self.encoded = np.zeros((0, _UNITS), np.float32)
 
     def __call__(self, chunk: npt.ArrayLike) -> float:
         """The probability (0..1) that these 512 samples (16 kHz, float, full scale 1) are
@@ -196,6 +197,7 @@ class SileroVad:
         n = x.shape[0]
         if n == 0:
             self.states = np.zeros((0, _UNITS), np.float32)
+            self.encoded = np.zeros((0, _UNITS), np.float32)
             return np.zeros(0, np.float32)
         w = self._w
         # 1. Each chunk with its 64-sample context, reflection-padded on the right.
@@ -220,6 +222,9 @@ class SileroVad:
         feats = y.reshape(n, -1) @ w.enc3[0]
         feats += w.enc3[1]
         np.maximum(feats, 0.0, out=feats)
+        # The encoder's (rectified) output per chunk, what the cell reads: the cough check
+        # pools it beside the cell's outputs (below).
+        self.encoded = feats
         # 4. LSTM cell, chunk by chunk; the input side of all chunks in one product.
         xin = feats @ w.lstm_ih
         xin += w.lstm_b
@@ -251,12 +256,24 @@ class SileroVad:
         return self.process(x[: n * CHUNK].reshape(n, CHUNK))
 
 
+# What the cough check pools per chunk: Silero's encoder output and its cell's output
+# (``SileroVad.encoded`` and ``.states``), side by side.
+POOLED = 2 * _UNITS
+
+
+def chunk_trace(vad: SileroVad) -> npt.NDArray[np.float32]:
+    """The cough check's per-chunk input from the chunks ``vad`` just processed:
+    ``(n, POOLED)``, the cell's outputs then the encoder's."""
+    return np.hstack([vad.states, vad.encoded])
+
+
 def cough_features(mean: npt.NDArray[np.floating],
                    peak: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-    """The cough check's input from Silero's states pooled over a segment so far: their
-    mean and maximum (rows of 128 each), compressed by ``log1p(10 x)`` (the states are
-    rectified, mostly near 0 with a long tail).  The gate and the head's fit
-    (``docs/experiments/cough_fit.py``, docs/gate.md's sixth round) both call this."""
+    """The cough check's input from the chunk traces (:func:`chunk_trace`) pooled over a
+    segment so far: their mean and maximum (rows of ``POOLED`` each), compressed by
+    ``log1p(10 x)`` (both are rectified, mostly near 0 with a long tail).  The gate and
+    the head's fit (``docs/experiments/cough_fit.py``, docs/gate.md's sixth and seventh
+    rounds) both call this."""
     x = np.concatenate([np.asarray(mean, np.float32), np.asarray(peak, np.float32)], axis=-1)
     return np.log1p(10.0 * x)
 
@@ -275,9 +292,10 @@ def _cough_head(path: Path) -> tuple[npt.NDArray[np.float32], float]:
         # (A truncated or corrupted file raises BadZipFile or EOFError, not OSError.)
         raise SpeechCheckError(f"cough check weights {path}: {exc}; reinstall serd, or "
                                "set vad.confirm_cough_threshold: 1") from exc
-    if not mean.shape == scale.shape == coef.shape == (2 * _UNITS,):
+    if not mean.shape == scale.shape == coef.shape == (2 * POOLED,):
         raise SpeechCheckError(f"cough check weights {path}: not a head on "
-                               f"{2 * _UNITS} pooled states")
+                               f"{2 * POOLED} pooled features; reinstall serd, or set "
+                               "vad.confirm_cough_threshold: 1")
     if not (np.isfinite(mean).all() and np.isfinite(coef).all() and np.isfinite(bias)
             and (scale > 0).all()):
         # NaN weights would make every comparison false: the check off, silently.
@@ -290,15 +308,15 @@ def _cough_head(path: Path) -> tuple[npt.NDArray[np.float32], float]:
 
 class CoughCheck:
     """How much a tentative segment's audio so far sounds like a cough: a logistic head on
-    Silero's LSTM states (:attr:`SileroVad.states`), pooled (mean and maximum) since the
-    segment's start.
+    Silero's encoder outputs and LSTM states (:func:`chunk_trace`), pooled (mean and
+    maximum) since the segment's start.
 
     Silero calls a third of recorded coughs speech for 64 ms or more (docs/gate.md), but
     its states still tell most of them apart: a cough's burst and its decay leave another
-    trace in the cell than a voice's syllables do.  The head (``cough_check.npz``, 4 KB)
-    was fitted on public coughs against training-corpus speech, both at random levels over
-    room tone (docs/gate.md, sixth round); :meth:`update` costs one 256-vector product
-    per 32 ms chunk.
+    trace in the cell and in the encoder's spectral features than a voice's syllables do.
+    The head (``cough_check.npz``, 8 KB) was fitted on public coughs against
+    training-corpus speech, both at random levels over room tone (docs/gate.md, sixth and
+    seventh rounds); :meth:`update` costs one 512-vector product per 32 ms chunk.
     """
 
     def __init__(self, weights: Path | None = None) -> None:
@@ -307,18 +325,19 @@ class CoughCheck:
 
     def reset(self) -> None:
         """A new segment: forget the pooled states."""
-        self._sum = np.zeros(_UNITS, np.float64)
-        self._max = np.zeros(_UNITS, np.float32)
+        self._sum = np.zeros(POOLED, np.float64)
+        self._max = np.zeros(POOLED, np.float32)
         self._n = 0
 
-    def update(self, states: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """Pool the next chunks' states (n, 128); the cough probability after each."""
-        n = states.shape[0]
+    def update(self, trace: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Pool the next chunks' traces (n, ``POOLED``: :func:`chunk_trace`); the cough
+        probability after each."""
+        n = trace.shape[0]
         if n == 0:
             return np.zeros(0)
-        sums = self._sum + np.cumsum(states, axis=0, dtype=np.float64)
+        sums = self._sum + np.cumsum(trace, axis=0, dtype=np.float64)
         count = self._n + np.arange(1, n + 1)
-        peak = np.maximum(self._max, np.maximum.accumulate(states, axis=0))
+        peak = np.maximum(self._max, np.maximum.accumulate(trace, axis=0))
         self._sum, self._max, self._n = sums[-1], peak[-1], self._n + n
         z = cough_features(sums / count[:, None], peak) @ self._w + self._b
         return 0.5 + 0.5 * np.tanh(0.5 * z.astype(np.float64))

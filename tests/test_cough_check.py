@@ -1,5 +1,6 @@
 """The gate's cough check (serd.speechcheck.CoughCheck; vad.confirm_cough_threshold): a
-logistic head on Silero's states pooled since a tentative segment's start.  It pools the
+logistic head on Silero's chunk traces (LSTM states and encoder outputs) pooled since a
+tentative segment's start.  It pools the
 same way however the stream is cut, it is wired into both ways a segment opens, it keeps
 speech, and a damaged head stops the gate as it is built, in one line."""
 
@@ -16,10 +17,12 @@ from serd.gate import VadSettings, make_gate
 from serd.speechcheck import (
     CHUNK,
     COUGH_WEIGHTS,
+    POOLED,
     CoughCheck,
     SileroVad,
     SpeechCheckError,
     _cough_head,
+    chunk_trace,
     cough_features,
 )
 from serd.validate import ConfigError, build
@@ -29,23 +32,32 @@ RATE = 16000
 
 
 def states_of(x: np.ndarray) -> np.ndarray:
+    """The cough check's per-chunk input over ``x``."""
     vad = SileroVad()
     n = x.size // CHUNK
     vad.process(x[: n * CHUNK].reshape(n, CHUNK))
-    return vad.states
+    return chunk_trace(vad)
 
 
-def test_silero_exposes_one_rectified_state_per_chunk(data_dir: Path) -> None:
+def test_silero_exposes_one_rectified_trace_per_chunk(data_dir: Path) -> None:
     x = load(data_dir / "1091_TIE_ANG_XX.flac", RATE)
+    vad = SileroVad()
+    n = x.size // CHUNK
+    vad.process(x[: n * CHUNK].reshape(n, CHUNK))
+    assert vad.states.shape == vad.encoded.shape == (n, 128)
     s = states_of(x)
-    assert s.shape == (x.size // CHUNK, 128)
+    assert s.shape == (n, POOLED) == (n, 256)
+    np.testing.assert_array_equal(s, np.hstack([vad.states, vad.encoded]))
     assert s.dtype == np.float32
     assert (s >= 0).all()
-    assert s.max() > 0
+    assert vad.states.max() > 0
+    assert vad.encoded.max() > 0
+    vad.process(np.zeros((0, CHUNK), np.float32))
+    assert chunk_trace(vad).shape == (0, POOLED)
 
 
 def test_pooling_is_the_segment_so_far_however_the_chunks_come(data_dir: Path) -> None:
-    """Per chunk: the head on the mean and maximum of every state since the reset; fed
+    """Per chunk: the head on the mean and maximum of every trace value since the reset; fed
     in one call or in pieces of 1, 3 and 7 chunks, the same probabilities."""
     s = states_of(load(data_dir / "1091_TIE_SAD_XX.flac", RATE))
     check = CoughCheck()
@@ -151,6 +163,6 @@ def test_a_damaged_head_says_what_to_do(tmp_path: Path, content: bytes) -> None:
         CoughCheck(nan)
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, mean=np.zeros(3), scale=np.ones(3), coef=np.zeros(3), intercept=0.0)
-    with pytest.raises(SpeechCheckError, match="256 pooled states"):
+    with pytest.raises(SpeechCheckError, match="512 pooled features.*threshold: 1"):
         CoughCheck(wrong)
     assert COUGH_WEIGHTS.stat().st_size < 10_000

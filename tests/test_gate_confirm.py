@@ -200,6 +200,23 @@ def test_a_late_opening_needs_its_time_and_a_likely_chunk(data_dir) -> None:
     assert opened(x, replace(LATE_ONLY, confirm_late_threshold=0.99999)) == 0
 
 
+def test_a_late_opening_needs_the_mean_probability(data_dir) -> None:
+    """confirm_late_mean: a late opening also needs the mean speech probability of the
+    chunks checked so far above it; speech clears any modest level, and a level no
+    stretch of audio reaches refuses it."""
+    def opened(x: np.ndarray, vad: VadSettings) -> int:
+        w = Windower(vad=vad)
+        return sum(isinstance(e, SegmentStart) for e in [*w(x), *w.flush()])
+
+    x = speech_in_room(data_dir)
+    assert opened(x, replace(LATE_ONLY, confirm_late_mean=0.0)) == 1
+    assert opened(x, replace(LATE_ONLY, confirm_late_mean=0.1)) == 1
+    assert opened(x, replace(LATE_ONLY, confirm_late_mean=0.999)) == 0
+    for bad in (-0.1, 1, 1.5):
+        with pytest.raises(ConfigError, match=r"vad\.confirm_late_mean: must be a probability"):
+            build(VadSettings, {"confirm_late_mean": bad}, "vad")
+
+
 @pytest.mark.parametrize("chunk", [1, 333, 4096])
 def test_chunk_size_does_not_change_a_late_opening(data_dir, chunk: int) -> None:
     x = speech_after_ceramics(data_dir)

@@ -1,13 +1,14 @@
-"""Cough probe (docs/gate.md, sixth round): Silero's states over the segments the default
+"""Cough probe (docs/gate.md, sixth and seventh rounds): Silero's chunk traces (its LSTM
+states and encoder outputs, ``serd.speechcheck.chunk_trace``) over the segments the default
 gate opens, on speech and on coughs, to fit and test a cough check for the confirm stage.
 
 For every segment the default gate (``VadSettings()``) opens in a clip, it records where
 the confirm stage started checking (the segment's pre-roll start) and the chunk at which
 it confirmed, then runs a fresh Silero VAD (as the confirm stage does) from that start to
 the segment's end (at most ``MAX_CHUNKS`` chunks after the confirmation) and keeps
-Silero's states at every chunk
+the chunk traces at every chunk
 (cough_fit.py pools them).  Output: one ``.npz`` per source with a row per chunk
-``(states, clip, segment, chunk offset from the confirming chunk)`` and the clip list.
+``(trace, clip, segment, chunk offset from the confirming chunk)`` and the clip list.
 
     python docs/experiments/cough_probe.py speech OUT.npz --corpora ROOT... [--half 0|1]
     python docs/experiments/cough_probe.py covid-list --dir ~/.cache/serd/noise/covid19-cough
@@ -36,7 +37,7 @@ from serd import gate as gate_mod
 from serd.decode import find_audio
 from serd.decode import load as decode
 from serd.gate import VadSettings
-from serd.speechcheck import CHUNK, SileroVad
+from serd.speechcheck import CHUNK, POOLED, SileroVad, chunk_trace
 
 RATE = 16000
 STEP = 160
@@ -62,12 +63,13 @@ gate_mod.EnergyGate._confirmed_start = _confirmed_hook  # type: ignore[method-as
 
 
 def probe(audio: np.ndarray) -> list[tuple[np.ndarray, int]]:
-    """(Silero's states from the check's start to the segment's end, at most
+    """(Silero's chunk traces from the check's start to the segment's end, at most
     ``MAX_CHUNKS`` past the confirmation; the chunk count at the confirmation) per
     segment."""
     _LOG.clear()
-    # The gate without the cough check: every segment it could be asked about.
-    segs = segments(VadSettings(confirm_cough_threshold=1.0), audio)
+    # The gate without the cough check (and without the late tier's mean test, as when
+    # the shipped head's rows were probed): every segment it could be asked about.
+    segs = segments(VadSettings(confirm_cough_threshold=1.0, confirm_late_mean=0.0), audio)
     out = []
     if len(_LOG) != len(segs):  # a max_segment_seconds split: pairs would not line up
         return out
@@ -89,7 +91,7 @@ def probe(audio: np.ndarray) -> list[tuple[np.ndarray, int]]:
         strong = np.flatnonzero((p[1:] > 0.3) & (p[:-1] > 0.3))
         if strong.size and strong[0] + 2 < kc:
             kc = int(strong[0]) + 2
-        out.append((v.states.astype(np.float16), kc))
+        out.append((chunk_trace(v).astype(np.float16), kc))
     return out
 
 
@@ -235,7 +237,7 @@ def main() -> None:
             offs += list(range(1 - kc, len(f) - kc + 1))  # 0: the confirming chunk
             kcs += [kc] * len(f)
     np.savez_compressed(
-        a.out, x=np.concatenate(feats) if feats else np.zeros((0, 256), np.float16),
+        a.out, x=np.concatenate(feats) if feats else np.zeros((0, POOLED), np.float16),
         clip=np.array(clip), seg=np.array(seg), offset=np.array(offs), kc=np.array(kcs),
         paths=np.array([j[0] for j in jobs]), render=np.array([j[1] for j in jobs]),
         segments=np.array([len(r) for r in results]))
