@@ -22,7 +22,7 @@ from sklearn.neural_network import MLPClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from serd.speechcheck import POOLED, cough_features
 
-THRESHOLDS = (0.5, 0.65, 0.8, 0.9, 0.95)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.65, 0.8)
 
 
 def load(path: str) -> dict[str, np.ndarray]:
