@@ -29,12 +29,14 @@ Confirm stage (``confirm: silero``, any backend; tiered by default, see
 *tentative* until a speech check over its audio, Silero VAD's 16 kHz model in numpy
 (:mod:`serd.speechcheck`), finds ``confirm_chunks`` consecutive 32 ms chunks of speech,
 or, more slowly, until it has lasted ``confirm_late_seconds`` with some chunk above
-``confirm_late_threshold``; it then opens where the backend's tests put it.  A tentative
-segment that would have closed unconfirmed opens nothing: struck cups, knocks, key
-presses, machines and many coughs are voiced or loud but not speech to Silero, or too
-short for the late opening.  The check runs only while a segment is tentative, on audio
-from a ring of the last ~2.3 s (:class:`SpeechConfirm`), so a quiet room and ongoing
-speech cost nothing more.
+``confirm_late_threshold`` and a mean above ``confirm_late_mean``; either way only while
+a cough check on Silero's own encoder outputs and states (:class:`CoughCheck`) reads it
+below ``confirm_cough_threshold``; it then opens where the backend's tests put it.  A
+tentative segment that would have closed unconfirmed opens nothing: struck cups, knocks,
+key presses, machines and most coughs are voiced or loud but not speech to Silero, too
+short for the late opening, or coughs to the check.  The check runs only while a segment
+is tentative, on audio from a ring of the last ~2.3 s (:class:`SpeechConfirm`), so a
+quiet room and ongoing speech cost nothing more.
 """
 
 from __future__ import annotations
@@ -100,11 +102,11 @@ class VadSettings:
     presses, machines and many coughs; ``none``: the backend's tests alone.  The check
     runs only while a segment waits for it, so a quiet room and ongoing speech cost
     nothing more.  The defaults are tiered: a segment opens at once on 2 chunks above
-    0.3, and late (``confirm_late_seconds``) on any chunk above 0.1, which keeps the
-    shouted, clipped and whispered acted speech that Silero doubts while a cough or a
-    knock, shorter, is refused; a strict stage (2 chunks above 0.4, no late opening)
-    refuses more coughs but also that speech, below the 99.5 % floor on three training
-    corpora (docs/gate.md, third and fifth rounds)."""
+    0.3, and late (``confirm_late_seconds``) on any chunk above 0.1 with a mean above
+    0.02, which keeps the shouted, clipped and whispered acted speech that Silero doubts
+    while a cough or a knock, shorter, and machine hum are refused; a strict stage (2
+    chunks above 0.4, no late opening) refuses more coughs but also that speech, below
+    the 99.5 % floor on three training corpora (docs/gate.md, third and fifth rounds)."""
     confirm_threshold: float = 0.3
     """confirm: silero's speech probability (0..1) above which a 32 ms chunk is speech."""
     confirm_chunks: int = 2

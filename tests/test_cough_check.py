@@ -163,6 +163,6 @@ def test_a_damaged_head_says_what_to_do(tmp_path: Path, content: bytes) -> None:
         CoughCheck(nan)
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, mean=np.zeros(3), scale=np.ones(3), coef=np.zeros(3), intercept=0.0)
-    with pytest.raises(SpeechCheckError, match="512 pooled features.*threshold: 1"):
+    with pytest.raises(SpeechCheckError, match=r"512 pooled features.*threshold: 1"):
         CoughCheck(wrong)
     assert COUGH_WEIGHTS.stat().st_size < 10_000
