@@ -125,12 +125,15 @@ class VadSettings:
     """confirm: for a late opening, the mean speech probability (0..1) of all the chunks
     checked since the segment's start must also exceed this (0: no such test).  A
     machine's hum can lift one chunk above ``confirm_late_threshold`` in a second of
-    audio; speech that Silero doubts still scores well above it on average."""
+    audio while its mean stays near 0.01-0.03; the acted speech that Silero doubts most
+    (ASED's sad and fearful takes) averages 0.02-0.03, so a higher level costs those
+    (docs/gate.md, seventh round)."""
     confirm_cough_threshold: float = 0.3
     """confirm: a tentative segment opens (either way above) only while the cough check
-    (:class:`serd.speechcheck.CoughCheck`: Silero's states pooled since the segment's
-    start) gives its audio so far a cough probability below this; until then it waits,
-    checked chunk by chunk, and closes unopened if it ends first.  1: no cough check."""
+    (:class:`serd.speechcheck.CoughCheck`: Silero's encoder outputs and states pooled
+    since the segment's start) gives its audio so far a cough probability below this;
+    until then it waits, checked chunk by chunk, and closes unopened if it ends first.
+    1: no cough check."""
 
     def __post_init__(self) -> None:
         require(self.threshold_db > 0, "threshold_db", "must be > 0 dB")
@@ -259,15 +262,9 @@ class SpeechConfirm:
         self._check.reset()
         if self._cough is not None:
             self._cough.reset()
+        self.cancel()  # every verdict and sum of a previous segment forgotten
         self.active = True
         self._fed = from_block * self.block_len
-        self._streak = 0
-        self._passed = False
-        self._confirmed = False
-        self.heard = False
-        self._p_sum = 0.0
-        self._p_n = 0
-        self.coughlike = False
         return self.advance(block)
 
     def advance(self, block: int) -> bool:

@@ -256,21 +256,24 @@ class SileroVad:
         return self.process(x[: n * CHUNK].reshape(n, CHUNK))
 
 
-# What the cough check pools per chunk: Silero's encoder output and its cell's output
-# (``SileroVad.encoded`` and ``.states``), side by side.
-POOLED = 2 * _UNITS
+# What the cough check pools per chunk: the cell's output and the encoder's output
+# (``SileroVad.states`` and ``.encoded``, 128 each), side by side; its head reads their
+# mean and maximum, COUGH_FEATURES values.
+TRACE_WIDTH = 2 * _UNITS
+COUGH_FEATURES = 2 * TRACE_WIDTH
 
 
 def chunk_trace(vad: SileroVad) -> npt.NDArray[np.float32]:
     """The cough check's per-chunk input from the chunks ``vad`` just processed:
-    ``(n, POOLED)``, the cell's outputs then the encoder's."""
+    ``(n, TRACE_WIDTH)``, the cell's outputs then the encoder's."""
     return np.hstack([vad.states, vad.encoded])
 
 
 def cough_features(mean: npt.NDArray[np.floating],
                    peak: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """The cough check's input from the chunk traces (:func:`chunk_trace`) pooled over a
-    segment so far: their mean and maximum (rows of ``POOLED`` each), compressed by
+    segment so far: their mean and maximum (rows of ``TRACE_WIDTH`` each, together
+    ``COUGH_FEATURES``), compressed by
     ``log1p(10 x)`` (both are rectified, mostly near 0 with a long tail).  The gate and
     the head's fit (``docs/experiments/cough_fit.py``, docs/gate.md's sixth and seventh
     rounds) both call this."""
@@ -292,9 +295,11 @@ def _cough_head(path: Path) -> tuple[npt.NDArray[np.float32], float]:
         # (A truncated or corrupted file raises BadZipFile or EOFError, not OSError.)
         raise SpeechCheckError(f"cough check weights {path}: {exc}; reinstall serd, or "
                                "set vad.confirm_cough_threshold: 1") from exc
-    if not mean.shape == scale.shape == coef.shape == (2 * POOLED,):
-        raise SpeechCheckError(f"cough check weights {path}: not a head on "
-                               f"{2 * POOLED} pooled features; reinstall serd, or set "
+    if not mean.shape == scale.shape == coef.shape == (COUGH_FEATURES,):
+        found = "x".join(map(str, coef.shape))
+        raise SpeechCheckError(f"cough check weights {path}: a head on {found} values, not "
+                               f"{COUGH_FEATURES} pooled features (256: the sixth round's "
+                               "head, before the encoder outputs); reinstall serd, or set "
                                "vad.confirm_cough_threshold: 1")
     if not (np.isfinite(mean).all() and np.isfinite(coef).all() and np.isfinite(bias)
             and (scale > 0).all()):
@@ -314,7 +319,7 @@ class CoughCheck:
     Silero calls a third of recorded coughs speech for 64 ms or more (docs/gate.md), but
     its states still tell most of them apart: a cough's burst and its decay leave another
     trace in the cell and in the encoder's spectral features than a voice's syllables do.
-    The head (``cough_check.npz``, 8 KB) was fitted on public coughs against
+    The head (``cough_check.npz``, 7 KB) was fitted on public coughs against
     training-corpus speech, both at random levels over room tone (docs/gate.md, sixth and
     seventh rounds); :meth:`update` costs one 512-vector product per 32 ms chunk.
     """
@@ -325,13 +330,16 @@ class CoughCheck:
 
     def reset(self) -> None:
         """A new segment: forget the pooled states."""
-        self._sum = np.zeros(POOLED, np.float64)
-        self._max = np.zeros(POOLED, np.float32)
+        self._sum = np.zeros(TRACE_WIDTH, np.float64)
+        self._max = np.zeros(TRACE_WIDTH, np.float32)
         self._n = 0
 
     def update(self, trace: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """Pool the next chunks' traces (n, ``POOLED``: :func:`chunk_trace`); the cough
+        """Pool the next chunks' traces (n, ``TRACE_WIDTH``: :func:`chunk_trace`); the cough
         probability after each."""
+        if trace.ndim != 2 or trace.shape[1] != TRACE_WIDTH:
+            raise ValueError(f"the cough check takes chunk_trace(vad) rows, (n, "
+                             f"{TRACE_WIDTH}), not an array of shape {trace.shape}")
         n = trace.shape[0]
         if n == 0:
             return np.zeros(0)

@@ -17,7 +17,7 @@ from serd.gate import VadSettings, make_gate
 from serd.speechcheck import (
     CHUNK,
     COUGH_WEIGHTS,
-    POOLED,
+    TRACE_WIDTH,
     CoughCheck,
     SileroVad,
     SpeechCheckError,
@@ -46,14 +46,14 @@ def test_silero_exposes_one_rectified_trace_per_chunk(data_dir: Path) -> None:
     vad.process(x[: n * CHUNK].reshape(n, CHUNK))
     assert vad.states.shape == vad.encoded.shape == (n, 128)
     s = states_of(x)
-    assert s.shape == (n, POOLED) == (n, 256)
+    assert s.shape == (n, TRACE_WIDTH) == (n, 256)
     np.testing.assert_array_equal(s, np.hstack([vad.states, vad.encoded]))
     assert s.dtype == np.float32
     assert (s >= 0).all()
     assert vad.states.max() > 0
     assert vad.encoded.max() > 0
     vad.process(np.zeros((0, CHUNK), np.float32))
-    assert chunk_trace(vad).shape == (0, POOLED)
+    assert chunk_trace(vad).shape == (0, TRACE_WIDTH)
 
 
 def test_pooling_is_the_segment_so_far_however_the_chunks_come(data_dir: Path) -> None:
@@ -74,6 +74,8 @@ def test_pooling_is_the_segment_so_far_however_the_chunks_come(data_dir: Path) -
         np.testing.assert_allclose(parts, whole, atol=1e-5)
     check.reset()
     assert check.update(s[:0]).shape == (0,)
+    with pytest.raises(ValueError, match=r"chunk_trace\(vad\) rows, \(n, 256\)"):
+        check.update(s[:, :128])  # the states alone: the sixth round's input
 
 
 def test_speech_fixtures_do_not_read_as_coughs(data_dir: Path) -> None:

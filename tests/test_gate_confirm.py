@@ -13,7 +13,8 @@ import pytest
 
 from bench.gate_sounds import sound
 from serd.decode import load
-from serd.gate import VadSettings, block_levels_db, make_gate
+from serd.gate import SpeechConfirm, VadSettings, block_levels_db, make_gate
+from serd.speechcheck import SileroVad
 from serd.validate import ConfigError, build
 from serd.windows import SegmentEnd, SegmentStart, Windower, windows_of
 from serd_testkit.audio import gate_segments
@@ -215,6 +216,41 @@ def test_a_late_opening_needs_the_mean_probability(data_dir) -> None:
     for bad in (-0.1, 1, 1.5):
         with pytest.raises(ConfigError, match=r"vad\.confirm_late_mean: must be a probability"):
             build(VadSettings, {"confirm_late_mean": bad}, "vad")
+
+
+def scripted_silero(monkeypatch, probs: list[float]) -> None:
+    """Silero replaced by a script of chunk probabilities, in order (the cough check's
+    traces all zero): what a machine's hum or a voice would give, exactly."""
+    left = list(probs)
+
+    def process(self, chunks):  # type: ignore[no-untyped-def]
+        n = len(chunks)
+        out, left[:n] = left[:n], []
+        self.states = np.zeros((n, 128), np.float32)
+        self.encoded = np.zeros((n, 128), np.float32)
+        return np.array(out, np.float32)
+
+    monkeypatch.setattr(SileroVad, "process", process)
+
+
+def test_the_late_mean_is_each_segment_s_own(monkeypatch) -> None:
+    """A segment of clear speech, then one of hum whose one chunk above 0.1 would allow a
+    late opening: its mean (0.008) refuses it, and the speech before it does not count
+    towards that mean; without the mean test it would be ready."""
+    late = VadSettings(confirm_threshold=0.999, confirm_chunks=30,
+                       confirm_cough_threshold=1.0, confirm_late_mean=0.02)
+    blocks = np.zeros((400, 160), np.float32)
+    for mean, hum_ready in ((0.02, False), (0.0, True)):
+        # Blocks 0-99: 31 chunks of 512 samples; blocks 100-299: 62 more.
+        scripted_silero(monkeypatch, [0.9] * 31 + [0.2] + [0.005] * 61)
+        check = SpeechConfirm(replace(late, confirm_late_mean=mean), 160, 400)
+        check.push(blocks, 0)
+        assert not check.start(0, 99)
+        assert check.heard and check.late_ready
+        check.cancel()
+        assert not check.start(100, 299)
+        assert check.heard
+        assert check.late_ready is hum_ready
 
 
 @pytest.mark.parametrize("chunk", [1, 333, 4096])

@@ -325,6 +325,34 @@ def test_cache_key_follows_content_not_mtime(fake_corpus: Path, tmp_path: Path) 
     assert key() != before
 
 
+def test_cache_key_follows_the_gate_s_weights(fake_corpus: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refitted cough head (same settings, same code) opens other segments: new key."""
+    import shutil  # noqa: PLC0415
+
+    import train.dataset as ds  # noqa: PLC0415
+    from serd.features import FeatureParams  # noqa: PLC0415
+    from serd.gate import VadSettings  # noqa: PLC0415
+    from train.augment import AugmentParams  # noqa: PLC0415
+    from train.corpora import scan  # noqa: PLC0415
+
+    items = scan([fake_corpus])[:2]
+
+    def key() -> str:
+        return ds.cache_key(items, ds.Variant("clean"), aug=AugmentParams(), seed=1,
+                            features=FeatureParams(), vad=VadSettings())
+
+    before = key()
+    head = tmp_path / "cough_check.npz"
+    shutil.copy(ds.COUGH_WEIGHTS, head)
+    monkeypatch.setattr(ds, "COUGH_WEIGHTS", head)
+    assert key() == before
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 0xFF
+    head.write_bytes(bytes(data))
+    assert key() != before
+
+
 def test_ensure_cached_writes_once_and_build_reads_it(fake_corpus: Path, tmp_path: Path) -> None:
     """CV folds in worker processes: the parent only makes sure the cache is complete."""
     from serd.features import WindowParams  # noqa: PLC0415

@@ -34,6 +34,8 @@ from tqdm import tqdm
 from serd.features import FeatureParams, WindowParams
 from serd.gate import VadSettings
 from serd.model import FRONTEND_VERSION
+from serd.speechcheck import COUGH_WEIGHTS
+from serd.speechcheck import WEIGHTS as SILERO_WEIGHTS
 from serd.windows import windows_of
 from train.augment import AugmentParams, augment_copy, telephone
 from train.corpora import Item, content_digest, load_audio
@@ -88,6 +90,15 @@ def _frontend_source_hash() -> str:
     return source_hash(FRONTEND_MODULES)
 
 
+def _gate_weights_hash() -> str:
+    """The gate's own weights (Silero VAD and the cough check's head): a refitted head
+    with unchanged settings and code opens other segments, so it keys the cache too."""
+    h = hashlib.sha256()
+    for path in (SILERO_WEIGHTS, COUGH_WEIGHTS):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, seed: int,
               features: FeatureParams, vad: VadSettings) -> str:
     # By content, not mtime: corpora touched or restored in place keep their cache.  (The
@@ -105,6 +116,7 @@ def cache_key(items: Sequence[Item], variant: Variant, *, aug: AugmentParams, se
         "vad": {k: getattr(vad, k) for k in vad.__dataclass_fields__},
         "frontend_version": FRONTEND_VERSION,
         "frontend_source": _frontend_source_hash(),
+        "gate_weights": _gate_weights_hash() if vad.confirm == "silero" else None,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from serd.speechcheck import POOLED, cough_features
+from serd.speechcheck import COUGH_FEATURES, cough_features
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.65, 0.8)
 
@@ -52,7 +52,7 @@ def pool(d: dict[str, np.ndarray], window: int) -> dict[str, np.ndarray]:
         keep.append(np.arange(lo, hi))
     idx = np.concatenate(keep) if keep else np.zeros(0, int)
     rows = d["offset"][idx] >= 0
-    return {"x": np.concatenate(out_x)[rows] if out_x else np.zeros((0, 2 * POOLED), np.float32),
+    return {"x": np.concatenate(out_x)[rows] if out_x else np.zeros((0, COUGH_FEATURES), np.float32),
             "seg": seg[idx][rows], "clip": d["clip"][idx][rows],
             "offset": d["offset"][idx][rows], "segments": d["segments"], "paths": d["paths"]}
 

@@ -37,7 +37,7 @@ from serd import gate as gate_mod
 from serd.decode import find_audio
 from serd.decode import load as decode
 from serd.gate import VadSettings
-from serd.speechcheck import CHUNK, POOLED, SileroVad, chunk_trace
+from serd.speechcheck import CHUNK, TRACE_WIDTH, SileroVad, chunk_trace
 
 RATE = 16000
 STEP = 160
@@ -237,7 +237,7 @@ def main() -> None:
             offs += list(range(1 - kc, len(f) - kc + 1))  # 0: the confirming chunk
             kcs += [kc] * len(f)
     np.savez_compressed(
-        a.out, x=np.concatenate(feats) if feats else np.zeros((0, POOLED), np.float16),
+        a.out, x=np.concatenate(feats) if feats else np.zeros((0, TRACE_WIDTH), np.float16),
         clip=np.array(clip), seg=np.array(seg), offset=np.array(offs), kc=np.array(kcs),
         paths=np.array([j[0] for j in jobs]), render=np.array([j[1] for j in jobs]),
         segments=np.array([len(r) for r in results]))
