@@ -251,13 +251,11 @@ def _blas_threads(_: int) -> int:
 def test_extraction_workers_use_one_blas_thread(fake_corpus: Path) -> None:
     """Two workers with a BLAS thread per core each ran extraction 3.6x slower on 2 cores
     (train/dataset.py); with one each, the pool and a single process give the same bits."""
-    import multiprocessing as mp  # noqa: PLC0415
-
     from serd.features import WindowParams  # noqa: PLC0415
     from train.corpora import scan  # noqa: PLC0415
-    from train.dataset import Variant, _one_blas_thread, build  # noqa: PLC0415
+    from train.dataset import Variant, build, extraction_pool  # noqa: PLC0415
 
-    with mp.get_context("fork").Pool(2, initializer=_one_blas_thread) as pool:
+    with extraction_pool(2) as pool:
         assert pool.map(_blas_threads, range(4)) == [1, 1, 1, 1]
     items = scan([fake_corpus])[:40]  # more than 32 files: build() uses its pool
     v = Variant("augment", 1, WindowParams(hop_seconds=0.25), "float16")
@@ -279,16 +277,48 @@ def test_extraction_workers_die_on_sigterm_whatever_serd_train_catches() -> None
     worker that inherited that handler ran Python cleanup when Pool.terminate sent it
     SIGTERM, blocked on the task queue's lock, and `serd-train all` hung after its first
     corpus.  The workers' initialiser gives SIGTERM back its default action."""
-    import multiprocessing as mp  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
     from train.__main__ import _exit_on_sigterm  # noqa: PLC0415
-    from train.dataset import _one_blas_thread  # noqa: PLC0415
+    from train.dataset import extraction_pool  # noqa: PLC0415
 
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        with mp.get_context("fork").Pool(2, initializer=_one_blas_thread) as pool:
+        with extraction_pool(2) as pool:
             assert pool.map(_sigterm_is_default, range(4)) == [True] * 4
+            # The handler is the parent's again; its workers were forked without it.
+            assert signal.getsignal(signal.SIGTERM) is _exit_on_sigterm
+            pool.terminate()  # what an error on the way out does: the workers just end
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_worker_still_starting_dies_on_terminate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race behind a hung CI run: Pool.terminate's SIGTERM reaching a worker forked
+    with serd-train's handler before its initialiser reset it.  With the initialiser
+    held back, every worker is still starting when the pool is terminated; forked while
+    SIGTERM has its default action, each is killed by the signal (it does not run the
+    handler, exit 1, or hang on the queue's lock)."""
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    import train.dataset as ds  # noqa: PLC0415
+    from train.__main__ import _exit_on_sigterm  # noqa: PLC0415
+
+    reset = ds._one_blas_thread
+
+    def slow_start() -> None:
+        time.sleep(2.0)
+        reset()
+
+    monkeypatch.setattr(ds, "_one_blas_thread", slow_start)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with ds.extraction_pool(2) as pool:
+            workers = list(pool._pool)  # type: ignore[attr-defined]
+            time.sleep(0.3)
+            pool.terminate()
+        assert [w.exitcode for w in workers] == [-signal.SIGTERM] * 2
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -21,7 +21,9 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,33 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
+@contextmanager
+def extraction_pool(jobs: int) -> Iterator[Any]:
+    """``jobs`` forked extraction workers (:func:`_one_blas_thread` in each).
+
+    The workers are forked while SIGTERM has its default action, so that they have it
+    from their first instruction: a worker still starting when ``Pool.terminate`` sent
+    SIGTERM would otherwise run serd-train's handler before its initialiser had reset
+    it, and block on the task queue's lock (a test's pool hung so, once in CI).  On the
+    way out the pool is closed and joined, so that finished workers end on their own; it
+    is terminated only after an error.
+    """
+    ctx = mp.get_context("fork")
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None
+    try:
+        pool = ctx.Pool(jobs, initializer=_one_blas_thread)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    try:
+        yield pool
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+
+
 def _job(args: tuple) -> npt.NDArray[np.float32]:
     path, variant, aug, seed, features, vad = args
     return extract(path, variant, aug=aug, seed=seed, features=features, vad=vad)
@@ -227,8 +256,7 @@ def extract_all(job: Callable[[tuple], npt.NDArray[Any]], args: Sequence[tuple],
     """``job`` over ``args`` in order: in ``jobs`` forked workers with one BLAS thread
     each (see :func:`_one_blas_thread`), or in this process with one BLAS thread."""
     if jobs > 1 and len(args) > 32:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(jobs, initializer=_one_blas_thread) as pool:
+        with extraction_pool(jobs) as pool:
             return list(tqdm(pool.imap(job, args, chunksize=16), total=len(args), desc=desc,
                              disable=not progress, leave=False))
     with threadpool_limits(1):
