@@ -273,10 +273,9 @@ def cough_features(mean: npt.NDArray[np.floating],
                    peak: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """The cough check's input from the chunk traces (:func:`chunk_trace`) pooled over a
     segment so far: their mean and maximum (rows of ``TRACE_WIDTH`` each, together
-    ``COUGH_FEATURES``), compressed by
-    ``log1p(10 x)`` (both are rectified, mostly near 0 with a long tail).  The gate and
-    the head's fit (``docs/experiments/cough_fit.py``, docs/gate.md's sixth and seventh
-    rounds) both call this."""
+    ``COUGH_FEATURES``), compressed by ``log1p(10 x)`` (both are rectified, mostly near
+    0 with a long tail).  The gate and the head's fit (``docs/experiments/cough_fit.py``,
+    docs/gate.md's sixth and seventh rounds) both call this."""
     x = np.concatenate([np.asarray(mean, np.float32), np.asarray(peak, np.float32)], axis=-1)
     return np.log1p(10.0 * x)
 
