@@ -219,16 +219,9 @@ class Segment:
 
 def segments(vad: Any, audio: Audio) -> list[Segment]:
     """The gate's segments over ``audio``, fed in 50 ms chunks through the Windower."""
-    from serd.windows import SegmentEnd, Windower  # noqa: PLC0415
+    from serd_testkit.audio import gate_segments  # noqa: PLC0415
 
-    w = Windower(vad=vad)
-    out: list[Segment] = []
-    for i in range(0, audio.size, BLOCK):
-        out += [Segment(it.start_sample, it.end_sample, it.windows)
-                for it in w(audio[i : i + BLOCK]) if isinstance(it, SegmentEnd)]
-    out += [Segment(it.start_sample, it.end_sample, it.windows)
-            for it in w.flush() if isinstance(it, SegmentEnd)]
-    return out
+    return [Segment(*seg) for seg in gate_segments(audio, vad, BLOCK)]
 
 
 def gate_cpu(vad: Any, audio: Audio, repeats: int = 3) -> float:

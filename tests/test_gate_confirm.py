@@ -16,7 +16,7 @@ from serd.decode import load
 from serd.gate import SpeechConfirm, VadSettings, block_levels_db, make_gate
 from serd.speechcheck import SileroVad
 from serd.validate import ConfigError, build
-from serd.windows import SegmentEnd, SegmentStart, Windower, windows_of
+from serd.windows import SegmentStart, Windower, windows_of
 from serd_testkit.audio import gate_segments
 
 RATE = 16000
@@ -287,9 +287,7 @@ def test_a_late_opening_in_a_pause_keeps_its_hangover(data_dir) -> None:
 
 
 def _segments(x: np.ndarray, vad: VadSettings) -> list[tuple[int, int]]:
-    w = Windower(vad=vad)
-    return [(e.start_sample, e.end_sample) for e in [*w(x), *w.flush()]
-            if isinstance(e, SegmentEnd)]
+    return [(start, end) for start, end, _ in gate_segments(x, vad, x.size)]
 
 
 def test_a_late_opening_that_could_never_happen_is_refused() -> None:
