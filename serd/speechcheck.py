@@ -31,6 +31,7 @@ import zipfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,20 @@ _UNITS = 128
 
 WEIGHTS = Path(str(resources.files("serd") / "silero" / "silero_vad_16k.npz"))
 COUGH_WEIGHTS = Path(str(resources.files("serd") / "silero" / "cough_check.npz"))
+
+
+# What np.load raises for a missing, unreadable, truncated (EOFError) or corrupted
+# (BadZipFile) .npz: each becomes SpeechCheckError's one line.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+_Float = TypeVar("_Float", np.float32, np.float64)
+
+
+def _sigmoid(x: npt.NDArray[_Float]) -> npt.NDArray[_Float]:
+    """1 / (1 + exp(-x)) as 0.5 + 0.5 tanh(x / 2): the same values (and dtype), without
+    exp's overflow (and its warning) for large negative inputs."""
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
 class SpeechCheckError(RuntimeError):
@@ -73,7 +88,7 @@ class _Weights:
         try:
             with np.load(path) as z:
                 w = {k: np.asarray(z[k], np.float32) for k in z.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        except _NPZ_ERRORS as exc:
             raise SpeechCheckError(f"speech check weights {path}: {exc}; reinstall serd, or "
                                    "set vad.confirm: none") from exc
         try:
@@ -233,10 +248,8 @@ class SileroVad:
         u = _UNITS
         for i in range(n):
             z = xin[i] + h @ w.lstm_hh
-            # Sigmoids as 0.5 + 0.5 tanh(x / 2): the same values, without exp's overflow
-            # (and its warning) for large negative inputs.
-            sig = 0.5 + 0.5 * np.tanh(0.5 * z[: 2 * u])  # input, forget
-            o = 0.5 + 0.5 * np.tanh(0.5 * z[3 * u :])
+            sig = _sigmoid(z[: 2 * u])  # input, forget
+            o = _sigmoid(z[3 * u :])
             c = sig[u:] * c + sig[:u] * np.tanh(z[2 * u : 3 * u])
             h = o * np.tanh(c)
             hs[i] = h
@@ -246,7 +259,7 @@ class SileroVad:
         # and what the gate's cough check (serd.gate) pools over a tentative segment.
         self.states = hs
         logit = hs @ w.out_w + w.out_b
-        return (0.5 + 0.5 * np.tanh(0.5 * logit)).astype(np.float32)
+        return _sigmoid(logit).astype(np.float32)
 
     def probabilities(self, audio: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Probabilities of every whole 512-sample chunk of ``audio`` (the rest is dropped),
@@ -290,8 +303,7 @@ def _cough_head(path: Path) -> tuple[npt.NDArray[np.float32], float]:
             scale = np.asarray(z["scale"], np.float32)
             coef = np.asarray(z["coef"], np.float32)
             bias = float(z["intercept"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        # (A truncated or corrupted file raises BadZipFile or EOFError, not OSError.)
+    except (*_NPZ_ERRORS, KeyError) as exc:
         raise SpeechCheckError(f"cough check weights {path}: {exc}; reinstall serd, or "
                                "set vad.confirm_cough_threshold: 1") from exc
     if not mean.shape == scale.shape == coef.shape == (COUGH_FEATURES,):
@@ -347,4 +359,4 @@ class CoughCheck:
         peak = np.maximum(self._max, np.maximum.accumulate(trace, axis=0))
         self._sum, self._max, self._n = sums[-1], peak[-1], self._n + n
         z = cough_features(sums / count[:, None], peak) @ self._w + self._b
-        return 0.5 + 0.5 * np.tanh(0.5 * z.astype(np.float64))
+        return _sigmoid(z.astype(np.float64))
