@@ -31,7 +31,7 @@ from serd_testkit.audio import gate_segments
 RATE = 16000
 
 
-def states_of(x: np.ndarray) -> np.ndarray:
+def traces_of(x: np.ndarray) -> np.ndarray:
     """The cough check's per-chunk input over ``x``."""
     vad = SileroVad()
     n = x.size // CHUNK
@@ -45,7 +45,7 @@ def test_silero_exposes_one_rectified_trace_per_chunk(data_dir: Path) -> None:
     n = x.size // CHUNK
     vad.process(x[: n * CHUNK].reshape(n, CHUNK))
     assert vad.states.shape == vad.encoded.shape == (n, 128)
-    s = states_of(x)
+    s = traces_of(x)
     assert s.shape == (n, TRACE_WIDTH) == (n, 256)
     np.testing.assert_array_equal(s, np.hstack([vad.states, vad.encoded]))
     assert s.dtype == np.float32
@@ -59,7 +59,7 @@ def test_silero_exposes_one_rectified_trace_per_chunk(data_dir: Path) -> None:
 def test_pooling_is_the_segment_so_far_however_the_chunks_come(data_dir: Path) -> None:
     """Per chunk: the head on the mean and maximum of every trace value since the reset; fed
     in one call or in pieces of 1, 3 and 7 chunks, the same probabilities."""
-    s = states_of(load(data_dir / "1091_TIE_SAD_XX.flac", RATE))
+    s = traces_of(load(data_dir / "1091_TIE_SAD_XX.flac", RATE))
     check = CoughCheck()
     whole = check.update(s)
     with np.load(COUGH_WEIGHTS) as z:
@@ -83,7 +83,7 @@ def test_speech_fixtures_do_not_read_as_coughs(data_dir: Path) -> None:
     first second has been heard."""
     t = VadSettings().confirm_cough_threshold
     for path in sorted(data_dir.glob("*.flac")):
-        p = CoughCheck().update(states_of(load(path, RATE)))
+        p = CoughCheck().update(traces_of(load(path, RATE)))
         assert p[: 32].min() < t, path.name
 
 
